@@ -1,0 +1,430 @@
+"""One forward pass per batch, hooks at every site, reductions on the device where the site runs.
+
+For each site activation ``x`` ([B, T, H], or [B*T, H] for OPT) the hook computes, chunk by
+chunk of whole sequences, on x's device and in x's dtype:
+
+- the per-sequence max |x| per dim (-> how many sites each dim reaches each grid magnitude at,
+  per sequence; the site's max per dim; the sequence's max per dim);
+- the sparse set of values with |x| >= grid[0] and their grid level, from which the occurrence
+  counts per (sequence, dim, magnitude), the per-site counts, and the per-position union over
+  sites (a uint8 level per (position, dim), the only activation-sized buffer kept for a batch).
+
+Nothing is written to disk, no Python loop runs over values, and every hook is removed when the
+capture ends, also on exceptions. Per-batch partial results are merged only when the batch's
+forward pass completed, so a batch can be retried at a smaller size after an out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import HarnessError, NonFiniteActivations
+from .sites import Site, SiteMap
+from .statistics import CapturedStats
+
+# Elements processed per chunk: bounds the scratch memory next to the activation itself.
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+
+
+def dtype_threshold(m: float, dtype: torch.dtype) -> torch.Tensor:
+    """The smallest value representable in ``dtype`` that is >= m, as a 0-d tensor of ``dtype``.
+
+    With it, ``|x| >= t`` evaluated in ``dtype`` equals ``|x| >= m`` over the real numbers for
+    every x representable in ``dtype``: thresholds never round down into a pass.
+    """
+    t = torch.tensor(float(m), dtype=torch.float64).to(dtype)
+    if float(t) < m:
+        int_type = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        t = (t.view(int_type) + 1).view(dtype)  # next representable value up (m > 0)
+    return t
+
+
+@dataclass
+class Batch:
+    """What observers learn about the batch being processed."""
+
+    start: int  # index of its first sequence in the run
+    token_ids: torch.Tensor  # [B, T] on the CPU
+    index: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.token_ids.shape[1])
+
+
+class Observer:
+    """Extra reductions in the same forward pass (attribution, massive activations, ...).
+
+    Subclasses override what they need. ``attach`` may register its own hooks through
+    ``register`` (they are removed with the engine's). ``on_site`` sees every site activation as
+    [B, T, H] after the engine's reductions; it must reduce on the device and keep nothing of
+    activation size beyond the batch.
+    """
+
+    def attach(self, sitemap: SiteMap, register: Callable) -> None: ...
+
+    def begin_batch(self, batch: Batch) -> None: ...
+
+    def on_site(self, site: Site, x: torch.Tensor, batch: Batch) -> None: ...
+
+    def end_batch(self, batch: Batch) -> None: ...
+
+    def abort_batch(self, batch: Batch) -> None: ...
+
+    def finalize(self, stats: CapturedStats) -> None: ...
+
+
+class _Thresholds:
+    """Grid thresholds per (device, dtype), cached."""
+
+    def __init__(self, grid: Sequence[float]):
+        self.grid = tuple(grid)
+        self._cache: dict = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+        key = (device, dtype)
+        if key not in self._cache:
+            thr = torch.stack([dtype_threshold(m, dtype) for m in self.grid]).to(device)
+            self._cache[key] = (thr, float(thr[0]))
+        return self._cache[key]
+
+
+class _DeviceBatch:
+    """Partial reductions of one batch on one device."""
+
+    def __init__(self, device, batch: Batch, hidden: int, num_grid: int, num_sites: int):
+        B, T, H, G = batch.size, batch.seq_len, hidden, num_grid
+        self.device = device
+        self.union = torch.zeros((B, T, H), dtype=torch.uint8, device=device)
+        self.seq_max = torch.zeros((B, H), dtype=torch.float32, device=device)
+        self.site_count = torch.zeros((G, B, H), dtype=torch.int32, device=device)
+        self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
+        self.site_max: dict[int, torch.Tensor] = {}
+        self.site_hist: dict[int, torch.Tensor] = {}
+        self.scratch: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+
+    def buffers(self, shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        numel = math.prod(shape)
+        if self.scratch is None or self.scratch.dtype != dtype or self.scratch.numel() < numel:
+            self.scratch = torch.empty(numel, dtype=dtype, device=self.device)
+            self.mask = torch.empty(numel, dtype=torch.bool, device=self.device)
+        return self.scratch[:numel].view(shape), self.mask[:numel].view(shape)
+
+
+class Capture:
+    """Hooks on the sites of one model; use as a context manager, then ``run(batch)``."""
+
+    def __init__(
+        self,
+        sitemap: SiteMap,
+        grid: Sequence[float],
+        num_seqs: int,
+        seq_len: int,
+        observers: Iterable[Observer] = (),
+        chunk_elements: int | None = None,
+    ):
+        self.sitemap = sitemap
+        self.sites = sitemap.sites
+        self.grid = tuple(float(g) for g in grid)
+        self.G = len(self.grid)
+        self.H = sitemap.hidden_size
+        self.N, self.T = num_seqs, seq_len
+        self.observers = list(observers)
+        self.chunk_elements = chunk_elements
+        self.thresholds = _Thresholds(self.grid)
+        self._handles: list = []
+        self._batch: Batch | None = None
+        self._parts: dict[torch.device, _DeviceBatch] = {}
+        self._calls = np.zeros(len(self.sites), dtype=np.int64)
+        S, G, N, H = len(self.sites), self.G, num_seqs, self.H
+        self.site_max = np.zeros((S, H), dtype=np.float32)
+        self.site_counts = np.zeros((S, G), dtype=np.int64)
+        self.seq_max = np.zeros((N, H), dtype=np.float32)
+        self.seq_site_count = np.zeros((G, N, H), dtype=np.int32)
+        self.seq_pos_count = np.zeros((G, N, H), dtype=np.int32)
+        self.seq_occ = np.zeros((G, N, H), dtype=np.int64)
+        self._hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.token_ids = np.zeros((N, seq_len), dtype=np.int32)
+        self.done = np.zeros(N, dtype=bool)
+        self.forward_calls = 0
+
+    # -- hooks -----------------------------------------------------------------------------
+    def register(self, module: torch.nn.Module, fn: Callable, mode: str = "output"):
+        """Register a hook that ``close`` removes; ``fn(x)`` gets the site tensor."""
+        if mode == "output":
+
+            def hook(_module, _args, output):
+                fn(output[0] if isinstance(output, (tuple, list)) else output)
+
+            handle = module.register_forward_hook(hook)
+        elif mode == "input":
+
+            def hook(_module, args, kwargs):
+                fn(args[0] if args else kwargs["hidden_states"])
+
+            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        elif mode == "raw":
+            handle = module.register_forward_hook(fn)
+        else:
+            raise ValueError(mode)
+        self._handles.append(handle)
+        return handle
+
+    def __enter__(self) -> Capture:
+        try:
+            for site in self.sites:
+                self.register(site.module, self._site_fn(site), site.mode)
+            for obs in self.observers:
+                obs.attach(self.sitemap, self.register)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self._parts.clear()
+        self._batch = None
+
+    def _site_fn(self, site: Site):
+        def fn(x):
+            if self._batch is None or not isinstance(x, torch.Tensor):
+                return
+            self._calls[site.index] += 1
+            x = self._as_bth(x, site)
+            self._reduce(site, x)
+            for obs in self.observers:
+                obs.on_site(site, x, self._batch)
+
+        return fn
+
+    def _as_bth(self, x: torch.Tensor, site: Site) -> torch.Tensor:
+        B, T = self._batch.size, self._batch.seq_len
+        if x.dim() == 2 or x.shape[:2] != (B, T):  # OPT flattens to [B*T, H]
+            x = x.reshape(B, T, x.shape[-1])
+        if x.shape[-1] != self.H:
+            raise HarnessError(
+                f"site {site.name} ({site.module_name}) has width {x.shape[-1]}, not the hidden "
+                f"size {self.H}; the site table in harness/sites.py is wrong for this model."
+            )
+        return x
+
+    # -- the reductions --------------------------------------------------------------------
+    def _part(self, device) -> _DeviceBatch:
+        part = self._parts.get(device)
+        if part is None:
+            part = _DeviceBatch(device, self._batch, self.H, self.G, len(self.sites))
+            self._parts[device] = part
+        return part
+
+    def _reduce(self, site: Site, x: torch.Tensor) -> None:
+        part = self._part(x.device)
+        thr, t0 = self.thresholds.get(x.device, x.dtype)
+        thr_f = thr.float()
+        B, T, H, G = x.shape[0], x.shape[1], self.H, self.G
+        budget = self.chunk_elements or CHUNK_ELEMENTS.get(x.device.type, 1 << 25)
+        per_chunk = max(1, min(B, budget // (T * H)))
+        site_max = torch.zeros(H, dtype=torch.float32, device=x.device)
+        site_hist = torch.zeros(G + 1, dtype=torch.int64, device=x.device)
+        for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
+            b1 = min(B, b0 + per_chunk)
+            a, mask = part.buffers((b1 - b0, T, H), x.dtype)
+            torch.abs(x[b0:b1], out=a)
+            smax = a.amax(dim=1)  # [b, H], exact in x's dtype
+            smax_f = smax.float()
+            torch.maximum(site_max, smax_f.amax(dim=0), out=site_max)
+            seq_max = part.seq_max[b0:b1]
+            torch.maximum(seq_max, smax_f, out=seq_max)
+            part.site_count[:, b0:b1] += smax.unsqueeze(0) >= thr.view(G, 1, 1)
+            torch.ge(a, t0, out=mask)
+            flat = mask.view(-1).nonzero().squeeze(1)
+            if flat.numel() == 0:
+                continue
+            level = torch.bucketize(a.view(-1)[flat].float(), thr_f, right=True)  # 1..G
+            bt, d = flat // H, flat % H
+            b = bt // T + b0
+            site_hist += torch.bincount(level, minlength=G + 1)
+            part.occ.index_add_(0, (b * H + d) * (G + 1) + level, torch.ones_like(level))
+            union = part.union.view(-1)
+            upos = bt * H + d + b0 * T * H
+            lv8 = level.to(torch.uint8)
+            union[upos] = torch.maximum(union[upos], lv8)
+        part.site_max[site.index] = site_max
+        part.site_hist[site.index] = site_hist
+
+    # -- batches ---------------------------------------------------------------------------
+    def run(self, forward: Callable[[torch.Tensor], object], batch: Batch) -> None:
+        """Run ``forward(token_ids)`` once and merge this batch's reductions."""
+        self._batch = batch
+        self._parts = {}
+        self._calls[:] = 0
+        for obs in self.observers:
+            obs.begin_batch(batch)
+        try:
+            self.forward_calls += 1
+            forward(batch.token_ids)
+            self._merge(batch)
+        except BaseException:
+            for obs in self.observers:
+                obs.abort_batch(batch)
+            raise
+        finally:
+            self._parts = {}
+            self._batch = None
+        for obs in self.observers:
+            obs.end_batch(batch)
+
+    def _merge(self, batch: Batch) -> None:
+        wrong = [s for s in self.sites if self._calls[s.index] != 1]
+        if wrong:
+            s = wrong[0]
+            raise HarnessError(
+                f"site {s.name} ({s.module_name}) ran {int(self._calls[s.index])} times in one "
+                "forward pass instead of once; the site table in harness/sites.py does not fit "
+                "this model."
+            )
+        B, T, H, G = batch.size, batch.seq_len, self.H, self.G
+        n0, n1 = batch.start, batch.start + B
+        parts = list(self._parts.values())
+        site_max = np.zeros((len(self.sites), H), dtype=np.float32)
+        site_hist = np.zeros((len(self.sites), G + 1), dtype=np.int64)
+        for part in parts:
+            for idx, t in part.site_max.items():
+                site_max[idx] = t.cpu().numpy()
+            for idx, t in part.site_hist.items():
+                site_hist[idx] = t.cpu().numpy()
+        bad = ~np.isfinite(site_max).all(axis=1)
+        if bad.any():
+            name = self.sites[int(np.flatnonzero(bad)[0])].name
+            raise NonFiniteActivations(
+                f"the model produced NaN or inf activations at site {name} (sequences {n0}-"
+                f"{n1 - 1}); the weights may be broken or the dtype too narrow: try --dtype "
+                "float32 or bfloat16."
+            )
+        # union over devices, then over sites: the per-position level
+        union = parts[0].union
+        for part in parts[1:]:
+            union = torch.maximum(union, part.union.to(union.device))
+        flat = union.view(-1).nonzero().squeeze(1)
+        level = union.view(-1)[flat].long()
+        bt, d = flat // H, flat % H
+        b = bt // T
+        pos_counts = torch.bincount((b * H + d) * (G + 1) + level, minlength=B * H * (G + 1))
+        pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
+        occ = sum(p.occ.cpu().numpy() for p in parts)
+        occ_ge = _at_least(occ.reshape(B, H, G + 1))
+        site_count = sum(p.site_count.cpu().numpy() for p in parts)
+        seq_max = np.maximum.reduce([p.seq_max.cpu().numpy() for p in parts])
+        hits = (
+            (bt + n0 * T).cpu().numpy().astype(np.int64),
+            d.cpu().numpy().astype(np.uint16 if H <= 65536 else np.int32),
+            level.cpu().numpy().astype(np.uint8),
+        )
+        # commit (nothing above touched the run's arrays)
+        np.maximum(self.site_max, site_max, out=self.site_max)
+        self.site_counts += _at_least(site_hist)
+        self.seq_max[n0:n1] = np.maximum(self.seq_max[n0:n1], seq_max)
+        self.seq_site_count[:, n0:n1] += site_count.astype(np.int32)
+        self.seq_pos_count[:, n0:n1] += pos_ge.transpose(2, 0, 1).astype(np.int32)
+        self.seq_occ[:, n0:n1] += occ_ge.transpose(2, 0, 1)
+        self._hits.append(hits)
+        self.token_ids[n0:n1] = batch.token_ids.numpy()
+        self.done[n0:n1] = True
+
+    def stats(self) -> CapturedStats:
+        if not self.done.all():
+            raise HarnessError(
+                f"only {int(self.done.sum())} of {self.N} windows were processed; the result is "
+                "incomplete and was not written."
+            )
+        NT = self.N * self.T
+        pos = np.concatenate([h[0] for h in self._hits]) if self._hits else np.zeros(0, np.int64)
+        dim = np.concatenate([h[1] for h in self._hits]) if self._hits else np.zeros(0, np.int32)
+        lev = np.concatenate([h[2] for h in self._hits]) if self._hits else np.zeros(0, np.uint8)
+        order = np.lexsort((dim, pos))  # batches may have run out of order after a retry
+        pos, dim, lev = pos[order], dim[order], lev[order]
+        indptr = np.zeros(NT + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pos, minlength=NT), out=indptr[1:])
+        dim = dim.astype(np.uint16 if self.H <= np.iinfo(np.uint16).max + 1 else np.int32)
+        stats = CapturedStats(
+            grid=np.asarray(self.grid, dtype=np.float64),
+            site_names=[s.name for s in self.sites],
+            num_seqs=self.N,
+            seq_len=self.T,
+            hidden_size=self.H,
+            site_max=self.site_max,
+            site_counts=self.site_counts,
+            seq_max=self.seq_max,
+            seq_site_count=self.seq_site_count,
+            seq_pos_count=self.seq_pos_count,
+            seq_occ=self.seq_occ,
+            hits_indptr=indptr,
+            hits_dim=dim,
+            hits_level=lev,
+            token_ids=self.token_ids,
+        )
+        for obs in self.observers:
+            obs.finalize(stats)
+        return stats
+
+
+def _at_least(counts: np.ndarray) -> np.ndarray:
+    """counts[..., l] for levels l = 0..G  ->  number at level >= g for g = 1..G."""
+    return np.flip(np.cumsum(np.flip(counts[..., 1:], axis=-1), axis=-1), axis=-1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def base_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
+    """The decoder stack without the LM head: all sites live inside it, and skipping the head
+    avoids a [B, T, vocab] logits tensor that can be larger than the model's activations."""
+    base = getattr(model, "base_model", model)
+    device = input_device(model)
+
+    def forward(token_ids: torch.Tensor):
+        return base(input_ids=token_ids.to(device), use_cache=False)
+
+    return forward
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "weight"):
+        return emb.weight.device
+    return next(model.parameters()).device
+
+
+def is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+@contextmanager
+def _timer(acc: dict, key: str, device: torch.device):
+    _sync(device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _sync(device)
+        acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0

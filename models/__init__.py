@@ -1,0 +1,33 @@
+"""The model registry: ``REGISTRY`` maps an id to its ``ModelEntry``."""
+
+from __future__ import annotations
+
+from harness.errors import HarnessError
+
+from .registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
+from .study import STUDY
+from .tiny import TINY
+
+ENTRIES: tuple[ModelEntry, ...] = STUDY + TINY
+REGISTRY: dict[str, ModelEntry] = {e.id: e for e in ENTRIES}
+assert len(REGISTRY) == len(ENTRIES), "duplicate registry ids"
+
+
+def get(model_id: str) -> ModelEntry:
+    try:
+        return REGISTRY[model_id]
+    except KeyError:
+        raise HarnessError(
+            f"unknown model {model_id!r}; `outliers models` lists the registry, or pass a hub id "
+            "(org/name) or a local directory."
+        ) from None
+
+
+def select(family: str) -> list[ModelEntry]:
+    return [e for e in ENTRIES if e.family == family]
+
+
+__all__ = [
+    "ENTRIES", "FAMILIES", "GpuPlan", "ModelEntry", "Published", "REGISTRY",
+    "derive_gpu_plan", "get", "select",
+]

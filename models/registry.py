@@ -1,0 +1,105 @@
+"""The model registry: one frozen, declarative entry per model.
+
+Entries are data. Parameter counts are never typed in: they come from the model config
+(``harness.params``); the GPU plan is derived from them when an entry does not give one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+FAMILIES = ("moe", "dense", "reference", "tiny")
+
+# RunPod GPU type ids, in order of preference (fallbacks when one has no capacity).
+A100_80 = ("NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
+H100_80 = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB")
+SMALL_24 = ("NVIDIA RTX A5000", "NVIDIA GeForce RTX 4090", "NVIDIA L4", "NVIDIA RTX A6000")
+GPU_MEMORY_GB = {
+    "NVIDIA A100 80GB PCIe": 80,
+    "NVIDIA A100-SXM4-80GB": 80,
+    "NVIDIA H100 80GB HBM3": 80,
+    "NVIDIA H100 PCIe": 80,
+    "NVIDIA RTX A5000": 24,
+    "NVIDIA GeForce RTX 4090": 24,
+    "NVIDIA L4": 24,
+    "NVIDIA RTX A6000": 48,
+}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    gpu_types: tuple[str, ...]
+    count: int = 1
+    disk_gb: int = 150
+
+    @property
+    def memory_gb(self) -> int:
+        return self.count * GPU_MEMORY_GB.get(self.gpu_types[0], 80)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A figure published elsewhere, with the settings it was made with."""
+
+    num_outliers: int | None = None  # seed-compatible (sequence, dim) pairs
+    total_params_b: float | None = None
+    active_params_b: float | None = None
+    mean_layer_pct: float | None = None
+    mean_seq_pct: float | None = None
+    source: str = "original study README (shared/seed/SEED-README.md)"
+    # The settings the figure was made with; a run is comparable when it used the same.
+    settings: tuple[tuple[str, object], ...] = (
+        ("dataset", "HuggingFaceFW/fineweb-edu"),
+        ("num_seqs", 16),
+        ("seq_len", 2048),
+        ("stride", 1024),
+        ("sites", "ln"),
+        ("magnitude", 6.0),
+        ("layer_frac", 0.25),
+        ("seq_frac", 0.06),
+    )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str  # pytest id, e.g. "qwen3_0.6b"
+    hub_id: str  # Hugging Face id, or "tiny:<name>" for the built-in replicas
+    family: str  # moe | dense | reference | tiny
+    revision: str | None = None  # pin a hub commit; None = the branch head at run time
+    dtype: str = "bfloat16"
+    trust_remote_code: bool = False
+    gated: bool = False
+    gpu: GpuPlan | None = None  # None: derived from the parameter count
+    published: Published | None = None
+    config_dir: str | None = None  # folder name in shared/hf-configs, for offline checks
+    load_kwargs: tuple[tuple[str, object], ...] = ()
+    notes: str = ""
+    marks: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.id}: family must be one of {FAMILIES}")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.hub_id.startswith("tiny:")
+
+    def gpu_plan(self, total_params: int | None = None) -> GpuPlan | None:
+        """The explicit plan, else one derived from params x dtype bytes + 30% headroom."""
+        if self.gpu is not None or total_params is None:
+            return self.gpu
+        return derive_gpu_plan(total_params, self.dtype)
+
+
+def derive_gpu_plan(total_params: int, dtype: str = "bfloat16") -> GpuPlan:
+    weights_gb = total_params * DTYPE_BYTES.get(dtype, 2) / 1e9
+    need_gb = weights_gb * 1.3 + 6  # activations, CUDA context, fragmentation
+    if need_gb <= 22:
+        types, per_gpu = SMALL_24, 24
+    else:
+        types, per_gpu = A100_80, 80
+    count = max(1, math.ceil(need_gb / per_gpu))
+    disk = max(50, int(math.ceil(weights_gb * 1.5 / 10) * 10) + 30)
+    return GpuPlan(types, count, disk)

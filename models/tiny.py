@@ -1,0 +1,26 @@
+"""Tiny replicas of every studied architecture, built offline by ``harness.tiny``.
+
+Same model class and layer pattern as the real models, shrunk (hidden 64-256, 2-6 layers, few
+experts), random weights from fixed seeds; the ``planted_*`` models carry known systematic
+outliers so that tables and plots show real content.
+"""
+
+from .registry import ModelEntry
+
+TINY_IDS = (
+    "tiny_qwen3",
+    "tiny_qwen3_moe",
+    "tiny_qwen3_next",
+    "tiny_olmoe",
+    "tiny_mixtral",
+    "tiny_glm4_moe",
+    "tiny_gpt_oss",
+    "tiny_opt",
+    "tiny_gpt2",
+    "tiny_pythia",
+    "tiny_llama",
+    "planted_qwen3",
+    "planted_olmoe",
+)
+
+TINY = tuple(ModelEntry(i, f"tiny:{i}", "tiny", dtype="float32") for i in TINY_IDS)
