@@ -111,6 +111,7 @@ class _DeviceBatch:
         self.site_count = torch.zeros((G, B, H), dtype=torch.int32, device=device)
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
         self.site_max: dict[int, torch.Tensor] = {}
+        self.site_level: dict[int, torch.Tensor] = {}
         self.site_hist: dict[int, torch.Tensor] = {}
         self.scratch: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
@@ -153,6 +154,7 @@ class Capture:
         self.site_counts = np.zeros((S, G), dtype=np.int64)
         self.seq_max = np.zeros((N, H), dtype=np.float32)
         self.seq_site_count = np.zeros((G, N, H), dtype=np.int32)
+        self.site_seq_level = np.zeros((S, N, H), dtype=np.uint8)
         self.seq_pos_count = np.zeros((G, N, H), dtype=np.int32)
         self.seq_occ = np.zeros((G, N, H), dtype=np.int64)
         self._hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -242,6 +244,7 @@ class Capture:
         per_chunk = max(1, min(B, budget // (T * H)))
         site_max = torch.zeros(H, dtype=torch.float32, device=x.device)
         site_hist = torch.zeros(G + 1, dtype=torch.int64, device=x.device)
+        site_level = torch.empty((B, H), dtype=torch.uint8, device=x.device)
         for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
             b1 = min(B, b0 + per_chunk)
             a, mask = part.buffers((b1 - b0, T, H), x.dtype)
@@ -251,7 +254,9 @@ class Capture:
             torch.maximum(site_max, smax_f.amax(dim=0), out=site_max)
             seq_max = part.seq_max[b0:b1]
             torch.maximum(seq_max, smax_f, out=seq_max)
-            part.site_count[:, b0:b1] += smax.unsqueeze(0) >= thr.view(G, 1, 1)
+            reached = smax.unsqueeze(0) >= thr.view(G, 1, 1)  # [G, b, H]
+            part.site_count[:, b0:b1] += reached
+            site_level[b0:b1] = reached.sum(dim=0, dtype=torch.uint8)
             torch.ge(a, t0, out=mask)
             flat = mask.view(-1).nonzero().squeeze(1)
             if flat.numel() == 0:
@@ -266,6 +271,7 @@ class Capture:
             lv8 = level.to(torch.uint8)
             union[upos] = torch.maximum(union[upos], lv8)
         part.site_max[site.index] = site_max
+        part.site_level[site.index] = site_level
         part.site_hist[site.index] = site_hist
 
     # -- batches ---------------------------------------------------------------------------
@@ -304,7 +310,10 @@ class Capture:
         parts = list(self._parts.values())
         site_max = np.zeros((len(self.sites), H), dtype=np.float32)
         site_hist = np.zeros((len(self.sites), G + 1), dtype=np.int64)
+        site_level = np.zeros((len(self.sites), B, H), dtype=np.uint8)
         for part in parts:
+            for idx, t in part.site_level.items():
+                site_level[idx] = t.cpu().numpy()
             for idx, t in part.site_max.items():
                 site_max[idx] = t.cpu().numpy()
             for idx, t in part.site_hist.items():
@@ -341,6 +350,7 @@ class Capture:
         self.site_counts += _at_least(site_hist)
         self.seq_max[n0:n1] = np.maximum(self.seq_max[n0:n1], seq_max)
         self.seq_site_count[:, n0:n1] += site_count.astype(np.int32)
+        self.site_seq_level[:, n0:n1] = site_level
         self.seq_pos_count[:, n0:n1] += pos_ge.transpose(2, 0, 1).astype(np.int32)
         self.seq_occ[:, n0:n1] += occ_ge.transpose(2, 0, 1)
         self._hits.append(hits)
@@ -372,6 +382,7 @@ class Capture:
             site_counts=self.site_counts,
             seq_max=self.seq_max,
             seq_site_count=self.seq_site_count,
+            site_seq_level=self.site_seq_level,
             seq_pos_count=self.seq_pos_count,
             seq_occ=self.seq_occ,
             hits_indptr=indptr,

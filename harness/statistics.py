@@ -7,6 +7,8 @@ reductions at every magnitude of a grid (so figures can be recomputed offline at
 - ``site_counts[S, G]`` (int64): number of values with |x| >= grid[g] at site s;
 - ``seq_max[N, H]`` (float32): max |x| per sequence and dim over all sites and positions;
 - ``seq_site_count[G, N, H]`` (int32): number of sites at which dim d reaches grid[g] in seq n;
+- ``site_seq_level[S, N, H]`` (uint8): how many grid magnitudes max |x| of dim d reaches at site
+  s in sequence n (0..G); per-sequence detail for bootstraps over sequences;
 - ``seq_pos_count[G, N, H]`` (int32): positions of seq n where dim d reaches grid[g] at ANY site;
 - ``seq_occ[G, N, H]`` (int64): values with |x| >= grid[g] at dim d over all sites and positions
   of seq n;
@@ -59,6 +61,7 @@ class CapturedStats:
     site_counts: np.ndarray
     seq_max: np.ndarray
     seq_site_count: np.ndarray
+    site_seq_level: np.ndarray
     seq_pos_count: np.ndarray
     seq_occ: np.ndarray
     hits_indptr: np.ndarray

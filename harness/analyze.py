@@ -1,0 +1,205 @@
+"""The analysis pipeline: token windows -> one forward pass per batch -> statistics -> figures.
+
+``analyze(model, windows, ...)`` is the one entry point shared by the CLI, the pytest plugin and
+notebooks. It returns an ``AnalysisResult`` whose ``to_dict()`` is what result.json holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+
+from .capture import Batch, Capture, Observer, base_forward, input_device, is_oom
+from .errors import HarnessError
+from .outliers import Criteria, evaluate
+from .params import count_model
+from .result import AnalysisResult
+from .sites import find_sites, parse_site_set
+from .statistics import make_grid
+
+# Tokens per forward pass when batch_size is not given; halved on out-of-memory.
+AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}
+
+
+def max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _as_ids(windows) -> tuple[torch.Tensor, dict]:
+    ids = getattr(windows, "ids", windows)
+    info = dict(getattr(windows, "info", {}) or {})
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
+        raise HarnessError(
+            "windows must be an integer tensor [num_seqs, seq_len] of token ids or a "
+            "harness.data.Windows object."
+        )
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise HarnessError("there are no token windows to analyse; check --num-seqs and --seq-len.")
+    return ids.to(torch.long).cpu(), info
+
+
+def model_info(model: torch.nn.Module, sitemap=None, **extra) -> dict:
+    """What result.json says about the model, from the loaded model itself."""
+    counts = count_model(model)
+    param = next(model.parameters())
+    info = {
+        "id": extra.pop("id", None) or getattr(model.config, "_name_or_path", None) or "model",
+        "source": extra.pop("source", None)
+        or {"path": getattr(model.config, "_name_or_path", None)},
+        "architecture": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "num_layers": sitemap.num_layers if sitemap else None,
+        "hidden_size": sitemap.hidden_size if sitemap else None,
+        "total_params": counts.total,
+        "active_params": counts.active,
+        "total_params_no_embedding": counts.total_no_embedding,
+        "active_params_no_embedding": counts.active_no_embedding,
+        "num_experts": counts.num_experts,
+        "experts_per_token": counts.top_k,
+        "dtype": str(param.dtype).replace("torch.", ""),
+        "device": str(input_device(model)),
+    }
+    info.update(extra)
+    return info
+
+
+def analyze(
+    model: torch.nn.Module,
+    windows,
+    *,
+    sites: str = "ln",
+    magnitude: float = 6.0,
+    layer_frac: float = 0.25,
+    seq_frac: float = 0.06,
+    batch_size: int | None = None,
+    grid: Iterable[float] | None = None,
+    observers: Iterable[Observer] = (),
+    progress: bool = False,
+    model_meta: dict | None = None,
+) -> AnalysisResult:
+    """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
+    ``harness.data.Windows``) with exactly one forward pass per batch.
+
+    Thresholds are parameters (Dettmers: 6.0 / 0.25 / 0.06, inclusive). The statistics are
+    captured at every magnitude of ``grid`` (default 3..100, plus ``magnitude``), so
+    ``harness.outliers.evaluate`` recomputes every figure at other thresholds without the model.
+    """
+    criteria = Criteria(float(magnitude), float(layer_frac), float(seq_frac))
+    parse_site_set(sites)
+    ids, data_info = _as_ids(windows)
+    N, T = ids.shape
+    limit = max_positions(model.config)
+    if limit is not None and T > limit:
+        raise HarnessError(
+            f"--seq-len {T} is above this model's maximum of {limit} positions; use --seq-len "
+            f"{limit} or less."
+        )
+    vocab = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and int(ids.max()) >= vocab:
+        raise HarnessError(
+            f"token id {int(ids.max())} is outside the model's vocabulary of {vocab}; the windows "
+            "were made with another tokenizer."
+        )
+    sitemap = find_sites(model, sites)
+    grid_values = make_grid(criteria.magnitude, tuple(grid) if grid is not None else None)
+    device = input_device(model)
+    if batch_size is None:
+        batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
+    if batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1 (got {batch_size}).")
+    batch_size = min(batch_size, N)
+    forward = base_forward(model)
+    observers = list(observers)
+    timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=N * T, unit="tok", desc="forward", leave=False)
+    t_start = time.perf_counter()
+    with torch.inference_mode(), Capture(sitemap, grid_values, N, T, observers) as cap:
+        start, index = 0, 0
+        while start < N:
+            size = min(batch_size, N - start)
+            batch = Batch(start, ids[start : start + size], index)
+            t0 = time.perf_counter()
+            try:
+                cap.run(forward, batch)
+            except Exception as err:
+                if not is_oom(err):
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if size == 1:
+                    raise HarnessError(
+                        f"out of memory with a single window of {T} tokens on {device}; use a "
+                        "shorter --seq-len, more or larger GPUs (--runpod), or --dtype bfloat16."
+                    ) from None
+                batch_size = max(1, size // 2)
+                timing["oom_retries"] += 1
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timing["forward_seconds"] += time.perf_counter() - t0
+            timing["batches"] += 1
+            if bar is not None:
+                bar.update(size * T)
+            start += size
+            index += 1
+        stats = cap.stats()
+        timing["forward_calls"] = cap.forward_calls
+    if bar is not None:
+        bar.close()
+    timing["batch_size"] = batch_size
+    t_analysis = time.perf_counter()
+    figures = evaluate(stats, criteria)
+    sections = {}
+    for obs in observers:
+        summary = getattr(obs, "summary", None)
+        if callable(summary):
+            sections.update(summary(stats, criteria))
+    timing["analysis_seconds"] = time.perf_counter() - t_analysis
+    timing["capture_seconds"] = t_analysis - t_start
+    timing["tokens_per_second"] = N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
+    meta = dict(model_meta or {})
+    info = model_info(model, sitemap, **meta)
+    data = {
+        "dataset": data_info.get("dataset", "tensor"),
+        "num_sequences": int(N),
+        "seq_len": int(T),
+        "stride": int(data_info.get("stride", T)),
+        "tokens": int(N * T),
+        "bos": data_info.get("bos", "unknown"),
+    }
+    data.update({k: v for k, v in data_info.items() if k not in data})
+    if "windows_sha256" not in data:
+        import hashlib
+
+        data["windows_sha256"] = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+    crit = {
+        "magnitude": criteria.magnitude,
+        "layer_fraction": criteria.layer_frac,
+        "seq_fraction": criteria.seq_frac,
+        "sites": sites,
+        "num_sites": len(sitemap.sites),
+        "site_names": sitemap.names,
+        "grid": list(grid_values),
+        "comparison": "inclusive (>=), fractions compared exactly in integers",
+    }
+    return AnalysisResult(
+        model=info,
+        data=data,
+        criteria=crit,
+        seed_compatible=figures["seed_compatible"],
+        pooled=figures["pooled"],
+        per_site=figures["per_site"],
+        timing=timing,
+        stats=stats,
+        sections=sections,
+    )

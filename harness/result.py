@@ -1,0 +1,188 @@
+"""Result files: one directory per (model, data, criteria) run, written atomically.
+
+    <results>/<model id>/<data slug>__<criteria slug>/
+        result.json   small, human-readable: every headline figure, settings and provenance
+        stats.npz     the captured statistics (``CapturedStats``), enough to recompute every
+                      figure at any grid magnitude and any fractions without a model
+
+A run is written into a hidden temporary directory and renamed into place, so a crash never
+leaves a directory that looks complete; readers skip hidden directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HarnessError
+from .statistics import CapturedStats
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+STATS_FILE = "stats.npz"
+
+
+@dataclass
+class AnalysisResult:
+    """What ``harness.analyze`` returns. ``to_dict()`` is exactly what result.json holds, minus
+    the ``environment`` section that the caller adds (``write_result(..., environment=...)``)."""
+
+    model: dict
+    data: dict
+    criteria: dict
+    seed_compatible: dict
+    pooled: dict
+    per_site: list
+    timing: dict
+    stats: CapturedStats = field(repr=False)
+    sections: dict = field(default_factory=dict)  # observers' summaries (attribution, ...)
+
+    def to_dict(self) -> dict:
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "data": self.data,
+            "criteria": self.criteria,
+            "seed_compatible": self.seed_compatible,
+            "pooled": self.pooled,
+            "per_site": self.per_site,
+            "timing": self.timing,
+        }
+        out.update(self.sections)
+        return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
+
+
+def run_dir_name(result: dict) -> str:
+    """``<data slug>__<criteria slug>``: stable for the same data and criteria."""
+    d, c = result["data"], result["criteria"]
+    dataset = _slug(str(d.get("dataset", "data")).rsplit("/", 1)[-1])
+    data = (
+        f"{dataset}-{d['num_sequences']}x{d['seq_len']}-s{d['stride']}-bos_{d.get('bos', 'none')}"
+        f"-{str(d.get('windows_sha256', ''))[:8]}"
+    )
+    crit = f"{c['sites']}-m{c['magnitude']:g}-l{c['layer_fraction']:g}-q{c['seq_fraction']:g}"
+    return f"{data}__{crit}"
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_result(
+    result: AnalysisResult | dict,
+    results_root: str | Path,
+    *,
+    stats: CapturedStats | None = None,
+    environment: dict | None = None,
+) -> Path:
+    """Write ``result.json`` and ``stats.npz`` atomically; return the run directory."""
+    if isinstance(result, AnalysisResult):
+        stats = result.stats
+        payload = result.to_dict()
+    else:
+        payload = dict(result)
+    if stats is None:
+        raise ValueError("write_result needs the captured statistics")
+    if environment is not None:
+        payload["environment"] = environment
+    model_id = _slug(payload["model"]["id"])
+    parent = Path(results_root) / model_id
+    final = parent / run_dir_name(payload)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as err:
+        raise HarnessError(
+            f"cannot write results under {parent} ({err.strerror}); pass a writable --results-dir."
+        ) from None
+    try:
+        _fsync_write(tmp / STATS_FILE, stats.to_npz_bytes())
+        text = json.dumps(payload, indent=1, allow_nan=False, default=_json_default)
+        _fsync_write(tmp / RESULT_FILE, text.encode())
+        if final.exists():
+            old = parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (
+        path.is_dir()
+        and not path.name.startswith(".")
+        and (path / RESULT_FILE).is_file()
+        and (path / STATS_FILE).is_file()
+    )
+
+
+def find_run_dirs(results_root: str | Path) -> list[Path]:
+    """Every complete run directory under ``results_root`` (or the directory itself)."""
+    root = Path(results_root)
+    if is_run_dir(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    found = []
+    for p in sorted(root.rglob(RESULT_FILE)):
+        run = p.parent
+        if any(part.startswith(".") for part in run.relative_to(root).parts):
+            continue
+        if is_run_dir(run):
+            found.append(run)
+    return found
+
+
+def read_result(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise HarnessError(f"cannot read {path} ({err}); rerun the model or delete it.") from None
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise HarnessError(
+            f"{path} has schema version {data.get('schema_version')}, this harness reads "
+            f"{SCHEMA_VERSION}; rerun the model with this version."
+        )
+    return data
+
+
+def read_stats(run_dir: str | Path) -> CapturedStats:
+    path = Path(run_dir) / STATS_FILE
+    try:
+        return CapturedStats.load(path)
+    except (OSError, KeyError, ValueError) as err:
+        raise HarnessError(f"cannot read {path} ({err}); rerun the model.") from None
