@@ -154,6 +154,7 @@ def analyze(
             index += 1
         stats = cap.stats()
         timing["forward_calls"] = cap.forward_calls
+        activation_dtypes = sorted(cap.activation_dtypes)
     if bar is not None:
         bar.close()
     timing["batch_size"] = batch_size
@@ -168,6 +169,9 @@ def analyze(
     timing["capture_seconds"] = t_analysis - t_start
     timing["tokens_per_second"] = N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
     meta = dict(model_meta or {})
+    if "load_seconds" in meta:
+        timing["load_seconds"] = meta.pop("load_seconds")
+    meta.setdefault("activation_dtype", ",".join(activation_dtypes))
     info = model_info(model, sitemap, **meta)
     data = {
         "dataset": data_info.get("dataset", "tensor"),

@@ -161,6 +161,7 @@ class Capture:
         self.token_ids = np.zeros((N, seq_len), dtype=np.int32)
         self.done = np.zeros(N, dtype=bool)
         self.forward_calls = 0
+        self.activation_dtypes: set[str] = set()
 
     # -- hooks -----------------------------------------------------------------------------
     def register(self, module: torch.nn.Module, fn: Callable, mode: str = "output"):
@@ -209,6 +210,7 @@ class Capture:
             if self._batch is None or not isinstance(x, torch.Tensor):
                 return
             self._calls[site.index] += 1
+            self.activation_dtypes.add(str(x.dtype).replace("torch.", ""))
             x = self._as_bth(x, site)
             self._reduce(site, x)
             for obs in self.observers:

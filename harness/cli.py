@@ -1,0 +1,121 @@
+"""``outliers``: the command line, a thin shell over the library.
+
+    outliers analyze MODEL [options] --out DIR   one model -> one result directory
+    outliers report [--results DIR] [--format table|csv|json|md] [--magnitude M ...]
+    outliers models                                the registry as a table
+
+Errors a user can cause print one sentence (``error: ...``) and exit with status 2; exit 0 only
+when the work was done and written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import HarnessError
+
+
+def _cmd_analyze(args) -> int:
+    from .options import from_argparse
+    from .run import run_model
+
+    opts = from_argparse(args)
+    if args.out:
+        from dataclasses import replace
+
+        opts = replace(opts, results_dir=args.out)
+    result, run_dir = run_model(args.model, opts, progress=not args.quiet)
+    print(_summary(result, run_dir))
+    return 0
+
+
+def _summary(result, run_dir) -> str:
+    from tabulate import tabulate
+
+    sc, po, m = result.seed_compatible, result.pooled, result.model
+
+    def pct(x):
+        return "-" if x is None else f"{x:.1f}"
+
+    rows = [
+        ["model", m["id"]],
+        ["params total / active", f"{m['total_params'] / 1e9:.3f}B / {m['active_params'] / 1e9:.3f}B"],
+        ["windows", f"{result.data['num_sequences']} x {result.data['seq_len']} "
+                    f"(stride {result.data['stride']}, {result.data['dataset']})"],
+        ["sites", f"{result.criteria['num_sites']} ({result.criteria['sites']})"],
+        ["systematic (seq, dim) pairs", sc["num_outliers"]],
+        ["mean / median layer %", f"{pct(sc['mean_layer_pct'])} / {pct(sc['median_layer_pct'])}"],
+        ["mean / median seq %", f"{pct(sc['mean_seq_pct'])} / {pct(sc['median_seq_pct'])}"],
+        ["pooled systematic dims", po["num_dims"]],
+        ["sites / positions affected %",
+         f"{po['sites_affected_pct']:.1f} / {po['positions_affected_pct']:.1f}"],
+        ["tokens/s", f"{result.timing['tokens_per_second']:.0f}"],
+        ["result", str(run_dir)],
+    ]
+    return tabulate(rows, tablefmt="simple")
+
+
+def _cmd_models(args) -> int:
+    from .registry_table import registry_table
+
+    print(registry_table(family=args.family, configs=args.configs, download=args.fetch_configs))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .options import add_to_argparse
+
+    parser = argparse.ArgumentParser(
+        prog="outliers", description="Outlier features of language models (Dettmers 2022)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="analyse one model and write its result directory")
+    p.add_argument("model", help="registry id (see `outliers models`), hub id or local directory")
+    add_to_argparse(p)
+    p.add_argument("--out", default=None, help="results directory (same as --results-dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--family", choices=("moe", "dense", "reference", "tiny"), default=None)
+    p.add_argument("--configs", default=None,
+                   help="folder of <org>__<name>/config.json files to count parameters offline")
+    p.add_argument("--fetch-configs", action="store_true",
+                   help="download missing config.json files from the hub (small)")
+    p.set_defaults(func=_cmd_models)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+def _report_command(sub) -> None:
+    try:
+        from .report import add_report_command
+    except ImportError:
+        return
+    add_report_command(sub)
+
+
+_EXTRA_COMMANDS = [_report_command]
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written for the unfinished model.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

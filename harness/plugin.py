@@ -1,0 +1,93 @@
+"""The pytest plugin: options, model parametrization, fixtures and the end-of-session report.
+
+Hooks stay a few lines each; the work is done by ``harness.session.OutlierSession``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .options import add_to_pytest
+
+MARKS = ("moe", "dense", "reference", "tiny")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("outliers", "outlier-feature analysis")
+    add_to_pytest(group, parser)
+    group.addoption("--reports-dir", dest="outliers_reports_dir", default="reports",
+                    help="where summary.md/csv/json and plots/ are written")
+    group.addoption("--expect-published", dest="outliers_expect_published", action="store_true",
+                    help="fail a model whose count deviates from the published one beyond "
+                    "--published-tolerance (only when the run used the published settings)")
+    group.addoption("--published-tolerance", dest="outliers_published_tolerance", default=None,
+                    help="relative tolerance for --expect-published (default 0.25)")
+    try:
+        from .runpod.options import add_runpod_options
+    except ImportError:
+        return
+    add_runpod_options(group)
+
+
+def pytest_configure(config):
+    from .session import OutlierSession
+
+    config._outliers = OutlierSession(config)
+
+
+def pytest_generate_tests(metafunc):
+    if "model_entry" not in metafunc.fixturenames:
+        return
+    import models
+
+    params = []
+    for entry in models.ENTRIES:
+        marks = [getattr(pytest.mark, entry.family)]
+        if not entry.is_tiny:
+            marks.append(pytest.mark.gpu)
+        params.append(pytest.param(entry, id=entry.id, marks=marks))
+    # module scope: one load per model, shared by every test of the module
+    metafunc.parametrize("model_entry", params, scope="module")
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    entries = [
+        item.callspec.params["model_entry"]
+        for item in session.items
+        if hasattr(item, "callspec") and "model_entry" in item.callspec.params
+    ]
+    config._outliers.prepare(entries)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    sess = getattr(config, "_outliers", None)
+    if sess is None or not sess.outcomes:
+        return
+    paths, text = sess.write_reports()
+    if text:
+        terminalreporter.write_sep("=", "outlier features")
+        terminalreporter.write_line(text)
+
+
+def pytest_unconfigure(config):
+    sess = getattr(config, "_outliers", None)
+    if sess is not None:
+        sess.close()
+
+
+@pytest.fixture(scope="session")
+def outliers_session(request):
+    return request.config._outliers
+
+
+@pytest.fixture(scope="module")
+def loaded_model(model_entry, outliers_session):
+    loaded = outliers_session.load(model_entry)
+    yield loaded
+    outliers_session.free(loaded)
+
+
+@pytest.fixture
+def token_windows(model_entry, loaded_model, outliers_session):
+    return outliers_session.windows(model_entry, loaded_model)

@@ -1,0 +1,97 @@
+"""One model, start to finish: load -> token windows -> analyze -> result directory.
+
+Shared by ``outliers analyze`` and the pytest plugin's local runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .analyze import analyze
+from .environment import environment
+from .loading import LoadedModel, load
+from .options import AnalysisOptions
+from .result import AnalysisResult, write_result
+
+
+def is_tiny(spec) -> bool:
+    import models
+
+    spec_id = spec if isinstance(spec, str) else spec.id
+    entry = models.REGISTRY.get(spec_id)
+    return bool(entry is not None and entry.is_tiny)
+
+
+def provenance(result: AnalysisResult, loaded: LoadedModel, env: dict) -> dict:
+    """The fields that decide whether two results were made the same way."""
+    data = result.data
+    return {
+        "harness_version": env.get("harness_version"),
+        "git_sha": (env.get("git") or {}).get("sha"),
+        "torch": env.get("packages", {}).get("torch"),
+        "transformers": env.get("packages", {}).get("transformers"),
+        "cuda": env.get("cuda"),
+        "gpu_name": env.get("gpu_name"),
+        "gpu_count": env.get("gpu_count"),
+        "model_commit": loaded.meta.get("source", {}).get("commit"),
+        "weight_format": (loaded.meta.get("quantization") or {}).get("quant_method") or "dense",
+        "model_dtype": result.model.get("dtype"),
+        "activation_dtype": result.model.get("activation_dtype"),
+        "attn_implementation": loaded.meta.get("attn_implementation"),
+        "experts_implementation": loaded.meta.get("experts_implementation"),
+        "kernel_path": loaded.meta.get("kernel_path"),
+        "dataset": data.get("dataset"),
+        "dataset_config": data.get("config"),
+        "dataset_revision": data.get("revision"),
+        "bos": data.get("bos"),
+        "windows_sha256": data.get("windows_sha256"),
+    }
+
+
+def load_data(loaded: LoadedModel, opts: AnalysisOptions, *, progress: bool = False):
+    from .data import DataSpec, load_windows
+
+    spec = DataSpec(
+        dataset=opts.dataset,
+        config=opts.dataset_config,
+        split=opts.split,
+        revision=opts.dataset_revision,
+        num_seqs=opts.num_seqs,
+        seq_len=opts.seq_len,
+        stride=opts.stride,
+        bos=opts.bos,
+    )
+    return load_windows(loaded.tokenizer, spec, progress=progress)
+
+
+def run_model(
+    spec,
+    options: AnalysisOptions,
+    *,
+    progress: bool = False,
+    observers=(),
+    loaded: LoadedModel | None = None,
+    windows=None,
+) -> tuple[AnalysisResult, Path]:
+    """Analyse one model with ``options`` and write its result directory atomically."""
+    opts = options.validated().with_defaults_for(is_tiny(spec))
+    if loaded is None:
+        loaded = load(spec, device=opts.device, dtype=opts.dtype)
+    if windows is None:
+        windows = load_data(loaded, opts, progress=progress)
+    result = analyze(
+        loaded.model,
+        windows,
+        sites=opts.sites,
+        magnitude=opts.magnitude,
+        layer_frac=opts.layer_frac,
+        seq_frac=opts.seq_frac,
+        batch_size=opts.batch_size,
+        observers=observers,
+        progress=progress,
+        model_meta=dict(loaded.meta),
+    )
+    env = environment()
+    result.sections["provenance"] = provenance(result, loaded, env)
+    run_dir = write_result(result, opts.results_dir, environment=env)
+    return result, run_dir

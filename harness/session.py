@@ -1,0 +1,179 @@
+"""The pytest session's state: options, the runner, the outcomes, and the reports at the end.
+
+``harness.plugin`` holds only pytest hooks of a few lines each; they delegate to one
+``OutlierSession`` created in ``pytest_configure``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .errors import HarnessError
+from .loading import LoadedModel, NoGpu, WeightsUnavailable, free, load, resolve_device
+from .options import AnalysisOptions, from_pytest
+from .runners import RunFailed, RunOutcome, RunSkipped
+
+
+class OutlierSession:
+    def __init__(self, config):
+        self.config = config
+        self.options: AnalysisOptions = from_pytest(config)
+        self.reports_dir = Path(config.getoption("outliers_reports_dir") or "reports")
+        self.expect_published = bool(config.getoption("outliers_expect_published"))
+        self.tolerance = float(config.getoption("outliers_published_tolerance") or 0.25)
+        self.outcomes: dict[str, RunOutcome] = {}
+        self.messages: list[str] = []
+        self._windows: dict[tuple, object] = {}
+        self.remote = None  # a harness.runpod runner when --runpod is given
+        self.started = time.time()
+
+    def prepare(self, entries) -> None:
+        """After collection: start remote work for the selected models (RunPod)."""
+        if not entries or not getattr(self.config.option, "runpod", False):
+            return
+        from .runpod.runner import make_runner
+
+        self.remote = make_runner(self, entries)
+
+    # -- local models --------------------------------------------------------------------
+    def options_for(self, entry) -> AnalysisOptions:
+        return self.options.with_defaults_for(entry.is_tiny)
+
+    def load(self, entry) -> LoadedModel | None:
+        """The model of ``entry`` on this machine, or a skip with one sentence saying why."""
+        if self.remote is not None:
+            return None
+        opts = self.options_for(entry)
+        try:
+            device = resolve_device(opts.device)
+            if device == "cpu" and opts.device == "auto" and not entry.is_tiny:
+                raise NoGpu(
+                    f"no usable GPU for {entry.id}; run it with --runpod, with --device cpu if it "
+                    "is small enough for this machine's memory, or on a GPU machine."
+                )
+            return load(entry, device=opts.device, dtype=opts.dtype)
+        except (NoGpu, WeightsUnavailable) as err:
+            pytest.skip(str(err))
+        except HarnessError as err:
+            pytest.fail(str(err), pytrace=False)
+
+    def windows(self, entry, loaded: LoadedModel | None):
+        """Token windows, tokenized once per tokenizer and data settings."""
+        if loaded is None:
+            return None
+        from .run import load_data
+
+        opts = self.options_for(entry)
+        tok = loaded.tokenizer
+        key = (
+            getattr(tok, "name_or_path", None) if not entry.is_tiny else "tiny",
+            len(tok), opts.dataset, opts.dataset_config, opts.split, opts.num_seqs,
+            opts.seq_len, opts.stride, opts.bos,
+        )
+        if key not in self._windows:
+            try:
+                self._windows[key] = load_data(loaded, opts, progress=True)
+            except HarnessError as err:
+                pytest.skip(str(err)) if "offline" in str(err).lower() else pytest.fail(
+                    str(err), pytrace=False
+                )
+        return self._windows[key]
+
+    def free(self, loaded: LoadedModel | None) -> None:
+        free(loaded)
+
+    # -- one model test --------------------------------------------------------------------
+    def run(self, entry, loaded, windows, benchmark) -> RunOutcome:
+        benchmark.group = entry.family
+        if self.remote is not None:
+            try:
+                outcome = benchmark.pedantic(self.remote.run, args=(entry,), rounds=1, iterations=1)
+            except RunSkipped as err:
+                pytest.skip(str(err))
+            except RunFailed as err:
+                pytest.fail(str(err), pytrace=False)
+        else:
+            from .run import run_model
+
+            opts = self.options_for(entry)
+
+            def measured():
+                return run_model(entry, opts, loaded=loaded, windows=windows)
+
+            try:
+                result, run_dir = benchmark.pedantic(measured, rounds=1, iterations=1)
+            except HarnessError as err:
+                pytest.fail(str(err), pytrace=False)
+            outcome = RunOutcome(entry.id, run_dir, result.to_dict() | {"environment": None})
+            outcome.extra["stats"] = result.stats
+        self.outcomes[entry.id] = outcome
+        self._record(entry, outcome, benchmark)
+        return outcome
+
+    def _record(self, entry, outcome: RunOutcome, benchmark) -> None:
+        r = outcome.result
+        sc, po, m = r["seed_compatible"], r["pooled"], r["model"]
+        info = {
+            "model": entry.id,
+            "family": entry.family,
+            "num_outliers": sc["num_outliers"],
+            "mean_layer_pct": sc["mean_layer_pct"],
+            "median_layer_pct": sc["median_layer_pct"],
+            "mean_seq_pct": sc["mean_seq_pct"],
+            "median_seq_pct": sc["median_seq_pct"],
+            "pooled_dims": po["num_dims"],
+            "sites_affected_pct": po["sites_affected_pct"],
+            "positions_affected_pct": po["positions_affected_pct"],
+            "total_params": m["total_params"],
+            "active_params": m["active_params"],
+            "tokens_per_second": r["timing"].get("tokens_per_second"),
+            "result_dir": str(outcome.result_dir),
+            "where": outcome.where,
+        }
+        if outcome.pod:
+            info["pod"] = outcome.pod
+        benchmark.extra_info.update(info)
+
+    def check(self, entry, outcome: RunOutcome, benchmark) -> list[str]:
+        """Honest-run invariants, plus the published figure beside ours when comparable."""
+        from .checks import honest_run_failures, published_deviation
+        from .result import read_stats
+
+        stats = outcome.extra.get("stats") or read_stats(outcome.result_dir)
+        r = outcome.result
+        per_layer = {"ln": 2, "residual": 1, "all": 3}[r["criteria"]["sites"]]
+        expected = per_layer * r["model"]["num_layers"]
+        failures = honest_run_failures(r, stats, expected_sites=expected)
+        dev = published_deviation(r, entry)
+        if dev is not None:
+            benchmark.extra_info["published"] = dev
+            if dev["comparable"]:
+                rel = dev["relative_deviation"]
+                self.messages.append(
+                    f"{entry.id}: {dev['ours']:,} pairs vs {dev['published']:,} published "
+                    f"({rel:+.0%})"
+                )
+                if self.expect_published and abs(rel) > self.tolerance:
+                    failures.append(
+                        f"{dev['ours']:,} systematic pairs deviate {rel:+.0%} from the published "
+                        f"{dev['published']:,} (tolerance {self.tolerance:.0%})"
+                    )
+        return failures
+
+    # -- end of session ----------------------------------------------------------------------
+    def write_reports(self):
+        """Reports over every result in the results directory; returns (paths, terminal text)."""
+        from .report import collect, summary_for_terminal, write_reports
+
+        rows = collect(self.options.results_dir)
+        if not rows:
+            return {}, ""
+        paths = write_reports(rows, self.reports_dir)
+        return paths, summary_for_terminal(rows, paths=paths, session_models=set(self.outcomes))
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
