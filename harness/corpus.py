@@ -71,8 +71,14 @@ def _module_docstrings(module) -> list[str]:
             for _, member in sorted(vars(obj).items()):
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
-                if inspect.isroutine(member) or isinstance(member, property):
-                    out.append(inspect.getdoc(member))
+                if not (inspect.isroutine(member) or isinstance(member, property)):
+                    continue
+                # Skip what other libraries patch into stdlib classes (transformers adds
+                # logging.Logger.warning_once): the corpus must not depend on what is imported.
+                origin = getattr(getattr(member, "fget", member), "__module__", None)
+                if origin not in (None, module.__name__):
+                    continue
+                out.append(inspect.getdoc(member))
     return [d for d in out if d]
 
 

@@ -54,7 +54,7 @@ class ReferencePoint:
 
 
 def _point(family: str, size: str, ppl: float, dims: int, layers: float, seq: float):
-    return ReferencePoint(family, size, parse_size(size), ppl, dims, layers, seq)
+    return ReferencePoint(family, size, parse_size(size), ppl, dims, float(layers), float(seq))
 
 
 # In the table's order (METHOD.md, section 5).
@@ -102,7 +102,12 @@ def reference_series() -> dict:
 # Our reference families (id prefix) -> the table's family of the same lineage.
 FAMILY_OF_PREFIX: dict[str, str | None] = {"opt": "fairseq", "gpt2": "GPT-2", "pythia": None}
 # GPT-2 ids name sizes, not counts; the counts of the hub checkpoints.
-GPT2_SIZES = {"small": 124_439_808, "medium": 354_823_168, "large": 774_030_080, "xl": 1_557_611_200}
+GPT2_SIZES = {
+    "small": 124_439_808,
+    "medium": 354_823_168,
+    "large": 774_030_080,
+    "xl": 1_557_611_200,
+}
 # Our figures beside Dettmers' columns (pooled figures: see the module doc).
 OURS = {"dims": "num_dims", "layer_pct": "sites_affected_pct", "seq_pct": "positions_affected_pct"}
 
@@ -190,6 +195,14 @@ def beside_ours(rows: Sequence[dict], ours: dict[str, str] | None = None) -> lis
 
 
 __all__ = [
-    "CRITERIA", "DATASET", "DETTMERS_TABLE4", "ReferencePoint", "SOURCE", "beside_ours",
-    "nominal_params", "parse_size", "reference_point", "reference_series",
+    "CRITERIA",
+    "DATASET",
+    "DETTMERS_TABLE4",
+    "ReferencePoint",
+    "SOURCE",
+    "beside_ours",
+    "nominal_params",
+    "parse_size",
+    "reference_point",
+    "reference_series",
 ]

@@ -39,6 +39,7 @@ Conventions (every figure states them, so they are written down once here):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -127,11 +128,21 @@ def _json_safe(obj):
 # The statistics
 
 
+def _as_float(value) -> float:
+    """A number as float; None, bools, strings and other non-numbers as NaN."""
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def finite_pairs(x: Iterable, y: Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, kept) as float arrays with every pair holding a None / NaN / inf dropped;
     ``kept`` are the indices of the pairs kept."""
-    xs = np.array([np.nan if v is None else float(v) for v in x], dtype=float)
-    ys = np.array([np.nan if v is None else float(v) for v in y], dtype=float)
+    xs = np.array([_as_float(v) for v in x], dtype=float)
+    ys = np.array([_as_float(v) for v in y], dtype=float)
     if xs.shape != ys.shape:
         raise ValueError(f"x and y differ in length ({xs.size} != {ys.size})")
     kept = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
@@ -149,6 +160,13 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     return float(stats.spearmanr(x, y).statistic)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_permutations(n: int) -> np.ndarray:
+    perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+    perms.setflags(write=False)
+    return perms
 
 
 def permutation_pvalue(
@@ -171,7 +189,7 @@ def permutation_pvalue(
     observed = abs(float(rx @ ry))
     tol = 1e-9 * scale
     if math.factorial(n) <= EXACT_MAX_PERMUTATIONS:
-        perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+        perms = _all_permutations(n)
         count = int(np.sum(np.abs(ry[perms] @ rx) >= observed - tol))
         return count / len(perms), "exact", len(perms)
     rng = np.random.default_rng([seed, 1])
@@ -353,13 +371,13 @@ def describe(metric_name: str, x_name: str, result: TrendResult) -> str:
             "models, nothing to test."
         )
     stats_text = (
-        f"rho = {_num(c.rho)}, p = {_p(c.p_value)} (95% CI {_num(c.ci_low)} to {_num(c.ci_high)})"
+        f"rho = {_num(c.rho)}, p = {_p(c.p_value)}, 95% CI {_num(c.ci_low)} to {_num(c.ci_high)}"
     )
     if c.p_value < P_THRESHOLD:
         direction = "increases" if c.rho > 0 else "decreases"
-        head = f"{metric_name} {direction} with {x_name}: {stats_text}"
+        head = f"{metric_name}: {direction} with {x_name} ({stats_text})"
     else:
-        head = f"{metric_name} shows no monotonic relation with {x_name}: {stats_text}"
+        head = f"{metric_name}: no monotonic relation with {x_name} ({stats_text})"
     if cp is None:
         tail = "no step test (no split leaves 2 models on each side)"
     elif cp.delta_bic > BIC_WEAK and math.isfinite(cp.delta_bic):
@@ -412,12 +430,7 @@ def _lookup(row: dict, key: str):
 
 
 def _log10_params(value, scale: float = 1.0) -> float:
-    if value is None or isinstance(value, (str, bool)):
-        return math.nan
-    try:
-        v = float(value) * scale
-    except (TypeError, ValueError):
-        return math.nan
+    v = _as_float(value) * scale
     return math.log10(v) if math.isfinite(v) and v > 0 else math.nan
 
 
@@ -434,7 +447,9 @@ def analyze_trends(
     may be a dotted path into nested dicts. x values are parameter COUNTS (a key ending in
     ``_b`` is read as billions) and are tested on a log10 scale; a row whose metric or x is
     None / NaN / not positive is skipped for that pair only."""
-    labels = [str(r.get("id") or r.get("model_name") or r.get("model") or i) for i, r in enumerate(rows)]
+    labels = [
+        str(r.get("id") or r.get("model_name") or r.get("model") or i) for i, r in enumerate(rows)
+    ]
     out = []
     for metric in metrics:
         y = [_lookup(r, metric) for r in rows]
@@ -443,8 +458,14 @@ def analyze_trends(
             x = [_log10_params(_lookup(r, x_key), scale) for r in rows]
             out.append(
                 trend(
-                    x, y, metric=metric, x_name=x_key, models=labels,
-                    n_perm=n_perm, n_boot=n_boot, seed=seed,
+                    x,
+                    y,
+                    metric=metric,
+                    x_name=x_key,
+                    models=labels,
+                    n_perm=n_perm,
+                    n_boot=n_boot,
+                    seed=seed,
                 )
             )
     return out
@@ -475,7 +496,21 @@ def trend_table(results: Sequence[TrendResult], tablefmt: str = "github") -> str
 
 
 __all__ = [
-    "ChangePoint", "Correlation", "DEFAULT_METRICS", "METRIC_LABELS", "TrendResult", "X_LABELS",
-    "analyze_trends", "bootstrap_ci", "change_point", "correlation", "describe", "format_params",
-    "permutation_pvalue", "row_from_result", "spearman_rho", "trend", "trend_table",
+    "ChangePoint",
+    "Correlation",
+    "DEFAULT_METRICS",
+    "METRIC_LABELS",
+    "TrendResult",
+    "X_LABELS",
+    "analyze_trends",
+    "bootstrap_ci",
+    "change_point",
+    "correlation",
+    "describe",
+    "format_params",
+    "permutation_pvalue",
+    "row_from_result",
+    "spearman_rho",
+    "trend",
+    "trend_table",
 ]

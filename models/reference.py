@@ -21,7 +21,7 @@ GPU plans are derived from the parameter count (``derive_gpu_plan``); figures co
 
 from dataclasses import fields
 
-from harness.reference import CRITERIA, SOURCE, reference_point
+from harness.reference import CRITERIA, reference_point
 
 from .registry import ModelEntry, Published
 
@@ -44,7 +44,7 @@ def _dettmers(label: str) -> Published:
         total_params_b=p.params / 1e9,  # as published (the GPT-2 paper's size)
         mean_layer_pct=p.layer_pct,
         mean_seq_pct=p.seq_pct,
-        source=f"Dettmers et al. 2022 table 4 ({SOURCE})",
+        source="Dettmers et al. 2022 table 4 (LLM.int8(), arXiv 2208.07339, appendix C)",
         settings=DETTMERS_SETTINGS,
         **extra,
     )
@@ -66,7 +66,6 @@ OPT = tuple(
         dtype="float16",  # the released checkpoints are fp16
         config_dir=f"facebook__opt-{size}" if size in _OPT_CONFIGS else None,
         notes=_OPT_NOTES.get(size, ""),
-        marks=("reference",),
     )
     for size in ("125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")
 )
@@ -86,7 +85,6 @@ GPT2 = tuple(
         dtype="float32",
         published=_dettmers(row),
         notes="1024 positions: run with --seq-len 1024; Dettmers' figures are on C4",
-        marks=("reference",),
     )
     for size, hub_id, row in _GPT2
 )
@@ -99,7 +97,6 @@ PYTHIA = tuple(
         dtype="float16",  # the released checkpoints are fp16 (trained in fp16 mixed precision)
         notes="no trustworthy config copy in shared/hf-configs (not checked offline); "
         "not in Dettmers' table 4",
-        marks=("reference",),
     )
     for size in ("160m", "410m", "1.4b", "2.8b", "6.9b", "12b")
 )

@@ -1,0 +1,335 @@
+"""The report's plots (matplotlib, Agg canvas, PNG at 8 x 6 in, 120 dpi).
+
+- ``scatter_plot``: the original study's 8 scatter plots (x = total or active params, log
+  scale; y = mean / median layer % and mean / median seq % of the seed-compatible pairs), all
+  families in one figure with distinct markers, model labels, bootstrap 95% intervals as error
+  bars, rows that are not comparable drawn hollow with a legend note, and Dettmers' table 4
+  as its own labelled series (issue 6.3). Two more of the same kind for the pooled figures
+  Dettmers reported (sites % and positions % affected).
+- ``heatmap``: per model, sites x dims (the pooled systematic dims first, then the dims with
+  the largest max |x|, up to ``HEATMAP_DIMS``), colour = max |x| on a log scale, cells at or
+  over the magnitude dotted and the magnitude marked on the colour bar.
+- ``sensitivity_plot``: pooled systematic dims and seed-compatible pairs against the magnitude
+  over each run's captured grid, one line per model (issue 6.1).
+
+Every plot function writes its PNG atomically and returns the data it drew (``series``), so
+tests can check what is on a figure without reading pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .outliers import Criteria, pooled_dims, seed_compatible
+
+FIGSIZE = (8.0, 6.0)
+DPI = 120
+HEATMAP_DIMS = 32
+REFERENCE_LABEL = "Dettmers et al. 2022 (table 4)"
+HOLLOW_NOTE = "hollow: not comparable (see summary.md)"
+
+# family -> (marker, colour, legend label)
+FAMILY_STYLE = {
+    "moe": ("o", "tab:red", "MoE"),
+    "dense": ("s", "tab:blue", "dense"),
+    "reference": ("^", "tab:green", "reference (2022 families)"),
+    "tiny": ("D", "tab:purple", "tiny"),
+}
+X_AXES = {"total_params": "total parameters", "active_params": "active parameters"}
+Y_AXES = {
+    "mean_layer_pct": "mean layer % of systematic (seq, dim) pairs",
+    "median_layer_pct": "median layer % of systematic (seq, dim) pairs",
+    "mean_seq_pct": "mean sequence % of systematic (seq, dim) pairs",
+    "median_seq_pct": "median sequence % of systematic (seq, dim) pairs",
+    "sites_affected_pct": "% of sites touched by a pooled systematic dim",
+    "positions_affected_pct": "% of positions touched by a pooled systematic dim",
+}
+# Which column of table 4 goes on which y axis.
+REFERENCE_COLUMN = {
+    "mean_layer_pct": "layer_pct",
+    "median_layer_pct": "layer_pct",
+    "mean_seq_pct": "seq_pct",
+    "median_seq_pct": "seq_pct",
+    "sites_affected_pct": "layer_pct",
+    "positions_affected_pct": "seq_pct",
+}
+STUDY_PLOTS = tuple((x, y) for x in X_AXES for y in list(Y_AXES)[:4])  # the original 8
+POOLED_PLOTS = (("total_params", "sites_affected_pct"), ("total_params", "positions_affected_pct"))
+
+
+def _figure(figsize=FIGSIZE) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """PNG at ``DPI`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "model"
+
+
+def _reference_series() -> dict | None:
+    try:
+        from .reference import reference_series
+    except ImportError:
+        return None
+    return reference_series()
+
+
+# -- scatter plots ----------------------------------------------------------------------------
+def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = True) -> dict:
+    """One point per model with params (``x``) on a log axis against ``y``; returns
+    ``{"path", "x", "y", "series": {label: {"x", "y", "labels", "low", "high", "hollow"}}}``
+    (the reference overlay, when drawn, is the series ``REFERENCE_LABEL``)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    series: dict[str, dict] = {}
+    any_hollow = False
+    for family, (marker, colour, label) in FAMILY_STYLE.items():
+        pts = [
+            r for r in rows
+            if r.family == family and getattr(r, x) and getattr(r, y) is not None
+        ]
+        if not pts:
+            continue
+        s = {"x": [], "y": [], "labels": [], "low": [], "high": [], "hollow": []}
+        for r in pts:
+            iv = r.ci.get(y)
+            s["x"].append(float(getattr(r, x)))
+            s["y"].append(float(getattr(r, y)))
+            s["labels"].append(r.model_name)
+            s["low"].append(None if iv is None else iv.low)
+            s["high"].append(None if iv is None else iv.high)
+            s["hollow"].append(not r.comparable)
+        series[label] = s
+        for hollow in (False, True):
+            idx = [i for i, h in enumerate(s["hollow"]) if h == hollow]
+            if not idx:
+                continue
+            any_hollow |= hollow
+            xs = np.array([s["x"][i] for i in idx])
+            ys = np.array([s["y"][i] for i in idx])
+            err = np.array(
+                [
+                    [
+                        max(0.0, ys[j] - s["low"][i]) if s["low"][i] is not None else 0.0,
+                        max(0.0, s["high"][i] - ys[j]) if s["high"][i] is not None else 0.0,
+                    ]
+                    for j, i in enumerate(idx)
+                ]
+            ).T
+            ax.errorbar(
+                xs, ys, yerr=err if err.any() else None, fmt=marker, color=colour,
+                mfc="none" if hollow else colour, mec=colour, ms=8, mew=1.5, capsize=3,
+                elinewidth=1, ls="none", label=None if hollow else label, zorder=3,
+            )
+            if hollow and not any(not h for h in s["hollow"]):
+                ax.plot([], [], marker, color=colour, ls="none", label=label)
+        for xv, yv, name in zip(s["x"], s["y"], s["labels"], strict=True):
+            ax.annotate(name, (xv, yv), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    ref = _reference_series() if reference and y in REFERENCE_COLUMN else None
+    if ref is not None:
+        col = REFERENCE_COLUMN[y]
+        rx = [float(p) for p in ref["params"]]
+        ry = [float(v) for v in ref[col]]
+        name = "% layers affected" if col == "layer_pct" else "% sequence positions affected"
+        ax.plot(rx, ry, marker="x", ls=":", color="0.35", ms=7, mew=1.5, zorder=2,
+                label=f"{REFERENCE_LABEL}: {name}")
+        for i, (xv, yv, lab) in enumerate(zip(rx, ry, ref["labels"], strict=True)):
+            ax.annotate(lab, (xv, yv), xytext=(4, -10 if i % 2 == 0 else 5),
+                        textcoords="offset points", fontsize=6, color="0.35")
+        series[REFERENCE_LABEL] = {"x": rx, "y": ry, "labels": list(ref["labels"]),
+                                   "column": col}
+    if any_hollow:
+        ax.add_line(Line2D([], [], marker="o", mfc="none", color="black", ls="none",
+                           label=HOLLOW_NOTE))
+    ax.set_xscale("log")
+    ax.set_xlabel(X_AXES.get(x, x) + " (log scale)")
+    ax.set_ylabel(Y_AXES.get(y, y))
+    title_y = Y_AXES.get(y, y).split(" of ")[0].split(" touched")[0]
+    ax.set_title(f"{title_y} vs {X_AXES.get(x, x)}")
+    ax.grid(True, which="both", alpha=0.3)
+    if y.endswith("_pct"):
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(-2.0, lo), min(105.0, max(hi, 10.0)))
+    if series:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no model has a value for this figure", ha="center", va="center",
+                transform=ax.transAxes)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
+    save_figure(fig, path)
+    return {"path": Path(path), "x": x, "y": y, "series": series}
+
+
+# -- heatmap ----------------------------------------------------------------------------------
+def heatmap_dims(stats, criteria: Criteria, limit: int = HEATMAP_DIMS) -> tuple[np.ndarray, int]:
+    """(dims, number of them that are pooled systematic dims): systematic dims by max |x|
+    first, then the other dims by max |x|, at most ``limit``."""
+    sys_dims, _ = pooled_dims(stats, criteria)
+    peak = stats.site_max.max(axis=0)
+    sys_sorted = sys_dims[np.argsort(-peak[sys_dims], kind="stable")][:limit]
+    others = np.setdiff1d(np.arange(stats.hidden_size), sys_dims)
+    others = others[np.argsort(-peak[others], kind="stable")][: limit - len(sys_sorted)]
+    return np.concatenate([sys_sorted, others]).astype(np.int64), len(sys_sorted)
+
+
+def heatmap(row, path: str | Path) -> dict:
+    """Sites x top dims of ``row`` (max |x| per site, log colour); returns the drawn data."""
+    stats, criteria = row.stats, row.criteria
+    dims, n_sys = heatmap_dims(stats, criteria)
+    values = np.asarray(stats.site_max[:, dims], dtype=np.float64)
+    S = stats.num_sites
+    positive = values[values > 0]
+    vmax = max(float(values.max()) if values.size else 1.0, criteria.magnitude * 1.01)
+    vmin = float(positive.min()) if positive.size else 1e-3
+    vmin = min(max(vmin, vmax * 1e-4), criteria.magnitude * 0.5)
+    height = float(np.clip(2.0 + 0.14 * S, 4.5, 12.0))
+    fig = _figure((9.0, height))
+    label_in = 0.08 * max(len(n) for n in stats.site_names) + 0.35  # site names on the left
+    fig.subplots_adjust(left=label_in / 9.0, right=0.93, bottom=0.95 / height,
+                        top=1 - 0.45 / height)
+    ax = fig.add_subplot()
+    im = ax.imshow(
+        np.clip(values, vmin, None), aspect="auto", cmap="viridis",
+        norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest",
+    )
+    over = np.argwhere(values >= criteria.magnitude)
+    if len(over):
+        ax.scatter(over[:, 1], over[:, 0], s=5, c="black", marker="o", linewidths=0)
+    ax.set_xticks(np.arange(len(dims)))
+    ax.set_xticklabels([str(d) for d in dims], rotation=90, fontsize=7)
+    for i, tick in enumerate(ax.get_xticklabels()):
+        if i < n_sys:
+            tick.set_color("tab:red")
+            tick.set_fontweight("bold")
+    step = max(1, int(np.ceil(S / 48)))
+    ax.set_yticks(np.arange(0, S, step))
+    ax.set_yticklabels([stats.site_names[i] for i in range(0, S, step)], fontsize=7)
+    if n_sys:
+        ax.axvline(n_sys - 0.5, color="white", lw=1.5)
+    ax.set_xlabel(f"dim (red: the {n_sys} pooled systematic dims; then the largest others)")
+    ax.set_ylabel("site")
+    ax.set_title(
+        f"{row.model_name}: max |x| per site and dim (dots: >= {criteria.magnitude:g})",
+        fontsize=10,
+    )
+    cbar = fig.colorbar(im, ax=ax)
+    cbar.set_label("max |x| (log scale)")
+    cbar.ax.axhline(criteria.magnitude, color="red", lw=2)
+    cbar.ax.text(1.6, criteria.magnitude, f" {criteria.magnitude:g}", color="red", fontsize=8,
+                 va="center", transform=cbar.ax.get_yaxis_transform())
+    save_figure(fig, path)
+    return {
+        "path": Path(path),
+        "dims": dims.tolist(),
+        "num_systematic": n_sys,
+        "sites": list(stats.site_names),
+        "values": values,
+        "magnitude": criteria.magnitude,
+    }
+
+
+# -- sensitivity ------------------------------------------------------------------------------
+def sensitivity_curves(stats, criteria: Criteria) -> dict:
+    """Pooled systematic dims and seed-compatible pairs at every grid magnitude (the run's
+    fractions kept)."""
+    mags, dims, pairs = [], [], []
+    for m in np.asarray(stats.grid, dtype=float):
+        c = Criteria(float(m), criteria.layer_frac, criteria.seq_frac)
+        mags.append(float(m))
+        dims.append(int(len(pooled_dims(stats, c)[0])))
+        pairs.append(int(seed_compatible(stats, c, with_pairs=False)["num_outliers"]))
+    return {"magnitude": mags, "dims": dims, "pairs": pairs}
+
+
+def sensitivity_plot(rows, path: str | Path) -> dict:
+    """Two panels, one line per model: pooled systematic dims and seed-compatible pairs vs the
+    magnitude (log x, symlog y). Returns ``{"path", "dims": {model: {"x", "y"}}, "pairs": ...}``."""
+    fig = _figure((12.0, 5.5))
+    ax_dims, ax_pairs = fig.subplots(1, 2)
+    colours = [f"C{i}" for i in range(10)]
+    styles = ["-", "--", "-.", ":"]
+    out = {"path": Path(path), "dims": {}, "pairs": {}}
+    drawn = [r for r in rows if r.stats is not None]
+    for i, r in enumerate(drawn):
+        curves = sensitivity_curves(r.stats, r.criteria)
+        colour, ls = colours[i % 10], styles[(i // 10) % len(styles)]
+        label = r.model_name + ("" if r.comparable else " (not comparable)")
+        for ax, key in ((ax_dims, "dims"), (ax_pairs, "pairs")):
+            ax.plot(curves["magnitude"], curves[key], marker="o", ms=4, color=colour, ls=ls,
+                    mfc=colour if r.comparable else "none", label=label)
+            out[key][r.model_name] = {"x": curves["magnitude"], "y": curves[key]}
+    magnitudes = sorted({r.criteria.magnitude for r in drawn})
+    for ax, title in ((ax_dims, "pooled systematic dims"), (ax_pairs, "seed-compatible pairs")):
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("magnitude threshold |x| (log scale)")
+        ax.set_ylabel(title + " (symlog)")
+        ax.set_title(f"{title} vs magnitude")
+        ax.grid(True, which="both", alpha=0.3)
+        for m in magnitudes:
+            ax.axvline(m, color="0.5", lw=1, ls=":")
+    if drawn:
+        fr = drawn[0].criteria
+        ax_pairs.legend(fontsize=7, loc="best", title=f"layer {fr.layer_frac:g}, seq "
+                        f"{fr.seq_frac:g}", title_fontsize=7)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.93, wspace=0.22)
+    save_figure(fig, path)
+    return out
+
+
+# -- everything -------------------------------------------------------------------------------
+def plot_all(rows, out_dir: str | Path) -> dict[str, dict]:
+    """Every plot of the report under ``out_dir``: {file name: the plot's data}."""
+    out = Path(out_dir)
+    drawn: dict[str, dict] = {}
+    for x, y in STUDY_PLOTS + POOLED_PLOTS:
+        name = f"{y}_vs_{x}.png"
+        drawn[name] = scatter_plot(rows, x, y, out / name)
+    with_stats = [r for r in rows if r.stats is not None]
+    if with_stats:
+        drawn["sensitivity.png"] = sensitivity_plot(with_stats, out / "sensitivity.png")
+    names = [r.model_name for r in with_stats]
+    for r in with_stats:
+        stem = _slug(r.model_name)
+        if names.count(r.model_name) > 1:  # same model in two configurations
+            stem += f"_{_slug(r.activation_dtype)}_{_slug(Path(r.run_dir).name)[:40]}"
+        name = f"heatmap_{stem}.png"
+        drawn[name] = heatmap(r, out / name)
+    return drawn
+
+
+def write_plots(rows, out_dir: str | Path) -> dict[str, Path]:
+    """``plot_all`` and return {file name: path}."""
+    return {name: d["path"] for name, d in plot_all(rows, out_dir).items()}
+
+
+__all__ = [
+    "FAMILY_STYLE", "HOLLOW_NOTE", "POOLED_PLOTS", "REFERENCE_LABEL", "STUDY_PLOTS",
+    "heatmap", "heatmap_dims", "plot_all", "save_figure", "scatter_plot", "sensitivity_curves",
+    "sensitivity_plot", "write_plots",
+]

@@ -1,0 +1,359 @@
+"""The part of a RunPod run that lives ON the pod. Standard library only: it is copied to the
+pod on its own (over SSH stdin) before anything else and runs with the image's ``python3``.
+
+    python3 podside.py watchdog ROOT --deadline-in S --grace S --poll S --on-end ACTION
+        Started first, detached (setsid + nohup). Stops the pod when the deadline passes, or
+        when the job has ended and its results were fetched (``ROOT/fetched``) or were not
+        fetched within the grace period, or when the job process vanished. It uses the pod's
+        OWN identity and key, never the user's.
+    python3 podside.py job ROOT        Detached: install the project, run each pytest step of
+                                       ROOT/job.json, record exit codes in ROOT/state.json.
+    python3 podside.py status ROOT     One JSON line: phase, exit codes, log tail.
+    python3 podside.py unpack DIR      Extract a tar.gz from stdin into DIR.
+    python3 podside.py pack ROOT       Write a tar.gz of ROOT's outputs to stdout.
+
+What RunPod provides inside a pod (docs.runpod.io/pods/templates/environment-variables,
+"Runpod-provided variables"; github.com/runpod/docs pods/templates/environment-variables.mdx):
+``RUNPOD_POD_ID`` (the pod's id) and ``RUNPOD_API_KEY`` ("Pod-scoped API key"); the runpodctl
+README says every pod comes with runpodctl installed with a pod-scoped API key
+(github.com/runpod/runpodctl issue 244), and pods stop themselves with
+``runpodctl stop pod $RUNPOD_POD_ID`` (runpodctl issue 149; ``remove`` terminates, issue 27).
+These are container environment variables: RunPod's images copy only ``RUNPOD_*`` and PATH into
+``/etc/rp_environment`` for SSH sessions (runpod/containers start.sh ``export_env_vars``), so the
+full pod environment (HF_TOKEN included) is read from ``/proc/1/environ``. Tests point
+``OUTLIERS_POD_ENVIRON`` at a fake pod's environment file instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+
+DEFAULT_API = "https://api.runpod.io"
+# Not copied from the pod environment into the job's environment.
+_SESSION_VARS = {"PWD", "OLDPWD", "SHLVL", "_", "HOME", "USER", "LOGNAME", "SHELL", "TERM",
+                 "HOSTNAME", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "PUBLIC_KEY"}
+
+
+# -- the pod's environment ---------------------------------------------------------------------
+def _parse_nul(data: bytes) -> dict:
+    env = {}
+    for item in data.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def _parse_exports(text: str) -> dict:
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):]
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            env[key] = value
+    return env
+
+
+def pod_environment() -> dict:
+    """The pod's container environment (``/proc/1/environ``) over this session's environment."""
+    env = {}
+    try:
+        with open("/etc/rp_environment") as f:
+            env.update(_parse_exports(f.read()))
+    except OSError:
+        pass
+    env.update(os.environ)
+    path = os.environ.get("OUTLIERS_POD_ENVIRON") or "/proc/1/environ"
+    try:  # the container's own environment wins: the pod identity comes from RunPod
+        with open(path, "rb") as f:
+            env.update(_parse_nul(f.read()))
+    except OSError:
+        pass
+    return env
+
+
+# -- small files -------------------------------------------------------------------------------
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _pid_of(root: str, name: str) -> int | None:
+    try:
+        with open(os.path.join(root, name)) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _log(path: str, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + text + "\n")
+
+
+# -- stopping the pod with its own identity ----------------------------------------------------
+def _graphql(base: str, key: str, query: str, timeout: float = 30.0) -> dict:
+    req = urllib.request.Request(
+        base.rstrip("/") + "/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body = json.loads(resp.read().decode() or "{}")
+    if body.get("errors"):
+        raise RuntimeError(str(body["errors"][0].get("message", "error"))[:200])
+    return body
+
+
+def stop_self(action: str, log) -> bool:
+    """``action``: terminate (podTerminate, then podStop) or stop (podStop). True on success."""
+    env = pod_environment()
+    pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
+    base = env.get("RUNPOD_API_BASE_URL") or DEFAULT_API
+    mutations = ["podTerminate", "podStop"] if action == "terminate" else ["podStop"]
+    if pod_id and key:
+        for m in mutations:
+            fields = "" if m == "podTerminate" else " { id desiredStatus }"
+            query = f'mutation {{ {m}(input: {{ podId: "{pod_id}" }}){fields} }}'
+            try:
+                _graphql(base, key, query)
+                log(f"{m} {pod_id}: done")
+                return True
+            except (OSError, ValueError, RuntimeError, urllib.error.URLError) as err:
+                msg = str(err).replace(key, "***")
+                log(f"{m} {pod_id} failed: {type(err).__name__}: {msg}")
+    else:
+        log("RUNPOD_POD_ID / RUNPOD_API_KEY not in the pod environment")
+    ctl = shutil.which("runpodctl")
+    if ctl and pod_id:  # configured with the pod-scoped key inside RunPod pods
+        verb = "remove" if action == "terminate" else "stop"
+        try:
+            rc = subprocess.call([ctl, verb, "pod", pod_id], timeout=60,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log(f"runpodctl {verb} pod {pod_id}: exit {rc}")
+            return rc == 0
+        except (OSError, subprocess.SubprocessError) as err:
+            log(f"runpodctl failed: {type(err).__name__}")
+    return False
+
+
+def watchdog(root: str, deadline_in: float, grace: float, poll: float, on_end: str,
+             on_deadline: str) -> int:
+    """Stop the pod at the deadline or once the job has ended (see the module docstring)."""
+    logf = os.path.join(root, "watchdog.log")
+
+    def log(text):
+        _log(logf, text)
+
+    with open(os.path.join(root, "watchdog.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    start = time.monotonic()
+    deadline = start + deadline_in
+    log(f"watching: deadline in {deadline_in:.0f}s, grace {grace:.0f}s, on end: {on_end}")
+    ended_at = None
+    while True:
+        now = time.monotonic()
+        reason = action = None
+        state = _read_json(os.path.join(root, "state.json"))
+        job_pid = _pid_of(root, "job.pid")
+        ended = state.get("phase") == "done" or (
+            job_pid is not None and not _alive(job_pid) and state.get("phase") != "done"
+        )
+        if ended and ended_at is None:
+            ended_at = now
+            log(f"job ended (phase {state.get('phase', 'lost')})")
+        if now >= deadline:
+            reason, action = "deadline passed", on_deadline
+        elif ended_at is not None and on_end != "none":
+            if os.path.exists(os.path.join(root, "fetched")):
+                reason, action = "job ended and its results were fetched", on_end
+            elif now - ended_at >= grace:
+                reason, action = "job ended; results not fetched within the grace period", on_end
+        if reason:
+            log(f"stopping the pod: {reason}")
+            for attempt in range(1000):
+                if stop_self(action, log):
+                    return 0
+                time.sleep(min(60.0, poll * (2 ** min(attempt, 6))))
+            return 1
+        time.sleep(poll)
+
+
+# -- the job -----------------------------------------------------------------------------------
+def job(root: str) -> int:
+    spec = _read_json(os.path.join(root, "job.json"))
+    state_path = os.path.join(root, "state.json")
+    with open(os.path.join(root, "job.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    env = dict(os.environ)
+    for key, value in pod_environment().items():
+        if key not in _SESSION_VARS:
+            env.setdefault(key, value)
+    env["PYTHONUNBUFFERED"] = "1"
+    tree = os.path.join(root, "tree")
+    out = os.path.join(root, "out")
+    os.makedirs(os.path.join(out, "results"), exist_ok=True)
+    logpath = os.path.join(root, "job.log")
+    codes: dict = {}
+    state = {"phase": "install", "exit_codes": codes, "started": time.time()}
+    _write_json(state_path, state)
+    with open(logpath, "ab", buffering=0) as log:
+
+        def say(text):
+            log.write(f"[pod] {text}\n".encode())
+
+        try:
+            install = os.environ.get("OUTLIERS_POD_INSTALL")
+            if install is None:
+                cmd = [sys.executable, "-m", "pip", "install", "-q", "--root-user-action=ignore",
+                       "-e", "."]
+                say("installing the project: " + " ".join(cmd[1:]))
+                rc = subprocess.call(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+            elif install.strip():
+                say("installing the project (pod image command)")
+                rc = subprocess.call(install, shell=True, cwd=tree, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+            else:
+                rc = 0
+            codes["install"] = rc
+            if rc != 0:
+                say(f"install failed with exit code {rc}")
+                return rc
+            for step in spec.get("steps", []):
+                label = step["label"]
+                state["phase"] = f"run {label}"
+                _write_json(state_path, state)
+                cmd = [sys.executable, "-m", "pytest", *step["args"],
+                       "--results-dir", os.path.join(out, "results"),
+                       "--benchmark-json", os.path.join(out, f"bench-{label}.json"),
+                       "-p", "no:cacheprovider"]
+                say(f"running {label}: pytest {' '.join(step['args'])}")
+                rc = subprocess.call(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+                codes[label] = rc
+                say(f"{label} finished with exit code {rc}")
+            return 0 if all(v == 0 for v in codes.values()) else 1
+        except Exception as err:  # noqa: BLE001 - recorded, the local side reads it
+            say(f"job error: {type(err).__name__}: {err}")
+            codes.setdefault("job", 1)
+            return 1
+        finally:
+            state["phase"] = "done"
+            state["finished"] = time.time()
+            _write_json(state_path, state)
+
+
+def status(root: str, tail: int = 30) -> int:
+    state = _read_json(os.path.join(root, "state.json"))
+    lines: list[str] = []
+    try:
+        with open(os.path.join(root, "job.log"), "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().decode(errors="replace").splitlines()[-tail:]
+    except OSError:
+        pass
+    job_pid = _pid_of(root, "job.pid")
+    wd_pid = _pid_of(root, "watchdog.pid")
+    print(json.dumps({
+        "phase": state.get("phase", "starting"),
+        "exit_codes": state.get("exit_codes", {}),
+        "job_alive": bool(job_pid and _alive(job_pid)),
+        "watchdog_alive": bool(wd_pid and _alive(wd_pid)),
+        "tail": lines,
+    }))
+    return 0
+
+
+def unpack(dest: str) -> int:
+    os.makedirs(dest, exist_ok=True)
+    data = sys.stdin.buffer.read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        try:
+            tar.extractall(dest, filter="data")
+        except TypeError:  # Python < 3.10.12 has no extraction filters
+            tar.extractall(dest)
+    return 0
+
+
+def pack(root: str) -> int:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("out", "job.log", "watchdog.log", "state.json"):
+            path = os.path.join(root, name)
+            if os.path.exists(path):
+                tar.add(path, arcname=name)
+    sys.stdout.buffer.write(buf.getvalue())
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="podside")
+    sub = p.add_subparsers(dest="mode", required=True)
+    w = sub.add_parser("watchdog")
+    w.add_argument("root")
+    w.add_argument("--deadline-in", type=float, required=True)
+    w.add_argument("--grace", type=float, default=900.0)
+    w.add_argument("--poll", type=float, default=15.0)
+    w.add_argument("--on-end", choices=("terminate", "stop", "none"), default="terminate")
+    w.add_argument("--on-deadline", choices=("terminate", "stop"), default="terminate")
+    for name in ("job", "pack"):
+        sub.add_parser(name).add_argument("root")
+    s = sub.add_parser("status")
+    s.add_argument("root")
+    s.add_argument("--tail", type=int, default=30)
+    sub.add_parser("unpack").add_argument("dest")
+    a = p.parse_args(argv)
+    if a.mode == "watchdog":
+        return watchdog(a.root, a.deadline_in, a.grace, a.poll, a.on_end, a.on_deadline)
+    if a.mode == "job":
+        return job(a.root)
+    if a.mode == "status":
+        return status(a.root, a.tail)
+    if a.mode == "unpack":
+        return unpack(a.dest)
+    return pack(a.root)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

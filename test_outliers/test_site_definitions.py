@@ -1,0 +1,119 @@
+"""The sites are what METHOD.md says they are, for every architecture of the site table:
+
+- ``attn_in`` / ``mlp_in`` equal the norm's mathematical output (after the learned gain),
+  recomputed here from the residual stream that enters the norm;
+- the residual stream entering the MLP norm equals layer input + attention output;
+- ``resid_out`` equals the decoder layer's output (``hidden_states[i + 1]``; the last layer's
+  output is the final norm's input, since ``hidden_states[-1]`` is taken after it).
+"""
+
+import pytest
+import torch
+from factories import ARCHITECTURES, random_ids, random_model
+
+from harness.analyze import analyze
+from harness.capture import Observer
+
+# model_type -> (attention module name in a layer, norm kind)
+ATTENTION = {"gpt2": "attn", "gpt_neox": "attention"}
+LAYERNORM_FAMILIES = {"gpt2", "opt", "gpt_neox"}
+
+
+class Recorder(Observer):
+    """Keeps a copy of every site activation (test only)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_site(self, site, x, batch):
+        self.seen[site.name] = x.detach().clone()
+
+
+def norm_formula(norm, x, model_type):
+    x32 = x.float()
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
+    if model_type in LAYERNORM_FAMILIES:
+        mu = x32.mean(-1, keepdim=True)
+        var = ((x32 - mu) ** 2).mean(-1, keepdim=True)
+        y = (x32 - mu) / torch.sqrt(var + eps)
+        return y * norm.weight.float() + norm.bias.float()
+    y = x32 * torch.rsqrt((x32 * x32).mean(-1, keepdim=True) + eps)
+    gain = norm.weight.float()
+    if model_type == "qwen3_next":  # zero-centred gain: (1 + w)
+        gain = 1.0 + gain
+    return y * gain
+
+
+def attention_module(layer, model_type):
+    if model_type == "qwen3_next" and hasattr(layer, "linear_attn"):
+        return layer.linear_attn
+    return getattr(layer, ATTENTION.get(model_type, "self_attn"))
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a != "opt_post_ln"])
+def test_sites_are_the_norm_outputs_and_the_layer_outputs(arch):
+    model = random_model(arch, torch.float32, seed=21)
+    mt = model.config.model_type
+    ids = random_ids(2, 12, seed=22)
+    rec = Recorder()
+    result = analyze(model, ids, sites="all", batch_size=2, observers=[rec])
+    # independent capture of the norm inputs, attention outputs and hidden states
+    from harness.sites import find_sites
+
+    sm = find_sites(model, "all")
+    norm_in, attn_out, final_in = {}, {}, {}
+    hooks = []
+    layers = [s for s in sm.sites if s.kind == "resid_out"]
+    for s in sm.sites:
+        if s.kind in ("attn_in", "mlp_in"):
+            hooks.append(s.module.register_forward_pre_hook(
+                lambda m, a, k, n=s.name: norm_in.__setitem__(n, (a[0] if a else k["hidden_states"]).clone()),
+                with_kwargs=True))
+    for s in layers:
+        att = attention_module(s.module, mt)
+        hooks.append(att.register_forward_hook(
+            lambda m, a, o, i=s.layer: attn_out.__setitem__(i, (o[0] if isinstance(o, tuple) else o).clone())))
+    final_norm = model.base_model.norm if hasattr(model.base_model, "norm") else (
+        model.base_model.ln_f if hasattr(model.base_model, "ln_f") else
+        getattr(model.base_model, "final_layer_norm", None) or model.base_model.decoder.final_layer_norm)
+    hooks.append(final_norm.register_forward_pre_hook(
+        lambda m, a: final_in.__setitem__("x", a[0].clone())))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    hs = out.hidden_states
+    L = sm.num_layers
+    assert result.criteria["num_sites"] == 3 * L
+    for s in sm.sites:
+        got = rec.seen[s.name].reshape(2, 12, -1)
+        if s.kind == "resid_out":
+            want = hs[s.layer + 1] if s.layer < L - 1 else final_in["x"]
+            torch.testing.assert_close(got, want.reshape(2, 12, -1), rtol=0, atol=0)
+            continue
+        x = norm_in[s.name].reshape(2, 12, -1)
+        if s.kind == "attn_in":
+            torch.testing.assert_close(x, hs[s.layer].reshape(2, 12, -1), rtol=0, atol=0)
+        else:  # the MLP norm reads layer input + attention output (parallel NeoX: the input)
+            parallel = getattr(model.config, "use_parallel_residual", False)
+            resid = hs[s.layer] if parallel else hs[s.layer] + attn_out[s.layer]
+            torch.testing.assert_close(x, resid.reshape(2, 12, -1), rtol=1e-6, atol=1e-6)
+        want = norm_formula(s.module, x, mt)
+        torch.testing.assert_close(got.float(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_post_ln_opt_sites_are_the_sublayer_inputs():
+    model = random_model("opt_post_ln", torch.float32, seed=23)
+    ids = random_ids(2, 10, seed=24)
+    rec = Recorder()
+    analyze(model, ids, sites="ln", batch_size=2, observers=[rec])
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    layers = model.model.decoder.layers
+    for i in range(len(layers)):
+        # attention reads the layer input directly in post-LN OPT
+        torch.testing.assert_close(rec.seen[f"layers.{i}.attn_in"], hs[i], rtol=0, atol=0)
+        # the FFN reads the post-attention norm's output
+        assert rec.seen[f"layers.{i}.mlp_in"].shape == hs[i].shape
