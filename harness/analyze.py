@@ -82,6 +82,7 @@ def analyze(
     observers: Iterable[Observer] = (),
     progress: bool = False,
     model_meta: dict | None = None,
+    perplexity: bool = False,
 ) -> AnalysisResult:
     """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
     ``harness.data.Windows``) with exactly one forward pass per batch.
@@ -116,6 +117,10 @@ def analyze(
     batch_size = min(batch_size, N)
     forward = base_forward(model)
     observers = list(observers)
+    if perplexity:
+        from .perplexity import Perplexity
+
+        observers.append(Perplexity(model))
     timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}
     bar = None
     if progress:

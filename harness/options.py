@@ -48,6 +48,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, None, "windows per forward pass (default: automatic, halved on "
            "out-of-memory)"),
     Option("results_dir", str, "results", "where result directories are written"),
+    Option("perplexity", bool, False, "also record the next-token loss on the same windows "
+           "(same forward pass)"),
 )
 
 
@@ -69,6 +71,7 @@ class AnalysisOptions:
     dtype: str = "auto"
     batch_size: int | None = None
     results_dir: str = "results"
+    perplexity: bool = False
 
     def validated(self) -> AnalysisOptions:
         for name in ("num_seqs", "seq_len", "stride", "batch_size"):
@@ -111,6 +114,8 @@ class AnalysisOptions:
 def _convert(opt: Option, raw):
     if raw is None or raw == "":
         return opt.default
+    if opt.type is bool:
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
     try:
         return opt.type(raw)
     except (TypeError, ValueError):
@@ -119,6 +124,9 @@ def _convert(opt: Option, raw):
 
 def add_to_argparse(parser) -> None:
     for opt in OPTIONS:
+        if opt.type is bool:
+            parser.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
+            continue
         parser.add_argument(
             opt.flag, dest=opt.name, type=opt.type, default=opt.default, choices=opt.choices,
             help=opt.help,
@@ -132,7 +140,11 @@ def from_argparse(ns) -> AnalysisOptions:
 def add_to_pytest(group, parser) -> None:
     """Flags in ``group`` and the same names as ``pytest.ini`` settings (flag wins)."""
     for opt in OPTIONS:
-        group.addoption(opt.flag, dest=f"outliers_{opt.name}", default=None, help=opt.help)
+        if opt.type is bool:
+            group.addoption(opt.flag, dest=f"outliers_{opt.name}", action="store_const",
+                            const="true", default=None, help=opt.help)
+        else:
+            group.addoption(opt.flag, dest=f"outliers_{opt.name}", default=None, help=opt.help)
         parser.addini(f"outliers_{opt.name}", opt.help, default=None)
 
 

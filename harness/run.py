@@ -90,6 +90,7 @@ def run_model(
         observers=observers,
         progress=progress,
         model_meta=dict(loaded.meta),
+        perplexity=opts.perplexity,
     )
     env = environment()
     result.sections["provenance"] = provenance(result, loaded, env)
