@@ -5,10 +5,11 @@ from __future__ import annotations
 from harness.errors import HarnessError
 
 from .registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
+from .reference import REFERENCE
 from .study import STUDY
 from .tiny import TINY
 
-ENTRIES: tuple[ModelEntry, ...] = STUDY + TINY
+ENTRIES: tuple[ModelEntry, ...] = STUDY + REFERENCE + TINY
 REGISTRY: dict[str, ModelEntry] = {e.id: e for e in ENTRIES}
 assert len(REGISTRY) == len(ENTRIES), "duplicate registry ids"
 

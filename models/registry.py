@@ -48,6 +48,9 @@ class Published:
     active_params_b: float | None = None
     mean_layer_pct: float | None = None
     mean_seq_pct: float | None = None
+    # Dettmers' table 4 counts distinct dims and its percentages are pooled ("affected by any
+    # outlier dim"): compare them with our pooled figures, not with the pair averages.
+    outlier_dims: int | None = None
     source: str = "original study README (shared/seed/SEED-README.md)"
     # The settings the figure was made with; a run is comparable when it used the same.
     settings: tuple[tuple[str, object], ...] = (
