@@ -293,7 +293,9 @@ def resample_figures(stats: CapturedStats, criteria: Criteria, counts) -> dict[s
     return out
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float | None, float | None, float]:
+def _percentile_interval(
+    values: np.ndarray, level: float
+) -> tuple[float | None, float | None, float]:
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return None, None, 0.0
@@ -332,6 +334,11 @@ def bootstrap(
 
 
 __all__ = [
-    "DEFAULT_RESAMPLES", "Interval", "METRICS", "bootstrap", "figures_for_sample",
-    "multiplicities", "resample_figures",
+    "DEFAULT_RESAMPLES",
+    "Interval",
+    "METRICS",
+    "bootstrap",
+    "figures_for_sample",
+    "multiplicities",
+    "resample_figures",
 ]

@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .outliers import Criteria, pooled_dims, seed_compatible
 
@@ -37,12 +38,13 @@ HEATMAP_DIMS = 32
 REFERENCE_LABEL = "Dettmers et al. 2022 (table 4)"
 HOLLOW_NOTE = "hollow: not comparable (see summary.md)"
 
-# family -> (marker, colour, legend label)
+# style key (``style_key``) -> (marker, colour, legend label)
 FAMILY_STYLE = {
     "moe": ("o", "tab:red", "MoE"),
     "dense": ("s", "tab:blue", "dense"),
     "reference": ("^", "tab:green", "reference (2022 families)"),
-    "tiny": ("D", "tab:purple", "tiny"),
+    "tiny_moe": ("P", "tab:orange", "tiny MoE replicas"),
+    "tiny_dense": ("D", "tab:purple", "tiny dense replicas"),
 }
 X_AXES = {"total_params": "total parameters", "active_params": "active parameters"}
 Y_AXES = {
@@ -61,6 +63,14 @@ REFERENCE_COLUMN = {
     "median_seq_pct": "seq_pct",
     "sites_affected_pct": "layer_pct",
     "positions_affected_pct": "seq_pct",
+}
+TITLES = {
+    "mean_layer_pct": "Mean layer %",
+    "median_layer_pct": "Median layer %",
+    "mean_seq_pct": "Mean sequence %",
+    "median_seq_pct": "Median sequence %",
+    "sites_affected_pct": "Sites affected % (pooled)",
+    "positions_affected_pct": "Positions affected % (pooled)",
 }
 STUDY_PLOTS = tuple((x, y) for x in X_AXES for y in list(Y_AXES)[:4])  # the original 8
 POOLED_PLOTS = (("total_params", "sites_affected_pct"), ("total_params", "positions_affected_pct"))
@@ -99,6 +109,36 @@ def _reference_series() -> dict | None:
 
 
 # -- scatter plots ----------------------------------------------------------------------------
+def style_key(row) -> str:
+    """The marker group of a row: its family, with the tiny replicas split by MoE / dense."""
+    if row.family == "tiny":
+        return "tiny_moe" if row.is_moe else "tiny_dense"
+    return row.family if row.family in FAMILY_STYLE else "dense"
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> None:
+    """Annotate points, moving a label up or down when it would overlap one already placed."""
+    fig = ax.figure
+    scale = fig.dpi / 72.0
+    size = text_kw.get("fontsize", 7)
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(5, 4)] + [(5, 4 + sign * k * 11) for k in range(1, 7) for sign in (-1, 1)]
+    for xv, yv, text in sorted(points, key=lambda p: (p[0], p[1])):
+        px, py = ax.transData.transform((xv, yv))
+        w, h = 0.6 * size * len(text) * scale, size * 1.2 * scale
+
+        def clashes(dx, dy, px=px, py=py, w=w, h=h):
+            x0, y0 = px + dx * scale, py + dy * scale
+            return sum(
+                x0 < b[0] + b[2] and b[0] < x0 + w and y0 < b[1] + b[3] and b[1] < y0 + h
+                for b in placed
+            )
+
+        choice = min(offsets, key=lambda o: (clashes(*o) > 0, clashes(*o), offsets.index(o)))
+        placed.append((px + choice[0] * scale, py + choice[1] * scale, w, h))
+        ax.annotate(text, (xv, yv), xytext=choice, textcoords="offset points", **text_kw)
+
+
 def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = True) -> dict:
     """One point per model with params (``x``) on a log axis against ``y``; returns
     ``{"path", "x", "y", "series": {label: {"x", "y", "labels", "low", "high", "hollow"}}}``
@@ -106,11 +146,11 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
     fig = _figure()
     ax = fig.add_subplot()
     series: dict[str, dict] = {}
+    labels: list[tuple[float, float, str]] = []
     any_hollow = False
-    for family, (marker, colour, label) in FAMILY_STYLE.items():
+    for key, (marker, colour, label) in FAMILY_STYLE.items():
         pts = [
-            r for r in rows
-            if r.family == family and getattr(r, x) and getattr(r, y) is not None
+            r for r in rows if style_key(r) == key and getattr(r, x) and getattr(r, y) is not None
         ]
         if not pts:
             continue
@@ -124,62 +164,84 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             s["high"].append(None if iv is None else iv.high)
             s["hollow"].append(not r.comparable)
         series[label] = s
+        labels += list(zip(s["x"], s["y"], s["labels"], strict=True))
         for hollow in (False, True):
             idx = [i for i, h in enumerate(s["hollow"]) if h == hollow]
             if not idx:
                 continue
             any_hollow |= hollow
-            xs = np.array([s["x"][i] for i in idx])
             ys = np.array([s["y"][i] for i in idx])
             err = np.array(
                 [
                     [
-                        max(0.0, ys[j] - s["low"][i]) if s["low"][i] is not None else 0.0,
-                        max(0.0, s["high"][i] - ys[j]) if s["high"][i] is not None else 0.0,
+                        0.0 if s["low"][i] is None else max(0.0, ys[j] - s["low"][i]),
+                        0.0 if s["high"][i] is None else max(0.0, s["high"][i] - ys[j]),
                     ]
                     for j, i in enumerate(idx)
                 ]
             ).T
             ax.errorbar(
-                xs, ys, yerr=err if err.any() else None, fmt=marker, color=colour,
-                mfc="none" if hollow else colour, mec=colour, ms=8, mew=1.5, capsize=3,
-                elinewidth=1, ls="none", label=None if hollow else label, zorder=3,
+                [s["x"][i] for i in idx],
+                ys,
+                yerr=err if err.any() else None,
+                fmt=marker,
+                color=colour,
+                mfc="none" if hollow else colour,
+                mec=colour,
+                ms=8,
+                mew=1.5,
+                capsize=3,
+                elinewidth=1,
+                ls="none",
+                zorder=3,
+                label=label if not hollow or all(s["hollow"]) else None,
             )
-            if hollow and not any(not h for h in s["hollow"]):
-                ax.plot([], [], marker, color=colour, ls="none", label=label)
-        for xv, yv, name in zip(s["x"], s["y"], s["labels"], strict=True):
-            ax.annotate(name, (xv, yv), xytext=(5, 4), textcoords="offset points", fontsize=7)
     ref = _reference_series() if reference and y in REFERENCE_COLUMN else None
     if ref is not None:
         col = REFERENCE_COLUMN[y]
         rx = [float(p) for p in ref["params"]]
         ry = [float(v) for v in ref[col]]
         name = "% layers affected" if col == "layer_pct" else "% sequence positions affected"
-        ax.plot(rx, ry, marker="x", ls=":", color="0.35", ms=7, mew=1.5, zorder=2,
-                label=f"{REFERENCE_LABEL}: {name}")
-        for i, (xv, yv, lab) in enumerate(zip(rx, ry, ref["labels"], strict=True)):
-            ax.annotate(lab, (xv, yv), xytext=(4, -10 if i % 2 == 0 else 5),
-                        textcoords="offset points", fontsize=6, color="0.35")
-        series[REFERENCE_LABEL] = {"x": rx, "y": ry, "labels": list(ref["labels"]),
-                                   "column": col}
+        ax.plot(
+            rx,
+            ry,
+            marker="x",
+            ls=":",
+            color="0.35",
+            ms=7,
+            mew=1.5,
+            zorder=2,
+            label=f"{REFERENCE_LABEL}: {name}",
+        )
+        series[REFERENCE_LABEL] = {"x": rx, "y": ry, "labels": list(ref["labels"]), "column": col}
     if any_hollow:
-        ax.add_line(Line2D([], [], marker="o", mfc="none", color="black", ls="none",
-                           label=HOLLOW_NOTE))
+        ax.add_line(
+            Line2D([], [], marker="o", mfc="none", color="black", ls="none", label=HOLLOW_NOTE)
+        )
     ax.set_xscale("log")
     ax.set_xlabel(X_AXES.get(x, x) + " (log scale)")
     ax.set_ylabel(Y_AXES.get(y, y))
-    title_y = Y_AXES.get(y, y).split(" of ")[0].split(" touched")[0]
-    ax.set_title(f"{title_y} vs {X_AXES.get(x, x)}")
+    ax.set_title(f"{TITLES.get(y, y)} vs {X_AXES.get(x, x)}")
     ax.grid(True, which="both", alpha=0.3)
+    ax.autoscale_view()
     if y.endswith("_pct"):
         lo, hi = ax.get_ylim()
-        ax.set_ylim(max(-2.0, lo), min(105.0, max(hi, 10.0)))
+        ax.set_ylim(max(-3.0, lo), min(108.0, max(hi, 10.0)))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
+    _place_labels(ax, labels, fontsize=7)
+    if ref is not None:
+        _place_labels(ax, list(zip(rx, ry, ref["labels"], strict=True)), fontsize=6, color="0.35")
     if series:
         ax.legend(fontsize=8, loc="best")
     else:
-        ax.text(0.5, 0.5, "no model has a value for this figure", ha="center", va="center",
-                transform=ax.transAxes)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
+        ax.text(
+            0.5,
+            0.5,
+            "no model has a value for this figure",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     save_figure(fig, path)
     return {"path": Path(path), "x": x, "y": y, "series": series}
 
@@ -209,12 +271,16 @@ def heatmap(row, path: str | Path) -> dict:
     height = float(np.clip(2.0 + 0.14 * S, 4.5, 12.0))
     fig = _figure((9.0, height))
     label_in = 0.08 * max(len(n) for n in stats.site_names) + 0.35  # site names on the left
-    fig.subplots_adjust(left=label_in / 9.0, right=0.93, bottom=0.95 / height,
-                        top=1 - 0.45 / height)
+    fig.subplots_adjust(
+        left=label_in / 9.0, right=0.93, bottom=0.75 / height, top=1 - 0.45 / height
+    )
     ax = fig.add_subplot()
     im = ax.imshow(
-        np.clip(values, vmin, None), aspect="auto", cmap="viridis",
-        norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest",
+        np.clip(values, vmin, None),
+        aspect="auto",
+        cmap="viridis",
+        norm=LogNorm(vmin=vmin, vmax=vmax),
+        interpolation="nearest",
     )
     over = np.argwhere(values >= criteria.magnitude)
     if len(over):
@@ -237,10 +303,13 @@ def heatmap(row, path: str | Path) -> dict:
         fontsize=10,
     )
     cbar = fig.colorbar(im, ax=ax)
-    cbar.set_label("max |x| (log scale)")
+    cbar.set_label("max |x| (log scale; red line: the magnitude)")
+    nice = [v * 10.0**e for e in range(-4, 6) for v in (1, 2, 5)]
+    ticks = sorted({v for v in nice if vmin <= v <= vmax} | {float(criteria.magnitude)})
+    cbar.set_ticks(ticks)
+    cbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    cbar.ax.yaxis.set_minor_formatter(NullFormatter())
     cbar.ax.axhline(criteria.magnitude, color="red", lw=2)
-    cbar.ax.text(1.6, criteria.magnitude, f" {criteria.magnitude:g}", color="red", fontsize=8,
-                 va="center", transform=cbar.ax.get_yaxis_transform())
     save_figure(fig, path)
     return {
         "path": Path(path),
@@ -270,23 +339,37 @@ def sensitivity_plot(rows, path: str | Path) -> dict:
     magnitude (log x, symlog y). Returns ``{"path", "dims": {model: {"x", "y"}}, "pairs": ...}``."""
     fig = _figure((12.0, 5.5))
     ax_dims, ax_pairs = fig.subplots(1, 2)
-    colours = [f"C{i}" for i in range(10)]
+    from matplotlib import colormaps
+
+    colours = [colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
     styles = ["-", "--", "-.", ":"]
     out = {"path": Path(path), "dims": {}, "pairs": {}}
     drawn = [r for r in rows if r.stats is not None]
     for i, r in enumerate(drawn):
         curves = sensitivity_curves(r.stats, r.criteria)
-        colour, ls = colours[i % 10], styles[(i // 10) % len(styles)]
+        colour, ls = colours[i % 20], styles[(i // 20) % len(styles)]
         label = r.model_name + ("" if r.comparable else " (not comparable)")
         for ax, key in ((ax_dims, "dims"), (ax_pairs, "pairs")):
-            ax.plot(curves["magnitude"], curves[key], marker="o", ms=4, color=colour, ls=ls,
-                    mfc=colour if r.comparable else "none", label=label)
+            ax.plot(
+                curves["magnitude"],
+                curves[key],
+                marker="o",
+                ms=4,
+                color=colour,
+                ls=ls,
+                mfc=colour if r.comparable else "none",
+                label=label,
+            )
             out[key][r.model_name] = {"x": curves["magnitude"], "y": curves[key]}
     magnitudes = sorted({r.criteria.magnitude for r in drawn})
-    for ax, title in ((ax_dims, "pooled systematic dims"), (ax_pairs, "seed-compatible pairs")):
+    for ax, key, title in (
+        (ax_dims, "dims", "pooled systematic dims"),
+        (ax_pairs, "pairs", "seed-compatible pairs"),
+    ):
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_ylim(bottom=0)
+        top = max([max(c["y"]) for c in out[key].values()] or [1])
+        ax.set_ylim(0, top * 1.6 + 1)
         ax.set_xlabel("magnitude threshold |x| (log scale)")
         ax.set_ylabel(title + " (symlog)")
         ax.set_title(f"{title} vs magnitude")
@@ -295,8 +378,12 @@ def sensitivity_plot(rows, path: str | Path) -> dict:
             ax.axvline(m, color="0.5", lw=1, ls=":")
     if drawn:
         fr = drawn[0].criteria
-        ax_pairs.legend(fontsize=7, loc="best", title=f"layer {fr.layer_frac:g}, seq "
-                        f"{fr.seq_frac:g}", title_fontsize=7)
+        ax_pairs.legend(
+            fontsize=7,
+            loc="best",
+            title=f"layer {fr.layer_frac:g}, seq {fr.seq_frac:g}",
+            title_fontsize=7,
+        )
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.93, wspace=0.22)
     save_figure(fig, path)
     return out
@@ -329,7 +416,17 @@ def write_plots(rows, out_dir: str | Path) -> dict[str, Path]:
 
 
 __all__ = [
-    "FAMILY_STYLE", "HOLLOW_NOTE", "POOLED_PLOTS", "REFERENCE_LABEL", "STUDY_PLOTS",
-    "heatmap", "heatmap_dims", "plot_all", "save_figure", "scatter_plot", "sensitivity_curves",
-    "sensitivity_plot", "write_plots",
+    "FAMILY_STYLE",
+    "HOLLOW_NOTE",
+    "POOLED_PLOTS",
+    "REFERENCE_LABEL",
+    "STUDY_PLOTS",
+    "heatmap",
+    "heatmap_dims",
+    "plot_all",
+    "save_figure",
+    "scatter_plot",
+    "sensitivity_curves",
+    "sensitivity_plot",
+    "write_plots",
 ]

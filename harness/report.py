@@ -22,11 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +94,7 @@ COLUMNS: tuple[str, ...] = EXPORT_COLUMNS + EXTRA_COLUMNS
 FORMATS = ("table", "csv", "json", "md")
 NOT_COMPARABLE_SETTINGS = "n/a (different settings)"
 MIN_TREND_MODELS = 4
+TABLE_WIDTH = 150  # notes under the terminal table are wrapped to this width
 
 
 @dataclass
@@ -136,8 +135,13 @@ class Row:
     forward_seconds: float | None = None
     pod_seconds: float | None = None
     pod_cost_usd: float | None = None
+    num_experts: int = 0
     figures: dict = field(default_factory=dict, repr=False)  # seed_compatible, pooled, per_site
     stats: CapturedStats | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
 
     # -- views ---------------------------------------------------------------------------
     def export(self) -> dict:
@@ -272,7 +276,7 @@ def _published(result: dict, criteria: Criteria, num_outliers: int):
 
 
 def _pod(result: dict) -> tuple[float | None, float | None]:
-    pod = result.get("runpod") or {}
+    pod = result.get("runpod") or result.get("pod") or {}
     seconds = next(
         (pod[k] for k in ("seconds", "pod_seconds", "elapsed_seconds", "wall_seconds") if k in pod),
         None,
@@ -317,8 +321,10 @@ def collect(
         mtime = (run / "result.json").stat().st_mtime
         if key not in latest or mtime >= latest[key][0]:
             latest[key] = (mtime, run, result, crit)
-    rows = [_row(run, result, crit, criteria is not None, resamples, seed)
-            for _, run, result, crit in latest.values()]
+    rows = [
+        _row(run, result, crit, criteria is not None, resamples, seed)
+        for _, run, result, crit in latest.values()
+    ]
     rows.sort(key=lambda r: (r.total_params or 0, r.active_params or 0, r.model_name))
     mark_comparability(rows)
     return rows
@@ -360,7 +366,7 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
         activation_dtype=_activation_dtype(result),
         sites=str(result["criteria"].get("sites")),
         data=_data_spec(result),
-        tokenizer=data.get("tokenizer"),
+        tokenizer=data.get("tokenizer_sha256") or data.get("tokenizer"),
         published_num_outliers=published,
         published_deviation=deviation,
         published_deviation_pct=deviation_pct,
@@ -369,6 +375,7 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
         forward_seconds=timing.get("forward_seconds"),
         pod_seconds=pod_seconds,
         pod_cost_usd=pod_cost,
+        num_experts=int(model.get("num_experts") or 0),
         figures=figures,
         stats=stats,
     )
@@ -483,12 +490,28 @@ def _dev_text(r: Row) -> str:
     return f"{r.published_deviation_pct:+.0f}%"
 
 
+_HEADERS = (
+    "model",
+    "family",
+    "total",
+    "active",
+    "pairs",
+    "pairs 95% CI",
+    "layer% mean",
+    "layer% med",
+    "seq% mean",
+    "seq% med",
+    "dims",
+    "sites%",
+    "pos%",
+    "published",
+    "dev",
+    "cmp",
+)
+
+
 def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
-    headers = [
-        "model", "family", "total", "active", "pairs", "pairs 95% CI", "layer% mean",
-        "layer% med", "seq% mean", "seq% med", "dims", "sites%", "pos%", "published", "dev",
-        "cmp",
-    ]
+    headers = list(_HEADERS)
     body, notes = [], []
     for r in rows:
         mark = "yes"
@@ -497,17 +520,29 @@ def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
             mark = f"NO [{len(notes)}]"
         body.append(
             [
-                r.model_name, r.family, _params(r.total_params), _params(r.active_params),
-                r.num_outliers, _ci_text(r.ci.get("num_outliers")), _pct(r.mean_layer_pct),
-                _pct(r.median_layer_pct), _pct(r.mean_seq_pct), _pct(r.median_seq_pct),
-                r.pooled_dims, _pct(r.sites_affected_pct), _pct(r.positions_affected_pct),
+                r.model_name,
+                r.family,
+                _params(r.total_params),
+                _params(r.active_params),
+                r.num_outliers,
+                _ci_text(r.ci.get("num_outliers")),
+                _pct(r.mean_layer_pct),
+                _pct(r.median_layer_pct),
+                _pct(r.mean_seq_pct),
+                _pct(r.median_seq_pct),
+                r.pooled_dims,
+                _pct(r.sites_affected_pct),
+                _pct(r.positions_affected_pct),
                 "-" if r.published_num_outliers is None else f"{r.published_num_outliers:,}",
-                _dev_text(r), mark,
+                _dev_text(r),
+                mark,
             ]
         )
     if any(isinstance(r.published_deviation_pct, str) for r in rows):
-        notes.append(f"n/a* = {NOT_COMPARABLE_SETTINGS}: the run's settings differ from the "
-                     "published figure's (16 x 2048 FineWeb-Edu, stride 1024, ln, 6/0.25/0.06).")
+        notes.append(
+            f"n/a* = {NOT_COMPARABLE_SETTINGS}: the run's settings differ from the "
+            "published figure's (16 x 2048 FineWeb-Edu, stride 1024, ln, 6/0.25/0.06)."
+        )
     return headers, body, notes
 
 
@@ -528,7 +563,7 @@ def _csv_value(v):
 
 def _json(rows: list[Row]) -> str:
     payload = {
-        "criteria": [r.criteria.to_dict() for r in rows[:1]][0] if rows else None,
+        "criteria": rows[0].criteria.to_dict() if rows else None,
         "reference_configuration": reference_configuration(rows),
         "columns": list(COLUMNS),
         "rows": [
@@ -566,10 +601,16 @@ def render(rows: list[Row], fmt: str = "table") -> str:
         raise HarnessError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}.")
     headers, body, notes = _table_rows(rows)
     tablefmt = "simple" if fmt == "table" else "github"
+    if fmt == "table":  # two-line headers keep the terminal table narrow
+        headers = [h.replace(" ", "\n", 1) if " " in h else h for h in headers]
     text = tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
-    if notes:
-        sep = "\n" if fmt == "table" else "\n\n"
-        text += "\n\n" + sep.join(notes)
+    if notes and fmt == "table":
+        import textwrap
+
+        wrapped = [textwrap.fill(n, TABLE_WIDTH, subsequent_indent="    ") for n in notes]
+        text += "\n\n" + "\n".join(wrapped)
+    elif notes:
+        text += "\n\n" + "\n\n".join(notes)
     return text
 
 
@@ -605,7 +646,8 @@ def _trend_section(rows: list[Row]) -> list[str]:
     lines = [scaling.trend_table(results), ""]
     for res in results:
         lines.append(
-            "- " + scaling.describe(
+            "- "
+            + scaling.describe(
                 scaling.METRIC_LABELS.get(res.metric, res.metric),
                 scaling.X_LABELS.get(res.x, res.x),
                 res,
@@ -627,8 +669,16 @@ def _reference_section(rows: list[Row]) -> list[str]:
         "6% positions. Our comparable figures are the pooled ones (dims, sites %, positions %).",
         "",
         tabulate(
-            list(zip(s["labels"], [_params(p) for p in s["params"]], s["dims"], s["layer_pct"],
-                     s["seq_pct"], strict=True)),
+            list(
+                zip(
+                    s["labels"],
+                    [_params(p) for p in s["params"]],
+                    s["dims"],
+                    s["layer_pct"],
+                    s["seq_pct"],
+                    strict=True,
+                )
+            ),
             headers=["Dettmers 2022", "params", "outlier dims", "% layers", "% seq positions"],
             tablefmt="github",
             disable_numparse=True,
@@ -638,9 +688,16 @@ def _reference_section(rows: list[Row]) -> list[str]:
     if paired:
         body = [
             [
-                p["id"], _params(p["params"]), p["ours_dims"], _pct(p["ours_layer_pct"]),
-                _pct(p["ours_seq_pct"]), p["dettmers"] or "-", p["dettmers_dims"] or "-",
-                p["dettmers_layer_pct"] or "-", p["dettmers_seq_pct"] or "-", p.get("note", ""),
+                p["id"],
+                _params(p["params"]),
+                p["ours_dims"],
+                _pct(p["ours_layer_pct"]),
+                _pct(p["ours_seq_pct"]),
+                p["dettmers"] or "-",
+                p["dettmers_dims"] or "-",
+                p["dettmers_layer_pct"] or "-",
+                p["dettmers_seq_pct"] or "-",
+                p.get("note", ""),
             ]
             for p in paired
         ]
@@ -648,20 +705,34 @@ def _reference_section(rows: list[Row]) -> list[str]:
             "",
             tabulate(
                 body,
-                headers=["ours", "params", "dims", "sites %", "positions %", "Dettmers",
-                         "dims", "% layers", "% seq", "note"],
+                headers=[
+                    "ours",
+                    "params",
+                    "dims",
+                    "sites %",
+                    "positions %",
+                    "Dettmers",
+                    "dims",
+                    "% layers",
+                    "% seq",
+                    "note",
+                ],
                 tablefmt="github",
                 disable_numparse=True,
             ),
         ]
     else:
-        lines += ["", "None of our comparable rows is a reference family (opt_*, gpt2_*, "
-                      "pythia_*); the plots show table 4 as its own series."]
+        lines += [
+            "",
+            "None of our comparable rows is a reference family (opt_*, gpt2_*, "
+            "pythia_*); the plots show table 4 as its own series.",
+        ]
     return lines
 
 
-def summary_markdown(rows: list[Row], plot_paths: dict[str, Path] | None = None,
-                     out_dir: Path | None = None) -> str:
+def summary_markdown(
+    rows: list[Row], plot_paths: dict[str, Path] | None = None, out_dir: Path | None = None
+) -> str:
     """summary.md: the table, notes, trend statistics, Dettmers beside ours, plot links."""
     crit = rows[0].criteria if rows else Criteria()
     lines = [
@@ -699,8 +770,9 @@ def summary_markdown(rows: list[Row], plot_paths: dict[str, Path] | None = None,
     return "\n".join(lines) + "\n"
 
 
-def write_reports(rows: list[Row], out_dir: str | Path = "reports", *, plots: bool = True
-                  ) -> dict[str, Path]:
+def write_reports(
+    rows: list[Row], out_dir: str | Path = "reports", *, plots: bool = True
+) -> dict[str, Path]:
     """Write summary.md, summary.csv, summary.json and plots/*.png under ``out_dir``, each
     atomically; returns {name: path}."""
     out = Path(out_dir)
@@ -742,7 +814,7 @@ def summary_for_terminal(
             shown.append(_renamed(r, f"{r.model_name}*" if star else r.model_name))
     text = render(shown, "table")
     lines = [text]
-    if session_models:
+    if session_models and any(r.model_name not in session_models for r in rows):
         lines.append("* = run in this session; the others are earlier results in the same folder.")
     if paths:
         main = [str(p) for n, p in paths.items() if not n.startswith("plots/")]
@@ -769,15 +841,27 @@ def add_report_command(sub) -> None:
         "report", help="tables, exports and plots from result directories (no model is run)"
     )
     p.add_argument("--results", default="results", help="results directory (default: results)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="print this format on stdout (default: the terminal table and paths)")
-    p.add_argument("--magnitude", type=float, default=None,
-                   help=helps["magnitude"] + "; re-thresholds from stats.npz (a grid value)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="print this format on stdout (default: the terminal table and paths)",
+    )
+    p.add_argument(
+        "--magnitude",
+        type=float,
+        default=None,
+        help=helps["magnitude"] + "; re-thresholds from stats.npz (a grid value)",
+    )
     p.add_argument("--layer-frac", type=float, default=None, help=helps["layer_frac"])
     p.add_argument("--seq-frac", type=float, default=None, help=helps["seq_frac"])
     p.add_argument("--out", default="reports", help="where reports are written (default: reports)")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                   help="bootstrap resamples over sequences for the 95%% intervals (0: none)")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help="bootstrap resamples over sequences for the 95%% intervals (0: none)",
+    )
     p.add_argument("--no-plots", action="store_true", help="tables and exports only")
     p.set_defaults(func=run_report_command)
 
@@ -811,13 +895,23 @@ def run_report_command(args) -> int:
         print(summary_for_terminal(rows, paths))
     else:
         print(render(rows, args.format), end="" if args.format == "csv" else "\n")
-        print(f"reports written to {args.out} ({time.perf_counter() - t0:.1f} s)",
-              file=sys.stderr)
+        print(f"reports written to {args.out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 0
 
 
 __all__ = [
-    "COLUMNS", "EXPORT_COLUMNS", "EXTRA_COLUMNS", "FORMATS", "Row", "add_report_command",
-    "collect", "criteria_from_flags", "differences", "mark_comparability", "render",
-    "summary_for_terminal", "summary_markdown", "write_reports",
+    "COLUMNS",
+    "EXPORT_COLUMNS",
+    "EXTRA_COLUMNS",
+    "FORMATS",
+    "Row",
+    "add_report_command",
+    "collect",
+    "criteria_from_flags",
+    "differences",
+    "mark_comparability",
+    "render",
+    "summary_for_terminal",
+    "summary_markdown",
+    "write_reports",
 ]

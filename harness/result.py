@@ -62,7 +62,8 @@ def _slug(text: str) -> str:
 
 
 def run_dir_name(result: dict) -> str:
-    """``<data slug>__<criteria slug>``: stable for the same data and criteria."""
+    """``<data slug>__<criteria slug>__<dtype>``: stable for the same data, criteria and dtype
+    (a bf16 and an fp32 run of one model live side by side)."""
     d, c = result["data"], result["criteria"]
     dataset = _slug(str(d.get("dataset", "data")).rsplit("/", 1)[-1])
     data = (
@@ -70,7 +71,8 @@ def run_dir_name(result: dict) -> str:
         f"-{str(d.get('windows_sha256', ''))[:8]}"
     )
     crit = f"{c['sites']}-m{c['magnitude']:g}-l{c['layer_fraction']:g}-q{c['seq_fraction']:g}"
-    return f"{data}__{crit}"
+    dtype = _slug(result.get("model", {}).get("activation_dtype") or result["model"].get("dtype", ""))
+    return f"{data}__{crit}__{dtype}"
 
 
 def _fsync_write(path: Path, data: bytes) -> None:

@@ -1,0 +1,422 @@
+"""Reports: exports checked against result files, re-threshold == fresh run, comparability,
+plots that exist and show something."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import random_ids, random_model
+from matplotlib.image import imread
+
+from harness.analyze import analyze
+from harness.errors import HarnessError
+from harness.outliers import Criteria
+from harness.report import (
+    COLUMNS,
+    EXPORT_COLUMNS,
+    NOT_COMPARABLE_SETTINGS,
+    collect,
+    render,
+    summary_for_terminal,
+    write_reports,
+)
+from harness.result import find_run_dirs, write_result
+
+STUDY_COLUMNS = [
+    "model_name",
+    "total_params_b",
+    "active_params_b",
+    "num_outliers",
+    "mean_layer_pct",
+    "median_layer_pct",
+    "mean_seq_pct",
+    "median_seq_pct",
+]
+THRESHOLDS = [
+    (6.0, 0.25, 0.06),
+    (3.0, 0.5, 0.2),
+    (8.0, 0.1, 0.0),
+    (20.0, 0.0, 0.5),
+    (100.0, 0.25, 0.06),
+]
+ENV = {"harness_version": "test"}
+
+
+def planted_model(dim: int = 7, gain: float = 200.0, seed: int = 0):
+    """A qwen3 whose norm gains are small except ``dim``: one systematic dim, known."""
+    model = random_model("qwen3", torch.float32, seed=seed, gain=0.3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
+                p[dim] = gain
+    return model
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Six models on the same windows, one of them in bf16 (not comparable), one under a
+    registry id with a published figure."""
+    root = tmp_path_factory.mktemp("results")
+    ids = random_ids(8, 32, seed=11)
+    models = {
+        "dense_q": random_model("qwen3", torch.float32, seed=1),
+        "moe_o": random_model("olmoe", torch.float32, seed=2, gain=2.5),
+        "moe_m": random_model("mixtral", torch.float32, seed=3, gain=2.5),
+        "dense_g": random_model("gpt2", torch.float32, seed=4, gain=2.0),
+        "planted_q": planted_model(seed=5),
+        "qwen3_0.6b": random_model("qwen3", torch.float32, seed=6),
+        "dense_bf16": random_model("qwen3", torch.bfloat16, seed=7),
+    }
+    for name, model in models.items():
+        write_result(
+            analyze(model, ids, batch_size=4, model_meta={"id": name}), root, environment=ENV
+        )
+    return {"root": root, "ids": ids, "models": models}
+
+
+def result_files(root) -> dict[str, dict]:
+    out = {}
+    for run in find_run_dirs(root):
+        with open(run / "result.json") as f:
+            data = json.load(f)
+        out[data["model"]["id"]] = data
+    return out
+
+
+def test_export_starts_with_the_original_columns_exactly():
+    assert list(EXPORT_COLUMNS) == STUDY_COLUMNS
+    assert list(COLUMNS[: len(STUDY_COLUMNS)]) == STUDY_COLUMNS
+    for extra in (
+        "pooled_dims",
+        "sites_affected_pct",
+        "positions_affected_pct",
+        "published_num_outliers",
+        "num_outliers_ci_low",
+        "comparable",
+    ):
+        assert extra in COLUMNS
+
+
+def _num(text: str):
+    return None if text == "" else float(text)
+
+
+def check_csv_against_result_files(text: str, root):
+    files = result_files(root)
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert list(parsed[0].keys()) == list(COLUMNS)
+    assert {r["model_name"] for r in parsed} == set(files)
+    totals = [float(r["total_params_b"]) for r in parsed]
+    assert totals == sorted(totals)
+    for r in parsed:
+        res = files[r["model_name"]]
+        m, sc, po = res["model"], res["seed_compatible"], res["pooled"]
+        assert float(r["total_params_b"]) == m["total_params"] / 1e9
+        assert float(r["active_params_b"]) == m["active_params"] / 1e9
+        assert int(r["num_outliers"]) == sc["num_outliers"]
+        for key in ("mean_layer_pct", "median_layer_pct", "mean_seq_pct", "median_seq_pct"):
+            assert _num(r[key]) == sc[key], key
+        assert int(r["pooled_dims"]) == po["num_dims"]
+        assert _num(r["pooled_layer_pct"]) == po["mean_layer_pct"]
+        assert _num(r["pooled_seq_pct"]) == po["mean_seq_pct"]
+        assert float(r["sites_affected_pct"]) == po["sites_affected_pct"]
+        assert float(r["positions_affected_pct"]) == po["positions_affected_pct"]
+        assert r["activation_dtype"] == m["dtype"]
+        assert r["windows_sha256"] == res["data"]["windows_sha256"]
+        assert float(r["magnitude"]) == res["criteria"]["magnitude"]
+        low, high = float(r["num_outliers_ci_low"]), float(r["num_outliers_ci_high"])
+        assert low <= sc["num_outliers"] <= high
+    return parsed
+
+
+def test_csv_columns_and_values_match_the_result_files(sweep):
+    rows = collect(sweep["root"])
+    check_csv_against_result_files(render(rows, "csv"), sweep["root"])
+
+
+def test_outliers_report_command_prints_the_csv(sweep, tmp_path, capsys):
+    from harness.cli import main
+
+    out = tmp_path / "reports"
+    code = main(
+        [
+            "report",
+            "--results",
+            str(sweep["root"]),
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--resamples",
+            "200",
+            "--no-plots",
+        ]
+    )
+    assert code == 0
+    check_csv_against_result_files(capsys.readouterr().out, sweep["root"])
+    check_csv_against_result_files((out / "summary.csv").read_text(), sweep["root"])
+
+
+def test_published_figure_is_shown_only_for_matching_settings(sweep):
+    row = next(r for r in collect(sweep["root"], resamples=0) if r.model_name == "qwen3_0.6b")
+    assert row.family == "dense"  # from the registry, not guessed
+    assert row.published_num_outliers == 9212
+    assert row.published_deviation == NOT_COMPARABLE_SETTINGS  # 8 x 32 random ids
+
+
+def test_published_deviation_when_settings_match(sweep, tmp_path):
+    from harness.result import read_result, read_stats
+
+    run = next(p for p in find_run_dirs(sweep["root"]) if "qwen3_0.6b" in str(p))
+    res = read_result(run)
+    res["data"].update(
+        dataset="HuggingFaceFW/fineweb-edu", num_sequences=16, seq_len=2048, stride=1024
+    )
+    write_result(res, tmp_path, stats=read_stats(run))
+    (row,) = collect(tmp_path, resamples=0)
+    ours = res["seed_compatible"]["num_outliers"]
+    assert row.published_deviation == ours - 9212
+    assert row.published_deviation_pct == pytest.approx(100.0 * (ours - 9212) / 9212)
+
+
+def test_family_falls_back_to_the_expert_count(sweep):
+    fam = {r.model_name: r.family for r in collect(sweep["root"], resamples=0)}
+    assert fam["moe_o"] == fam["moe_m"] == "moe"
+    assert fam["dense_q"] == fam["dense_g"] == "dense"
+
+
+def _figures_equal(row, fresh):
+    assert row.figures["seed_compatible"] == fresh.seed_compatible
+    assert row.figures["pooled"] == fresh.pooled
+    assert row.figures["per_site"] == fresh.per_site
+    sc, po = fresh.seed_compatible, fresh.pooled
+    assert row.num_outliers == sc["num_outliers"]
+    assert (row.mean_layer_pct, row.median_layer_pct) == (
+        sc["mean_layer_pct"],
+        sc["median_layer_pct"],
+    )
+    assert (row.mean_seq_pct, row.median_seq_pct) == (sc["mean_seq_pct"], sc["median_seq_pct"])
+    assert row.pooled_dims == po["num_dims"]
+    assert (row.pooled_layer_pct, row.pooled_seq_pct) == (po["mean_layer_pct"], po["mean_seq_pct"])
+    assert row.sites_affected_pct == po["sites_affected_pct"]
+    assert row.positions_affected_pct == po["positions_affected_pct"]
+
+
+@pytest.mark.parametrize("m,a,b", THRESHOLDS)
+def test_rethreshold_equals_a_fresh_run(sweep, m, a, b):
+    rows = {r.model_name: r for r in collect(sweep["root"], Criteria(m, a, b), resamples=0)}
+    for name in ("dense_q", "planted_q", "moe_o"):
+        fresh = analyze(
+            sweep["models"][name], sweep["ids"], batch_size=4, magnitude=m, layer_frac=a, seq_frac=b
+        )
+        row = rows[name]
+        assert row.rethresholded and row.criteria == Criteria(m, a, b)
+        _figures_equal(row, fresh)
+
+
+def test_planted_model_keeps_its_planted_dim(sweep):
+    row = next(r for r in collect(sweep["root"], resamples=0) if r.model_name == "planted_q")
+    assert [d["dim"] for d in row.figures["pooled"]["dims"]] == [7]
+    assert row.num_outliers == len(sweep["ids"])  # dim 7 in every sequence
+
+
+def test_rethreshold_is_fast(sweep):
+    n = len(find_run_dirs(sweep["root"]))
+    t0 = time.perf_counter()
+    collect(sweep["root"], Criteria(8.0, 0.25, 0.06))  # bootstrap included
+    assert (time.perf_counter() - t0) / n < 1.0
+
+
+def test_off_grid_magnitude_is_one_sentence(sweep):
+    with pytest.raises(HarnessError) as err:
+        collect(sweep["root"], Criteria(7.0, 0.25, 0.06))
+    msg = str(err.value)
+    assert "magnitude 7 was not captured" in msg and "--magnitude 7" in msg
+    assert "\n" not in msg and msg.endswith(".")
+
+
+def test_report_marks_different_dtypes_as_not_comparable(sweep):
+    rows = {r.model_name: r for r in collect(sweep["root"], resamples=0)}
+    bad = rows["dense_bf16"]
+    assert not bad.comparable
+    assert bad.comparability == "not comparable: activations bfloat16 vs float32"
+    assert all(r.comparable for name, r in rows.items() if name != "dense_bf16")
+    table = render(list(rows.values()), "table")
+    assert "dense_bf16: not comparable: activations bfloat16 vs float32" in table
+    parsed = list(csv.DictReader(io.StringIO(render(list(rows.values()), "csv"))))
+    flags = {r["model_name"]: r["comparable"] for r in parsed}
+    assert flags["dense_bf16"] == "False" and flags["dense_q"] == "True"
+
+
+def test_two_results_with_different_dtypes_are_not_side_by_side(tmp_path):
+    ids = random_ids(4, 16, seed=51)
+    for name, dtype in (("a_fp32", torch.float32), ("b_bf16", torch.bfloat16)):
+        model = random_model("qwen3", dtype, seed=52)
+        write_result(analyze(model, ids, model_meta={"id": name}), tmp_path, environment=ENV)
+    rows = collect(tmp_path, resamples=50)
+    assert sorted(r.comparable for r in rows) == [False, True]
+    bad = next(r for r in rows if not r.comparable)
+    assert "activations" in bad.comparability and "bfloat16" in bad.comparability
+    paths = write_reports(rows, tmp_path / "reports", plots=False)
+    md = paths["summary.md"].read_text()
+    assert "## Rows that are not comparable" in md and f"**{bad.model_name}**" in md
+    from harness.plots import HOLLOW_NOTE, scatter_plot
+
+    data = scatter_plot(rows, "total_params", "mean_layer_pct", tmp_path / "s.png")
+    hollow = {
+        lab: h
+        for s in data["series"].values()
+        if "hollow" in s
+        for lab, h in zip(s["labels"], s["hollow"], strict=True)
+    }
+    assert hollow == {r.model_name: not r.comparable for r in rows}
+    assert HOLLOW_NOTE
+
+
+def test_different_windows_or_criteria_are_not_comparable(sweep, tmp_path):
+    root = tmp_path / "mixed"
+    shutil.copytree(sweep["root"], root)
+    model = sweep["models"]["dense_q"]
+    other = random_ids(8, 32, seed=99)
+    write_result(analyze(model, other, model_meta={"id": "dense_q_other"}), root, environment=ENV)
+    write_result(
+        analyze(model, sweep["ids"], magnitude=5.0, model_meta={"id": "dense_q_m5"}),
+        root,
+        environment=ENV,
+    )
+    rows = {r.model_name: r for r in collect(root, resamples=0)}
+    assert "different token windows" in rows["dense_q_other"].comparability
+    assert "criteria" in rows["dense_q_m5"].comparability
+    # re-thresholding everything at one magnitude makes the criteria agree again
+    rows = {r.model_name: r for r in collect(root, Criteria(6.0, 0.25, 0.06), resamples=0)}
+    assert rows["dense_q_m5"].comparable
+
+
+def test_latest_run_wins_for_the_same_model_data_and_criteria(sweep, tmp_path):
+    first = tmp_path / "old"
+    shutil.copytree(sweep["root"], first)
+    later = tmp_path / "new"
+    run = next(p for p in find_run_dirs(first) if p.parent.name == "dense_q")
+    target = later / "dense_q" / run.name
+    shutil.copytree(run, target)
+    data = json.loads((target / "result.json").read_text())
+    data["seed_compatible"]["num_outliers"] = 123456
+    (target / "result.json").write_text(json.dumps(data))
+    t = time.time() + 10
+    os.utime(target / "result.json", (t, t))
+    rows = [r for r in collect(tmp_path, resamples=0) if r.model_name == "dense_q"]
+    assert len(rows) == 1 and rows[0].num_outliers == 123456
+
+
+def test_table_fits_a_terminal_and_lists_the_files(sweep, tmp_path):
+    rows = collect(sweep["root"], resamples=100)
+    text = render(rows, "table")
+    assert max(len(line) for line in text.splitlines()) <= 160
+    summary = summary_for_terminal(
+        rows, paths={"summary.md": tmp_path / "summary.md"}, session_models={"dense_q"}
+    )
+    assert "dense_q*" in summary and "summary.md" in summary
+    md = render(rows, "md")
+    assert md.startswith("| model")
+    payload = json.loads(render(rows, "json"))
+    assert [r["model_name"] for r in payload["rows"]] == [r.model_name for r in rows]
+    assert payload["rows"][0]["ci"]["num_outliers"]["low"] is not None
+
+
+def _assert_real_image(path: Path, size=(720, 960)):
+    assert path.is_file() and path.stat().st_size > 10_000
+    img = imread(path)
+    if size is not None:
+        assert img.shape[:2] == size, img.shape
+    rgb = (img[..., :3] * 255).astype(np.uint32).reshape(-1, 3)
+    assert rgb.std() > 20  # not a blank canvas
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    assert len(np.unique(packed)) > 100  # markers, text, lines: many colours
+
+
+@pytest.fixture(scope="module")
+def written(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    rows = collect(sweep["root"], resamples=200)
+    return rows, write_reports(rows, out), out
+
+
+def test_reports_are_written(written):
+    rows, paths, out = written
+    for name in ("summary.md", "summary.csv", "summary.json"):
+        assert paths[name] == out / name and paths[name].stat().st_size > 0
+    md = (out / "summary.md").read_text()
+    assert "## Trend statistics" in md and "## Dettmers et al. 2022" in md
+    assert "dense_bf16" in md.split("## Rows that are not comparable")[1]
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_eight_study_plots_and_more_are_real_images(written):
+    rows, paths, out = written
+    from harness.plots import STUDY_PLOTS
+
+    assert len(STUDY_PLOTS) == 8
+    for x, y in STUDY_PLOTS:
+        _assert_real_image(out / "plots" / f"{y}_vs_{x}.png")
+    _assert_real_image(out / "plots" / "sensitivity.png", size=None)
+    for r in rows:
+        _assert_real_image(out / "plots" / f"heatmap_{r.model_name}.png", size=None)
+
+
+def test_scatter_plot_data_has_families_labels_intervals_and_the_reference(written, tmp_path):
+    pytest.importorskip("harness.reference")
+    from harness.plots import REFERENCE_LABEL, scatter_plot
+    from harness.reference import reference_series
+
+    rows = written[0]
+    for y in ("mean_layer_pct", "median_seq_pct"):
+        data = scatter_plot(rows, "active_params", y, tmp_path / f"{y}.png")
+        ref = data["series"][REFERENCE_LABEL]
+        want = reference_series()
+        assert ref["x"] == [float(p) for p in want["params"]]
+        assert ref["y"] == [float(v) for v in want["layer_pct" if "layer" in y else "seq_pct"]]
+        assert set(data["series"]) >= {"MoE", "dense", REFERENCE_LABEL}
+        ours = [lab for s in data["series"].values() if "hollow" in s for lab in s["labels"]]
+        assert sorted(ours) == sorted(r.model_name for r in rows if getattr(r, y) is not None)
+        moe = data["series"]["MoE"]
+        for yv, lo, hi in zip(moe["y"], moe["low"], moe["high"], strict=True):
+            assert lo <= yv <= hi
+
+
+def test_sensitivity_plot_has_one_line_per_model(written, tmp_path):
+    from harness.plots import sensitivity_plot
+
+    rows = written[0]
+    data = sensitivity_plot(rows, tmp_path / "sens.png")
+    for key in ("dims", "pairs"):
+        assert list(data[key]) == [r.model_name for r in rows]
+        for r in rows:
+            curve = data[key][r.model_name]
+            assert curve["x"] == list(r.stats.grid)
+            assert (np.diff(curve["y"]) <= 0).all()  # fewer as M grows
+    planted = next(r for r in rows if r.model_name == "planted_q")
+    at6 = data["dims"]["planted_q"]["y"][list(planted.stats.grid).index(6.0)]
+    assert at6 == 1
+
+
+def test_heatmap_shows_systematic_dims_first(written, tmp_path):
+    from harness.plots import heatmap
+
+    row = next(r for r in written[0] if r.model_name == "planted_q")
+    data = heatmap(row, tmp_path / "h.png")
+    assert data["dims"][0] == 7 and data["num_systematic"] == 1
+    assert len(data["dims"]) == 32 and len(set(data["dims"])) == 32
+    assert data["values"].shape == (row.stats.num_sites, 32)
+    assert math.isclose(data["values"][:, 0].max(), float(row.stats.site_max[:, 7].max()))
+    _assert_real_image(tmp_path / "h.png", size=None)
