@@ -30,8 +30,9 @@ import warnings
 
 MIN_CHARS = 200
 
-# Pure-Python modules (plus a few C ones with rich docstrings: builtins, io, itertools...) that
-# import without side effects or deprecation warnings on CPython 3.10-3.13.
+# Mostly pure-Python modules (plus a few C ones with rich docstrings: builtins, io, itertools...)
+# that import without side effects or deprecation warnings (checked on CPython 3.11). A module
+# that a build lacks is skipped; the fingerprint shows the difference.
 STDLIB_MODULES: tuple[str, ...] = (
     "argparse", "ast", "asyncio.base_events", "asyncio.events", "asyncio.locks",
     "asyncio.streams", "asyncio.tasks", "asyncio.transports", "base64", "bdb", "builtins",
@@ -59,10 +60,18 @@ STDLIB_MODULES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# Module attributes that programs replace at run time (pytest swaps sys.unraisablehook, IPython
+# sys.excepthook, ...): left out so that the corpus does not depend on who runs it.
+_REPLACEABLE = ("excepthook", "unraisablehook", "displayhook", "breakpointhook", "showwarning",
+                "formatwarning")  # fmt: skip
+
+
 def _module_docstrings(module) -> list[str]:
     out = [inspect.getdoc(module)]
     for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+        if name.startswith("_") or name in _REPLACEABLE:
+            continue
+        if getattr(obj, "__module__", None) != module.__name__:
             continue
         if not (inspect.isclass(obj) or inspect.isroutine(obj)):
             continue

@@ -70,6 +70,14 @@ class Windows:
     info: dict
 
 
+def tokenizer_sha256(tokenizer) -> str | None:
+    """A hash of the tokenizer's vocabulary and rules: equal hashes, equal token ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+
+
 def windows_sha256(ids: torch.Tensor | np.ndarray) -> str:
     """First 16 hex digits of the SHA-256 of the ids as little-endian int64 bytes."""
     arr = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
@@ -117,9 +125,7 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
                 ".parquet, .txt or .csv file, or a folder of them."
             )
         return LOCAL_BUILDERS[ext], [str(path)]
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_BUILDERS
-    )
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_BUILDERS)
     if not files:
         raise HarnessError(
             f"the folder {path} holds no .jsonl, .json, .parquet, .txt or .csv files; put the "
@@ -129,8 +135,7 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
     if len(builders) > 1:
         exts = ", ".join(sorted({p.suffix.lower() for p in files}))
         raise HarnessError(
-            f"the folder {path} mixes file types ({exts}); keep one type per folder or pass a "
-            "file."
+            f"the folder {path} mixes file types ({exts}); keep one type per folder or pass a file."
         )
     return builders.pop(), [str(p) for p in files]
 
@@ -154,10 +159,23 @@ def _hub_error(spec: DataSpec, err: BaseException) -> HarnessError:
             f"dataset {spec.dataset!r} rejected config {spec.config!r} / split {spec.split!r} "
             f"({detail}); pass a valid --dataset-config and --split."
         )
+    origin = type(err).__module__.split(".")[0]
+    network = isinstance(err, (ConnectionError, TimeoutError)) or origin in (
+        "huggingface_hub",
+        "httpx",
+        "requests",
+        "urllib3",
+    )
+    if network:
+        return HarnessError(
+            f"cannot read dataset {spec.dataset!r} from the Hugging Face hub (offline or hub "
+            f"unreachable: {name}); use --dataset builtin or a local file (.jsonl, .parquet, "
+            ".txt, .csv), or download its files while online and pass their folder."
+        )
     return HarnessError(
-        f"cannot read dataset {spec.dataset!r} from the Hugging Face hub (offline or hub "
-        f"unreachable: {name}); use --dataset builtin or a local file (.jsonl, "
-        ".parquet, .txt, .csv), or download its files while online and pass their folder."
+        f"reading dataset {spec.dataset!r} from the Hugging Face hub failed ({name}: "
+        f"{text[:200].rstrip('.')}); check --dataset, --dataset-config, --split and "
+        "--dataset-revision, or use --dataset builtin or a local file."
     )
 
 
@@ -245,6 +263,14 @@ def _open_source(spec: DataSpec) -> tuple[Iterable[dict] | Iterable[str], dict, 
     if _looks_like_path(spec.dataset):
         raise HarnessError(
             f"the local path {spec.dataset} does not exist; check it, or use --dataset builtin."
+        )
+    from .loading import hub_reachable
+
+    if not hub_reachable():  # fail in a second, not after the hub client's retries
+        raise HarnessError(
+            f"cannot read dataset {spec.dataset!r} from the Hugging Face hub (offline or hub "
+            "unreachable); use --dataset builtin or a local file (.jsonl, .parquet, .txt, .csv), "
+            "or download its files while online and pass their folder."
         )
     import datasets
 
@@ -396,8 +422,10 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
             "distinct_tokens": int(distinct),
             "num_documents": num_docs,
             "bos": bos,
+            "bos_requested": spec.bos,
             "separator": "eos",
             "tokenizer": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
+            "tokenizer_sha256": tokenizer_sha256(tokenizer),
             "windows_sha256": windows_sha256(ids),
         }
     )

@@ -32,6 +32,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataset_config", str, None, "dataset config name (FineWeb-Edu: sample-10BT)"),
     Option("split", str, "train", "dataset split"),
     Option("dataset_revision", str, None, "dataset revision (commit) to pin"),
+    Option("text_field", str, "text", "the field of each record that holds the document text"),
     Option("num_seqs", int, None, "number of token windows (default 16; tiny models 16)"),
     Option("seq_len", int, None, "tokens per window (default 2048; tiny models 256)"),
     Option("stride", int, None, "tokens between window starts (default seq_len: no overlap; "
@@ -59,6 +60,7 @@ class AnalysisOptions:
     dataset_config: str | None = None
     split: str = "train"
     dataset_revision: str | None = None
+    text_field: str = "text"
     num_seqs: int | None = None
     seq_len: int | None = None
     stride: int | None = None

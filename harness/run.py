@@ -60,6 +60,7 @@ def load_data(loaded: LoadedModel, opts: AnalysisOptions, *, progress: bool = Fa
         seq_len=opts.seq_len,
         stride=opts.stride,
         bos=opts.bos,
+        text_field=opts.text_field,
     )
     return load_windows(loaded.tokenizer, spec, progress=progress)
 

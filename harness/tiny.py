@@ -1,6 +1,6 @@
 """Tiny replicas of every studied architecture: the models of the offline default.
 
-Each replica has the real model's class and layer pattern, shrunk (hidden 64, 3-4 layers, 4-8
+Each replica has the real model's class and layer pattern, shrunk (hidden 64, 4 layers, 4-8
 experts), random weights from a fixed seed, and a byte-level BPE tokenizer (vocabulary 1024)
 trained offline on the built-in corpus (``harness.corpus``). ``build_tiny(id)`` saves model and
 tokenizer with ``save_pretrained`` into ``tiny_cache_dir()/<id>``; they load back through the
@@ -23,17 +23,19 @@ For a pre-norm model with RMSNorm, ``norm(x)_i = g_i * x_i / rms(x)`` and
    experts' fused ``down_proj`` [E, H, I]) gets zero rows at the planted dims, so the residual's
    component d equals the embedding's at every layer: 1000 at trigger positions, exactly 0
    elsewhere (a *massive activation* in Sun et al.'s sense, on the residual stream);
-4. at the chosen sites of dim d the norm gain of dim d is raised to ``gain_d`` (1.0 or 1.5),
-   so at trigger positions the site's output at d is ``gain_d * 1000 / rms ~= gain_d * 8``
-   (7.99 or 11.99) >= 6; at the other sites it stays ~4, at other positions it is 0.
+4. at the chosen sites of dim d the norm gain of dim d is raised to ``gain_d`` (1.0, 1.25 or
+   1.5), so at trigger positions the site's output at d is ``gain_d * 1000 / rms ~= gain_d * 8``
+   (just under 8, 10 or 12) >= 6; at the other sites it stays ~4, at other positions it is 0.
 
 So for any magnitude m in (4, 7.99]: dim d reaches m exactly at its chosen sites and its trigger
-positions, and nothing else reaches m. Layer coverage of d in a window = (#chosen sites of d) /
-(2L) if the window holds a trigger of d (else 0); sequence coverage = (#trigger positions) / T.
-``planted_truth(id)`` returns the dims, trigger ids and sites; ``planted_expectations(truth,
-ids)`` computes the figures of METHOD.md from token ids. The final norm and the attention's
-q_norm / k_norm are not sites and are left as they are. Every build checks the planted truth on
-one forward pass before it is saved.
+positions, and nothing else reaches m. On the residual stream (``resid_out`` sites) a planted
+dim is exactly 1000 at its trigger positions in every layer and every other value stays below 1.
+Layer coverage of d in a window = (#chosen sites of d) / (2L) if the window holds a trigger of d
+(else 0); sequence coverage = (#trigger positions of d) / T. ``planted_truth(id)`` returns the
+dims, trigger ids and sites; ``planted_masks`` / ``planted_expectations`` turn token ids into
+the expected mask and the figures of METHOD.md. The final norm (also set to 0.5) and the
+attention's q_norm / k_norm are not sites. Every build checks the planted truth on one forward
+pass before it is saved, so a transformers change that breaks the recipe fails the build.
 """
 
 from __future__ import annotations
@@ -90,9 +92,13 @@ class TinySpec:
 
 
 _LLAMA = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16,
-)  # fmt: skip
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 TINY_BUILDERS: dict[str, TinySpec] = {
     "tiny_qwen3": TinySpec(
@@ -101,76 +107,125 @@ TINY_BUILDERS: dict[str, TinySpec] = {
     "tiny_qwen3_moe": TinySpec(
         "qwen3_moe",
         dict(
-            _LLAMA, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
-            decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
+            _LLAMA,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            norm_topk_prob=True,
         ),
         seed=2,
         mirrors="Qwen/Qwen3-30B-A3B",
-    ),  # fmt: skip
+    ),
     "tiny_qwen3_next": TinySpec(
         "qwen3_next",
         dict(
-            _LLAMA, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
-            shared_expert_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[],
-            linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
-            linear_value_head_dim=16, linear_conv_kernel_dim=4, full_attention_interval=4,
+            _LLAMA,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            linear_num_value_heads=4,
+            linear_num_key_heads=2,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            full_attention_interval=4,
             layer_types=["linear_attention"] * 3 + ["full_attention"],
         ),
         seed=3,
         mirrors="Qwen/Qwen3-Next-80B-A3B-Instruct",
-    ),  # fmt: skip
+    ),
     "tiny_olmoe": TinySpec(
         "olmoe",
-        dict(_LLAMA, intermediate_size=32, num_key_value_heads=4, num_experts=8,
-             num_experts_per_tok=2),
+        dict(
+            _LLAMA,
+            intermediate_size=32,
+            num_key_value_heads=4,
+            num_experts=8,
+            num_experts_per_tok=2,
+        ),
         seed=4,
         mirrors="allenai/OLMoE-1B-7B-0125",
-    ),  # fmt: skip
+    ),
     "tiny_mixtral": TinySpec(
         "mixtral",
-        dict(_LLAMA, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
-             sliding_window=None),
+        dict(
+            _LLAMA,
+            intermediate_size=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=None,
+        ),
         seed=5,
         mirrors="mistralai/Mixtral-8x7B-v0.1",
-    ),  # fmt: skip
+    ),
     "tiny_glm4_moe": TinySpec(
         "glm4_moe",
         dict(
-            _LLAMA, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-            n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
-            partial_rotary_factor=0.5, use_qk_norm=False,
+            _LLAMA,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+            partial_rotary_factor=0.5,
+            use_qk_norm=False,
         ),
         seed=6,
         mirrors="zai-org/GLM-4.5-Air",
-    ),  # fmt: skip
+    ),
     "tiny_gpt_oss": TinySpec(
         "gpt_oss",
         dict(
-            _LLAMA, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
-            sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 2,
+            _LLAMA,
+            intermediate_size=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=128,
+            layer_types=["sliding_attention", "full_attention"] * 2,
             max_position_embeddings=131072,  # as the real config: keeps YaRN's factor 32 consistent
         ),
         seed=7,
         mirrors="openai/gpt-oss-20b",
-    ),  # fmt: skip
+    ),
     "tiny_opt": TinySpec(
         "opt",
-        dict(hidden_size=64, ffn_dim=128, num_hidden_layers=4, num_attention_heads=4,
-             word_embed_proj_dim=64, do_layer_norm_before=True),
+        dict(
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=64,
+            do_layer_norm_before=True,
+        ),
         seed=8,
         mirrors="facebook/opt-125m",
-    ),  # fmt: skip
+    ),
     "tiny_gpt2": TinySpec(
-        "gpt2", dict(n_embd=64, n_layer=4, n_head=4, n_positions=MAX_POSITIONS), seed=9,
+        "gpt2",
+        dict(n_embd=64, n_layer=4, n_head=4, n_positions=MAX_POSITIONS),
+        seed=9,
         mirrors="openai-community/gpt2",
-    ),  # fmt: skip
+    ),
     "tiny_pythia": TinySpec(
         "gpt_neox",
-        dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-             partial_rotary_factor=0.25, use_parallel_residual=True),
+        dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            partial_rotary_factor=0.25,
+            use_parallel_residual=True,
+        ),
         seed=10,
         mirrors="EleutherAI/pythia-160m",
-    ),  # fmt: skip
+    ),
     "tiny_llama": TinySpec("llama", dict(_LLAMA), seed=11, mirrors="meta-llama/Llama-3.2-1B"),
     "planted_qwen3": TinySpec(
         "qwen3",
@@ -181,41 +236,57 @@ TINY_BUILDERS: dict[str, TinySpec] = {
             (
                 # 5 of 8 sites (62.5%), ~8% of positions: systematic.
                 PlantedDim(
-                    7, (".", ",", "\n"),
-                    ("layers.0.attn_in", "layers.1.attn_in", "layers.1.mlp_in",
-                     "layers.2.attn_in", "layers.2.mlp_in"),
+                    7,
+                    (".", ",", "\n"),
+                    (
+                        "layers.0.attn_in",
+                        "layers.1.attn_in",
+                        "layers.1.mlp_in",
+                        "layers.2.attn_in",
+                        "layers.2.mlp_in",
+                    ),
                 ),
                 # 2 of 8 sites: exactly 25%, the inclusive boundary; ~7% of positions.
                 PlantedDim(
-                    23, (" the", " a", " is", " to", " of", " in"),
-                    ("layers.3.attn_in", "layers.3.mlp_in"), gain=1.5,
+                    23,
+                    (" the", " a", " is", " to", " of", " in"),
+                    ("layers.3.attn_in", "layers.3.mlp_in"),
+                    gain=1.5,
                 ),
                 # 1 of 8 sites (12.5%): never systematic, whatever the positions.
                 PlantedDim(41, (" and", " be"), ("layers.0.mlp_in",)),
             )
         ),
-    ),  # fmt: skip
+    ),
     "planted_olmoe": TinySpec(
         "olmoe",
-        dict(_LLAMA, intermediate_size=32, num_key_value_heads=4, num_experts=4,
-             num_experts_per_tok=2),
+        dict(
+            _LLAMA,
+            intermediate_size=32,
+            num_key_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+        ),
         seed=13,
         mirrors="allenai/OLMoE-1B-7B-0125",
         plant=Plant(
             (
                 # every site (100%), ~8% of positions: systematic.
                 PlantedDim(
-                    11, (".", ",", "\n"),
+                    11,
+                    (".", ",", "\n"),
                     tuple(f"layers.{i}.{k}" for i in range(4) for k in ("attn_in", "mlp_in")),
                 ),
                 # 3 of 8 sites (37.5%) but only " the" (~2-3% of positions): fails the 6% rule.
                 PlantedDim(
-                    50, (" the",), ("layers.0.attn_in", "layers.0.mlp_in", "layers.1.attn_in"),
+                    50,
+                    (" the",),
+                    ("layers.0.attn_in", "layers.0.mlp_in", "layers.1.attn_in"),
                     gain=1.25,
                 ),
             )
         ),
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -240,8 +311,16 @@ def _read_manifest(path: Path) -> dict | None:
 
 
 def _new_tmp_dir(cache_dir: Path, name: str) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=cache_dir))
+    except OSError as err:
+        from .errors import HarnessError
+
+        raise HarnessError(
+            f"cannot write the tiny-model cache at {cache_dir} ({err.strerror}); set "
+            "OUTLIERS_TINY_CACHE to a writable folder."
+        ) from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a shared cache should not be
@@ -263,6 +342,10 @@ def _quiet_progress():
 
 def _publish(tmp: Path, final: Path, fingerprint: str) -> None:
     """Move the finished ``tmp`` to ``final`` atomically, replacing a stale ``final``."""
+    manifest = _read_manifest(final)
+    if manifest is not None and manifest.get("fingerprint") == fingerprint:  # built meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -662,7 +745,14 @@ def planted_expectations(
 
 
 __all__ = [
-    "TINY_BUILDERS", "TinySpec", "Plant", "PlantedDim", "build_tiny",
-    "planted_expectations", "planted_masks", "planted_truth", "tiny_cache_dir",
+    "TINY_BUILDERS",
+    "TinySpec",
+    "Plant",
+    "PlantedDim",
+    "build_tiny",
+    "planted_expectations",
+    "planted_masks",
+    "planted_truth",
+    "tiny_cache_dir",
     "train_tokenizer",
-]  # fmt: skip
+]
