@@ -112,6 +112,10 @@ def analyze(
     device = input_device(model)
     if batch_size is None:
         batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
+        if getattr(model.config, "_attn_implementation", None) == "eager":
+            # eager attention materialises [B, heads, T, T] scores: keep them near 4 GiB
+            heads = getattr(model.config, "num_attention_heads", 32) or 32
+            batch_size = max(1, min(batch_size, (4 << 30) // (heads * T * T * 4)))
     if batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1 (got {batch_size}).")
     batch_size = min(batch_size, N)

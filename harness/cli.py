@@ -3,6 +3,8 @@
     outliers analyze MODEL [options] --out DIR   one model -> one result directory
     outliers report [--results DIR] [--format table|csv|json|md] [--magnitude M ...]
     outliers models                                the registry as a table
+    outliers preflight MODEL... [--configs DIR] [--allow-fallback] [--gpus "NAME:GB,..."]
+                                                   will it run here (or there), before any download
 
 Errors a user can cause print one sentence (``error: ...``) and exit with status 2; exit 0 only
 when the work was done and written.
@@ -26,7 +28,9 @@ def _cmd_analyze(args) -> int:
         from dataclasses import replace
 
         opts = replace(opts, results_dir=args.out)
-    result, run_dir = run_model(args.model, opts, progress=not args.quiet)
+    result, run_dir = run_model(
+        args.model, opts, progress=not args.quiet, allow_fallback=args.allow_fallback
+    )
     print(_summary(result, run_dir))
     return 0
 
@@ -77,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_to_argparse(p)
     p.add_argument("--out", default=None, help="results directory (same as --results-dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="run a dequantized or slow reference path (labelled) instead of refusing",
+    )
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("models", help="list the model registry")
@@ -100,7 +109,13 @@ def _report_command(sub) -> None:
     add_report_command(sub)
 
 
-_EXTRA_COMMANDS = [_report_command]
+def _preflight_command(sub) -> None:
+    from .preflight import add_preflight_command
+
+    add_preflight_command(sub)
+
+
+_EXTRA_COMMANDS = [_report_command, _preflight_command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,8 +215,14 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     revision: str | None = None,
+    preflight=None,
 ) -> LoadedModel:
-    """Load model + tokenizer through ``from_pretrained`` (multi-GPU with device_map="auto")."""
+    """Load model + tokenizer through ``from_pretrained`` (multi-GPU with device_map="auto").
+
+    ``preflight`` (a ``harness.preflight.PreflightReport``) adds what its fallback needs (e.g.
+    ``Mxfp4Config(dequantize=True)``); the weight format and kernel path are read back from the
+    loaded model, and a path other than the one preflight expected is refused unless the
+    report allows fallbacks."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(spec, revision)
@@ -231,6 +237,8 @@ def load(
         torch_dtype = resolve_dtype(dtype, source, config)
         kwargs = dict(common, dtype=torch_dtype)
         kwargs.update(dict(getattr(source.entry, "load_kwargs", ()) or ()))
+        if preflight is not None:
+            kwargs.update(preflight.load_kwargs)
         if device == "cuda":
             kwargs["device_map"] = "auto"
         with warnings.catch_warnings():
@@ -245,6 +253,15 @@ def load(
             raise translated from None
         raise
     model.eval()
+    offloaded = sorted(
+        {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
+    )
+    if device == "cuda" and offloaded:
+        raise HarnessError(
+            f"{source.id} does not fit on the GPUs here and would be offloaded to "
+            f"{' and '.join(offloaded)} (slow, and not the run you asked for); use more or larger "
+            "GPUs (--runpod) or a smaller --dtype."
+        )
     config = model.config
     meta = {
         "id": source.id,
@@ -263,7 +280,28 @@ def load(
     }
     if source.entry is not None:
         meta["family"] = source.entry.family
+    _record_kernel_path(meta, model, preflight, source)
     return LoadedModel(model, tokenizer, source, meta)
+
+
+def _record_kernel_path(meta: dict, model, preflight, source: ModelSource) -> None:
+    """meta["weight_format"] / ["kernel_path"] as loaded; refuse an unexpected fallback."""
+    from .preflight import kernel_path_of
+
+    actual = kernel_path_of(model)
+    meta["weight_format"] = actual["weight_format"]
+    meta["kernel_path"] = actual["kernel_path"]
+    if actual["experts_implementation"]:
+        meta["experts_implementation"] = actual["experts_implementation"]
+    if preflight is None:
+        return
+    meta["preflight"] = preflight.provenance()
+    expected = preflight.facts.get("kernel_path")
+    if expected and expected != actual["kernel_path"] and not preflight.allow_fallback:
+        raise HarnessError(
+            f"{source.id} loaded on the {actual['kernel_path']!r} path although preflight expected "
+            f"{expected!r}; check the GPU and packages, or pass --allow-fallback to run it labelled."
+        )
 
 
 def _quantization(model) -> dict | None:

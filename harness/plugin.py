@@ -20,6 +20,13 @@ def pytest_addoption(parser):
     group.addoption("--expect-published", dest="outliers_expect_published", action="store_true",
                     help="fail a model whose count deviates from the published one beyond "
                     "--published-tolerance (only when the run used the published settings)")
+    group.addoption(
+        "--allow-fallback",
+        dest="outliers_allow_fallback",
+        action="store_true",
+        help="let a model run on a dequantized or slow reference path (labelled in its result) "
+        "instead of refusing it in preflight",
+    )
     group.addoption("--published-tolerance", dest="outliers_published_tolerance", default=None,
                     help="relative tolerance for --expect-published (default 0.25)")
     try:

@@ -34,18 +34,38 @@ def provenance(result: AnalysisResult, loaded: LoadedModel, env: dict) -> dict:
         "gpu_name": env.get("gpu_name"),
         "gpu_count": env.get("gpu_count"),
         "model_commit": loaded.meta.get("source", {}).get("commit"),
-        "weight_format": (loaded.meta.get("quantization") or {}).get("quant_method") or "dense",
+        "weight_format": loaded.meta.get("weight_format")
+        or (loaded.meta.get("quantization") or {}).get("quant_method")
+        or "dense",
         "model_dtype": result.model.get("dtype"),
         "activation_dtype": result.model.get("activation_dtype"),
         "attn_implementation": loaded.meta.get("attn_implementation"),
         "experts_implementation": loaded.meta.get("experts_implementation"),
         "kernel_path": loaded.meta.get("kernel_path"),
+        "fallback": (loaded.meta.get("preflight") or {}).get("fallback") or {},
         "dataset": data.get("dataset"),
         "dataset_config": data.get("config"),
         "dataset_revision": data.get("revision"),
         "bos": data.get("bos"),
         "windows_sha256": data.get("windows_sha256"),
     }
+
+
+def preflight_here(spec, opts: AnalysisOptions, *, allow_fallback: bool = False):
+    """The preflight of ``spec`` for this machine with the run's options (refusals not raised)."""
+    from .loading import check_available, resolve, resolve_device
+    from .preflight import preflight
+
+    check_available(resolve(spec))  # offline without the weights: WeightsUnavailable, as before
+    return preflight(
+        spec,
+        device=resolve_device(opts.device),
+        dtype=opts.dtype,
+        seq_len=opts.seq_len,
+        num_seqs=opts.num_seqs,
+        batch_size=opts.batch_size,
+        allow_fallback=allow_fallback,
+    )
 
 
 def load_data(loaded: LoadedModel, opts: AnalysisOptions, *, progress: bool = False):
@@ -73,11 +93,19 @@ def run_model(
     observers=(),
     loaded: LoadedModel | None = None,
     windows=None,
+    allow_fallback: bool = False,
 ) -> tuple[AnalysisResult, Path]:
-    """Analyse one model with ``options`` and write its result directory atomically."""
+    """Analyse one model with ``options`` and write its result directory atomically.
+
+    A real model is preflighted on this machine first (``harness.preflight``): a refusal raises
+    its sentence before any download; ``allow_fallback`` lets a dequantized or reference path
+    run, labelled in the provenance."""
     opts = options.validated().with_defaults_for(is_tiny(spec))
     if loaded is None:
-        loaded = load(spec, device=opts.device, dtype=opts.dtype)
+        report = None
+        if not is_tiny(spec):
+            report = preflight_here(spec, opts, allow_fallback=allow_fallback).raise_if_refused()
+        loaded = load(spec, device=opts.device, dtype=opts.dtype, preflight=report)
     if windows is None:
         windows = load_data(loaded, opts, progress=progress)
     result = analyze(

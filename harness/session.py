@@ -27,6 +27,8 @@ class OutlierSession:
         self.outcomes: dict[str, RunOutcome] = {}
         self.messages: list[str] = []
         self._windows: dict[tuple, object] = {}
+        self.allow_fallback = bool(config.getoption("outliers_allow_fallback", default=False))
+        self.preflights: dict[str, object] = {}  # model id -> harness.preflight.PreflightReport
         self.remote = None  # a harness.runpod runner when --runpod is given
         self.started = time.time()
 
@@ -54,7 +56,16 @@ class OutlierSession:
                     f"no usable GPU for {entry.id}; run it with --runpod, with --device cpu if it "
                     "is small enough for this machine's memory, or on a GPU machine."
                 )
-            return load(entry, device=opts.device, dtype=opts.dtype)
+            report = None
+            if not entry.is_tiny:  # before any download: refusals end here, in one sentence
+                from .run import preflight_here
+
+                report = preflight_here(entry, opts, allow_fallback=self.allow_fallback)
+                self.preflights[entry.id] = report
+                if report.resource_only:
+                    pytest.skip(report.sentence())
+                report.raise_if_refused()
+            return load(entry, device=opts.device, dtype=opts.dtype, preflight=report)
         except (NoGpu, WeightsUnavailable) as err:
             pytest.skip(str(err))
         except HarnessError as err:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from harness.errors import HarnessError
 
-from .registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
 from .reference import REFERENCE
+from .registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
 from .study import STUDY
 from .tiny import TINY
 

@@ -32,6 +32,7 @@ STUDY = (
         "mixtral_8x7b",
         "mistralai/Mixtral-8x7B-v0.1",
         "moe",
+        gated=True,  # accept Mistral's conditions on the hub; needs HF_TOKEN
         published=Published(4635, 47, 12.9),
         config_dir="mistralai__Mixtral-8x7B-Instruct-v0.1",
         notes="config checked offline against the Instruct release (same shapes)",
@@ -47,6 +48,9 @@ STUDY = (
         "glm_4.5_air",
         "zai-org/GLM-4.5-Air",
         "moe",
+        # No trustworthy config offline: the plan is explicit. 106B bf16 = 212 GB of weights;
+        # the original study's 2x A100 could not hold them.
+        gpu=GpuPlan(A100_80, 4, 450),
         published=Published(459, 106, 12),
     ),
     ModelEntry(
