@@ -83,6 +83,7 @@ def analyze(
     progress: bool = False,
     model_meta: dict | None = None,
     perplexity: bool = False,
+    attribution: bool = False,
 ) -> AnalysisResult:
     """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
     ``harness.data.Windows``) with exactly one forward pass per batch.
@@ -121,6 +122,12 @@ def analyze(
     batch_size = min(batch_size, N)
     forward = base_forward(model)
     observers = list(observers)
+    if attribution:  # tokens/positions, massive activations, MoE experts: same forward pass
+        from .attribution import attribution_observers
+
+        observers += attribution_observers(
+            model, criteria.magnitude, grid_values, bos_token_id=data_info.get("bos_token_id")
+        )
     if perplexity:
         from .perplexity import Perplexity
 

@@ -3,6 +3,7 @@
     outliers analyze MODEL [options] --out DIR   one model -> one result directory
     outliers report [--results DIR] [--format table|csv|json|md] [--magnitude M ...]
     outliers models                                the registry as a table
+    outliers pods [--terminate [--all]]            the harness's RunPod pods, age and cost
     outliers preflight MODEL... [--configs DIR] [--allow-fallback] [--gpus "NAME:GB,..."]
                                                    will it run here (or there), before any download
 
@@ -115,7 +116,22 @@ def _preflight_command(sub) -> None:
     add_preflight_command(sub)
 
 
-_EXTRA_COMMANDS = [_report_command, _preflight_command]
+def _pods_command(sub) -> None:
+    p = sub.add_parser("pods", help="list the harness's RunPod pods with age and cost")
+    p.add_argument("--terminate", action="store_true",
+                   help="terminate leaked pods (no live local run claims them)")
+    p.add_argument("--all", action="store_true", help="with --terminate: every harness pod")
+
+    def run(args) -> int:
+        from .runpod import pods_command
+
+        pods_command(terminate=args.terminate, all=args.all)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_EXTRA_COMMANDS = [_report_command, _preflight_command, _pods_command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -423,6 +423,7 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
             "num_documents": num_docs,
             "bos": bos,
             "bos_requested": spec.bos,
+            "bos_token_id": getattr(tokenizer, "bos_token_id", None),
             "separator": "eos",
             "tokenizer": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
             "tokenizer_sha256": tokenizer_sha256(tokenizer),

@@ -49,6 +49,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, None, "windows per forward pass (default: automatic, halved on "
            "out-of-memory)"),
     Option("results_dir", str, "results", "where result directories are written"),
+    Option("no_attribution", bool, False, "skip token/position, massive-activation and MoE "
+           "expert attribution (on by default, same forward pass)"),
     Option("perplexity", bool, False, "also record the next-token loss on the same windows "
            "(same forward pass)"),
 )
@@ -73,6 +75,7 @@ class AnalysisOptions:
     dtype: str = "auto"
     batch_size: int | None = None
     results_dir: str = "results"
+    no_attribution: bool = False
     perplexity: bool = False
 
     def validated(self) -> AnalysisOptions:

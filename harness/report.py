@@ -138,6 +138,8 @@ class Row:
     num_experts: int = 0
     figures: dict = field(default_factory=dict, repr=False)  # seed_compatible, pooled, per_site
     stats: CapturedStats | None = field(default=None, repr=False, compare=False)
+    attribution: dict | None = field(default=None, repr=False, compare=False)
+    tokenizer_name: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_moe(self) -> bool:
@@ -343,6 +345,13 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
     pod_seconds, pod_cost = _pod(result)
     data = result.get("data") or {}
     ci = bootstrap(stats, crit, resamples=resamples, seed=seed) if resamples > 0 else {}
+    attribution = result.get("attribution")
+    if rethreshold and attribution is not None:
+        from .attribution import attribution_section
+
+        attribution = attribution_section(
+            stats, crit, bos_token_id=data.get("bos_token_id")
+        )["attribution"]
     return Row(
         model_name=str(model["id"]),
         family=_family(result),
@@ -378,6 +387,8 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
         num_experts=int(model.get("num_experts") or 0),
         figures=figures,
         stats=stats,
+        attribution=attribution,
+        tokenizer_name=data.get("tokenizer"),
     )
 
 
@@ -762,12 +773,50 @@ def summary_markdown(
     lines += _trend_section(rows)
     lines += ["", "## Dettmers et al. 2022 (table 4) beside ours", ""]
     lines += _reference_section(rows)
+    lines += ["", "## Where outliers live", ""]
+    lines += attribution_section_md(rows)
     if plot_paths:
         lines += ["", "## Plots", ""]
         for name, path in plot_paths.items():
             rel = os.path.relpath(path, out_dir) if out_dir else str(path)
             lines.append(f"- [{name}]({rel})")
     return "\n".join(lines) + "\n"
+
+
+def _tokenizer_for(row: Row):
+    """The run's tokenizer from its recorded path, only if it is on this machine."""
+    name = row.tokenizer_name
+    if not name:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception:  # not cached here: ids are shown as #id
+        return None
+
+
+def attribution_section_md(rows: list[Row]) -> list[str]:
+    """Per model: the outlier tokens, outlier experts and massive activations tables."""
+    from .attribution_report import attribution_tables
+
+    lines: list[str] = []
+    titles = {
+        "outlier_tokens": "outlier tokens",
+        "outlier_experts": "outlier experts",
+        "massive_activations": "massive activations (residual stream)",
+    }
+    for r in rows:
+        if not r.attribution:
+            continue
+        tables = attribution_tables({"attribution": r.attribution}, _tokenizer_for(r))
+        shown = [(k, t) for k, t in tables.items() if t and t.strip()]
+        if not shown:
+            continue
+        lines += [f"### {r.model_name}", ""]
+        for key, text in shown:
+            lines += [f"**{titles.get(key, key)}**", "", text, ""]
+    return lines or ["No result carries attribution (run without --no-attribution)."]
 
 
 def write_reports(
@@ -788,6 +837,16 @@ def write_reports(
         from .plots import write_plots
 
         plot_paths = write_plots(rows, out / "plots")
+        from .attribution_report import plot_expert_enrichment
+
+        for r in rows:
+            if r.attribution and r.is_moe:
+                slug = r.model_name.replace("/", "_")
+                path = plot_expert_enrichment(
+                    {"attribution": r.attribution}, out / "plots" / f"{slug}-expert-enrichment.png"
+                )
+                if path is not None:
+                    plot_paths[f"{slug}-expert-enrichment"] = Path(path)
     for name, text in (
         ("summary.csv", render(rows, "csv")),
         ("summary.json", render(rows, "json")),

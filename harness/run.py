@@ -120,6 +120,7 @@ def run_model(
         progress=progress,
         model_meta=dict(loaded.meta),
         perplexity=opts.perplexity,
+        attribution=not opts.no_attribution,
     )
     env = environment()
     result.sections["provenance"] = provenance(result, loaded, env)

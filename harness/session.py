@@ -34,11 +34,15 @@ class OutlierSession:
 
     def prepare(self, entries) -> None:
         """After collection: start remote work for the selected models (RunPod)."""
-        if not entries or not getattr(self.config.option, "runpod", False):
+        opt = self.config.option
+        if not entries or not (getattr(opt, "runpod", False) or getattr(opt, "runpod_dry_run", False)):
             return
         from .runpod.runner import make_runner
 
-        self.remote = make_runner(self, entries)
+        try:
+            self.remote = make_runner(self, entries)
+        except HarnessError as err:
+            raise pytest.UsageError(str(err)) from None
 
     # -- local models --------------------------------------------------------------------
     def options_for(self, entry) -> AnalysisOptions:
@@ -177,13 +181,38 @@ class OutlierSession:
     # -- end of session ----------------------------------------------------------------------
     def write_reports(self):
         """Reports over every result in the results directory; returns (paths, terminal text)."""
+        import os
+
+        if os.environ.get("OUTLIERS_ON_POD"):  # the local session reports over every pod
+            return {}, ""
         from .report import collect, summary_for_terminal, write_reports
 
         rows = collect(self.options.results_dir)
         if not rows:
             return {}, ""
         paths = write_reports(rows, self.reports_dir)
-        return paths, summary_for_terminal(rows, paths=paths, session_models=set(self.outcomes))
+        text = summary_for_terminal(rows, paths=paths, session_models=set(self.outcomes))
+        pods = self.pod_summary()
+        return paths, text + ("\n" + pods if pods else "")
+
+    def pod_summary(self) -> str:
+        """Per-model pod time and cost, and the sweep total (RunPod runs only)."""
+        if self.remote is None:
+            return ""
+        from tabulate import tabulate
+
+        rows, total_s, total_usd = [], 0.0, 0.0
+        for model_id, o in sorted(self.outcomes.items()):
+            if not o.pod:
+                continue
+            sec, usd = float(o.pod.get("seconds") or 0), float(o.pod.get("cost_usd") or 0)
+            total_s, total_usd = total_s + sec, total_usd + usd
+            rows.append([model_id, f"{o.pod.get('count', 1)}x {o.pod.get('gpu', '?')}",
+                         f"{sec / 60:.1f}", f"{usd:.2f}"])
+        if not rows:
+            return ""
+        rows.append(["total", "", f"{total_s / 60:.1f}", f"{total_usd:.2f}"])
+        return "pods:\n" + tabulate(rows, headers=["model", "GPU", "pod min", "cost $"])
 
     def close(self) -> None:
         if self.remote is not None:

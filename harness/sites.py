@@ -139,6 +139,7 @@ class SiteMap:
     routers: tuple[Router, ...]  # MoE layers only (dense layers of GLM-4 MoE are left out)
     experts: dict = field(default_factory=dict, compare=False, repr=False)  # layer -> module
     shared_experts: dict = field(default_factory=dict, compare=False, repr=False)
+    layers: tuple = field(default=(), compare=False, repr=False)  # decoder-layer modules, in order
 
     @property
     def names(self) -> list[str]:
@@ -256,4 +257,5 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
         routers=tuple(routers),
         experts=experts,
         shared_experts=shared,
+        layers=tuple(layers),
     )

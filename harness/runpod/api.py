@@ -222,7 +222,11 @@ class RunpodApi:
                     if adopted is not None:
                         return adopted, gpu
                     if i + 1 == attempts:
-                        raise
+                        raise ApiError(
+                            f"create pod {name} on {gpu} failed {attempts} times (rate limit, "
+                            f"server or network error); try again later.",
+                            "retry",
+                        ) from None
                     self._sleep(self._backoff(i))
         raise ApiError(
             f"no capacity for {name} on any of {', '.join(gpu_types)} (cloud {cloud}); try "

@@ -135,8 +135,10 @@ def benchmark_records(bench_json: dict | None) -> list[dict]:
 def pick_benchmark(records: list[dict], entry_id: str) -> dict | None:
     """The record of ``entry_id``'s test: one naming it, else the only record there is."""
     named = [
-        r for r in records
-        if entry_id in str(r.get("fullname", "")) or entry_id in str(r.get("name", ""))
+        r
+        for r in records
+        if entry_id in str(r.get("fullname", ""))
+        or entry_id in str(r.get("name", ""))
         or entry_id in json.dumps(r.get("params") or {}, default=str)
     ]
     if named:

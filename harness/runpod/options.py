@@ -36,6 +36,9 @@ RUNPOD_FLAGS = {
 # Options the pod run sets itself (its own paths), also removed from forwarded arguments.
 POD_OWNED = {
     "--results-dir": True,
+    "--reports-dir": True,  # reports are made here, over the fetched results
+    "--junitxml": True,
+    "--junit-xml": True,
     "--benchmark-json": True,
     "--benchmark-autosave": False,
     "--benchmark-save": True,
@@ -57,6 +60,7 @@ class Timings:
     watchdog_poll_s: float = 15.0  # the pod's watchdog checks this often
     watchdog_grace_s: float = 900.0  # after the job ends, wait this long for the fetch
     watchdog_slack_s: float = 120.0  # the pod's deadline is the local one plus this
+    watchdog_start_grace_s: float = 900.0  # no job started this long after the watchdog: stop
     close_join_s: float = 90.0  # close() waits this long for worker threads
     ssh_user: str = "root"
 
@@ -100,29 +104,81 @@ class RunpodOptions:
 def add_runpod_options(group) -> None:
     """Declare the RunPod options on a pytest option group or an argparse parser."""
     add = getattr(group, "addoption", None) or group.add_argument
-    add("--runpod", action="store_true", default=False,
-        help="run the selected model tests on RunPod GPU pods instead of locally")
-    add("--runpod-dry-run", action="store_true", default=False,
-        help="print the RunPod plan (GPUs, disk, $/h, estimated cost) and create nothing")
-    add("--runpod-pack", action="store_true", default=False,
-        help="let small single-GPU models share one pod")
-    add("--runpod-keep", action="store_true", default=False,
-        help="leave the pods running at the end and print how to reach and terminate them")
-    add("--runpod-gpu", action="store", default=None, metavar="TYPES",
-        help="comma-separated RunPod GPU type ids, in order of preference (overrides the plan)")
-    add("--runpod-image", action="store", default=DEFAULT_IMAGE, metavar="IMAGE",
-        help=f"container image of the pods (default {DEFAULT_IMAGE})")
-    add("--runpod-cloud", action="store", default="SECURE", choices=CLOUDS,
-        help="RunPod cloud type: SECURE, COMMUNITY or ALL (default SECURE)")
-    add("--runpod-volume", action="store", default=None, metavar="VOLUME_ID",
-        help="network volume id for the Hugging Face cache (mounted at /workspace)")
-    add("--runpod-max-minutes", action="store", default=None, type=float, metavar="MIN",
+    add(
+        "--runpod",
+        action="store_true",
+        default=False,
+        help="run the selected model tests on RunPod GPU pods instead of locally",
+    )
+    add(
+        "--runpod-dry-run",
+        action="store_true",
+        default=False,
+        help="print the RunPod plan (GPUs, disk, $/h, estimated cost) and create nothing",
+    )
+    add(
+        "--runpod-pack",
+        action="store_true",
+        default=False,
+        help="let small single-GPU models share one pod",
+    )
+    add(
+        "--runpod-keep",
+        action="store_true",
+        default=False,
+        help="leave the pods running at the end and print how to reach and terminate them",
+    )
+    add(
+        "--runpod-gpu",
+        action="store",
+        default=None,
+        metavar="TYPES",
+        help="comma-separated RunPod GPU type ids, in order of preference (overrides the plan)",
+    )
+    add(
+        "--runpod-image",
+        action="store",
+        default=DEFAULT_IMAGE,
+        metavar="IMAGE",
+        help=f"container image of the pods (default {DEFAULT_IMAGE})",
+    )
+    add(
+        "--runpod-cloud",
+        action="store",
+        default="SECURE",
+        choices=CLOUDS,
+        help="RunPod cloud type: SECURE, COMMUNITY or ALL (default SECURE)",
+    )
+    add(
+        "--runpod-volume",
+        action="store",
+        default=None,
+        metavar="VOLUME_ID",
+        help="network volume id for the Hugging Face cache (mounted at /workspace)",
+    )
+    add(
+        "--runpod-max-minutes",
+        action="store",
+        default=None,
+        type=float,
+        metavar="MIN",
         help="hard deadline of every pod, enforced locally and by a watchdog on the pod "
-        "(default: twice the plan's download + load + analysis estimate)")
-    add("--runpod-parallel", action="store", default=4, type=int, metavar="N",
-        help="at most N pods at a time (default 4)")
-    add("--rerun", action="store_true", default=False,
-        help="run a model even when a result with the same revision, data and criteria exists")
+        "(default: twice the plan's download + load + analysis estimate)",
+    )
+    add(
+        "--runpod-parallel",
+        action="store",
+        default=4,
+        type=int,
+        metavar="N",
+        help="at most N pods at a time (default 4)",
+    )
+    add(
+        "--rerun",
+        action="store_true",
+        default=False,
+        help="run a model even when a result with the same revision, data and criteria exists",
+    )
 
 
 def _get(config, name):

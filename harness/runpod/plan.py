@@ -14,7 +14,7 @@ from .options import RunpodOptions
 
 POD_PREFIX = "outliers"  # every pod of the harness is named "<prefix>-<run id>-<label>"
 SETUP_S = 420.0  # scheduling, image pull, SSH, pip install
-DOWNLOAD_BYTES_PER_S = 150e6  # Hugging Face hub to a RunPod data centre, sustained
+DOWNLOAD_BYTES_PER_S = 100e6  # Hugging Face hub to a RunPod data centre, sustained (cautious)
 LOAD_BYTES_PER_S = 1.0e9  # safetensors from container disk to GPU memory
 ANALYSIS_FIXED_S = 120.0
 EFFECTIVE_FLOPS_PER_GPU = 30e12  # bf16 forward with capture hooks, batch 1
@@ -88,8 +88,9 @@ def estimate(entry, count: int, params_for=None, tokens: int = DEFAULT_TOKENS) -
     if entry.is_tiny:
         return Estimate(SETUP_S, 0.0, 5.0, 30.0)
     analysis = ANALYSIS_FIXED_S + 2 * active * tokens / (EFFECTIVE_FLOPS_PER_GPU * max(1, count))
-    return Estimate(SETUP_S, weight_bytes / DOWNLOAD_BYTES_PER_S, weight_bytes / LOAD_BYTES_PER_S,
-                    analysis)
+    return Estimate(
+        SETUP_S, weight_bytes / DOWNLOAD_BYTES_PER_S, weight_bytes / LOAD_BYTES_PER_S, analysis
+    )
 
 
 def gpu_plan_of(entry, params_for=None) -> GpuPlan:
@@ -132,8 +133,18 @@ def make_plans(entries, options: RunpodOptions, params_for=None) -> list[PodPlan
 
 def _plan(label, entries, types, count, disk, est, options) -> PodPlan:
     minutes = options.max_minutes or math.ceil(2 * est.total_s / 60)
-    return PodPlan(safe_label(label), entries, tuple(types), count, int(disk), options.image,
-                   options.cloud, options.volume, est, float(minutes))
+    return PodPlan(
+        safe_label(label),
+        entries,
+        tuple(types),
+        count,
+        int(disk),
+        options.image,
+        options.cloud,
+        options.volume,
+        est,
+        float(minutes),
+    )
 
 
 def safe_label(label: str) -> str:
@@ -160,16 +171,18 @@ def price_plans(api, plans: list[PodPlan]) -> list[PodPlan]:
 def plan_rows(plans: list[PodPlan]) -> list[dict]:
     rows = []
     for p in plans:
-        rows.append({
-            "model": ", ".join(e.id for e in p.entries),
-            "gpu": f"{p.priced_gpu or p.gpu_types[0]} x {p.count}",
-            "fallbacks": len(p.gpu_types) - 1,
-            "disk_gb": p.disk_gb,
-            "usd_per_hour": p.price_per_hour,
-            "est_hours": p.estimate.total_s / 3600,
-            "est_usd": p.estimated_cost,
-            "max_minutes": p.max_minutes,
-        })
+        rows.append(
+            {
+                "model": ", ".join(e.id for e in p.entries),
+                "gpu": f"{p.priced_gpu or p.gpu_types[0]} x {p.count}",
+                "fallbacks": len(p.gpu_types) - 1,
+                "disk_gb": p.disk_gb,
+                "usd_per_hour": p.price_per_hour,
+                "est_hours": p.estimate.total_s / 3600,
+                "est_usd": p.estimated_cost,
+                "max_minutes": p.max_minutes,
+            }
+        )
     return rows
 
 
@@ -181,15 +194,29 @@ def plan_table(rows: list[dict]) -> str:
         return "n/a" if x is None else f"{x:,.2f}"
 
     body = [
-        [r["model"], r["gpu"] + (f" (+{r['fallbacks']} fallback)" if r["fallbacks"] else ""),
-         r["disk_gb"], money(r["usd_per_hour"]), f"{r['est_hours']:.2f}", money(r["est_usd"]),
-         f"{r['max_minutes']:.0f}"]
+        [
+            r["model"],
+            r["gpu"] + (f" (+{r['fallbacks']} fallback)" if r["fallbacks"] else ""),
+            r["disk_gb"],
+            money(r["usd_per_hour"]),
+            f"{r['est_hours']:.2f}",
+            money(r["est_usd"]),
+            f"{r['max_minutes']:.0f}",
+        ]
         for r in rows
     ]
     known = [r["est_usd"] for r in rows if r["est_usd"] is not None]
     hours = sum(r["est_hours"] for r in rows)
-    body.append(["total", f"{len(rows)} pods", sum(r["disk_gb"] for r in rows),
-                 money(sum(r["usd_per_hour"] or 0 for r in rows)), f"{hours:.2f}",
-                 money(sum(known)) + ("" if len(known) == len(rows) else " (partial)"), ""])
+    body.append(
+        [
+            "total",
+            f"{len(rows)} pods",
+            sum(r["disk_gb"] for r in rows),
+            money(sum(r["usd_per_hour"] or 0 for r in rows)),
+            f"{hours:.2f}",
+            money(sum(known)) + ("" if len(known) == len(rows) else " (partial)"),
+            "",
+        ]
+    )
     headers = ["model", "GPU x count", "disk GB", "$/h", "est. h", "est. $", "deadline min"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)

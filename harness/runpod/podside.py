@@ -39,8 +39,22 @@ import urllib.request
 
 DEFAULT_API = "https://api.runpod.io"
 # Not copied from the pod environment into the job's environment.
-_SESSION_VARS = {"PWD", "OLDPWD", "SHLVL", "_", "HOME", "USER", "LOGNAME", "SHELL", "TERM",
-                 "HOSTNAME", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "PUBLIC_KEY"}
+_SESSION_VARS = {
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "HOSTNAME",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "PUBLIC_KEY",
+}
 
 
 # -- the pod's environment ---------------------------------------------------------------------
@@ -58,7 +72,7 @@ def _parse_exports(text: str) -> dict:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("export "):
-            line = line[len("export "):]
+            line = line[len("export ") :]
         key, sep, value = line.partition("=")
         if sep and key.isidentifier():
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -166,8 +180,12 @@ def stop_self(action: str, log) -> bool:
     if ctl and pod_id:  # configured with the pod-scoped key inside RunPod pods
         verb = "remove" if action == "terminate" else "stop"
         try:
-            rc = subprocess.call([ctl, verb, "pod", pod_id], timeout=60,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rc = subprocess.call(
+                [ctl, verb, "pod", pod_id],
+                timeout=60,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             log(f"runpodctl {verb} pod {pod_id}: exit {rc}")
             return rc == 0
         except (OSError, subprocess.SubprocessError) as err:
@@ -175,9 +193,17 @@ def stop_self(action: str, log) -> bool:
     return False
 
 
-def watchdog(root: str, deadline_in: float, grace: float, poll: float, on_end: str,
-             on_deadline: str) -> int:
-    """Stop the pod at the deadline or once the job has ended (see the module docstring)."""
+def watchdog(
+    root: str,
+    deadline_in: float,
+    grace: float,
+    poll: float,
+    on_end: str,
+    on_deadline: str,
+    start_grace: float = 900.0,
+) -> int:
+    """Stop the pod at the deadline, once the job has ended (see the module docstring), or when
+    no job was started within ``start_grace`` seconds (whoever launched it went away)."""
     logf = os.path.join(root, "watchdog.log")
 
     def log(text):
@@ -202,6 +228,8 @@ def watchdog(root: str, deadline_in: float, grace: float, poll: float, on_end: s
             log(f"job ended (phase {state.get('phase', 'lost')})")
         if now >= deadline:
             reason, action = "deadline passed", on_deadline
+        elif job_pid is None and on_end != "none" and now - start >= start_grace:
+            reason, action = "no job was started within the start grace period", on_end
         elif ended_at is not None and on_end != "none":
             if os.path.exists(os.path.join(root, "fetched")):
                 reason, action = "job ended and its results were fetched", on_end
@@ -228,6 +256,7 @@ def job(root: str) -> int:
         if key not in _SESSION_VARS:
             env.setdefault(key, value)
     env["PYTHONUNBUFFERED"] = "1"
+    env["OUTLIERS_ON_POD"] = "1"  # the harness may skip what only the local side needs (reports)
     tree = os.path.join(root, "tree")
     out = os.path.join(root, "out")
     os.makedirs(os.path.join(out, "results"), exist_ok=True)
@@ -243,14 +272,23 @@ def job(root: str) -> int:
         try:
             install = os.environ.get("OUTLIERS_POD_INSTALL")
             if install is None:
-                cmd = [sys.executable, "-m", "pip", "install", "-q", "--root-user-action=ignore",
-                       "-e", "."]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--root-user-action=ignore",
+                    "-e",
+                    ".[" + spec["extras"] + "]" if spec.get("extras") else ".",
+                ]
                 say("installing the project: " + " ".join(cmd[1:]))
                 rc = subprocess.call(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
             elif install.strip():
                 say("installing the project (pod image command)")
-                rc = subprocess.call(install, shell=True, cwd=tree, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+                rc = subprocess.call(
+                    install, shell=True, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
             else:
                 rc = 0
             codes["install"] = rc
@@ -261,10 +299,18 @@ def job(root: str) -> int:
                 label = step["label"]
                 state["phase"] = f"run {label}"
                 _write_json(state_path, state)
-                cmd = [sys.executable, "-m", "pytest", *step["args"],
-                       "--results-dir", os.path.join(out, "results"),
-                       "--benchmark-json", os.path.join(out, f"bench-{label}.json"),
-                       "-p", "no:cacheprovider"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    *step["args"],
+                    "--results-dir",
+                    os.path.join(out, "results"),
+                    "--benchmark-json",
+                    os.path.join(out, f"bench-{label}.json"),
+                    "-p",
+                    "no:cacheprovider",
+                ]
                 say(f"running {label}: pytest {' '.join(step['args'])}")
                 rc = subprocess.call(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
                 codes[label] = rc
@@ -292,13 +338,17 @@ def status(root: str, tail: int = 30) -> int:
         pass
     job_pid = _pid_of(root, "job.pid")
     wd_pid = _pid_of(root, "watchdog.pid")
-    print(json.dumps({
-        "phase": state.get("phase", "starting"),
-        "exit_codes": state.get("exit_codes", {}),
-        "job_alive": bool(job_pid and _alive(job_pid)),
-        "watchdog_alive": bool(wd_pid and _alive(wd_pid)),
-        "tail": lines,
-    }))
+    print(
+        json.dumps(
+            {
+                "phase": state.get("phase", "starting"),
+                "exit_codes": state.get("exit_codes", {}),
+                "job_alive": bool(job_pid and _alive(job_pid)),
+                "watchdog_alive": bool(wd_pid and _alive(wd_pid)),
+                "tail": lines,
+            }
+        )
+    )
     return 0
 
 
@@ -337,6 +387,7 @@ def main(argv: list[str]) -> int:
     w.add_argument("--poll", type=float, default=15.0)
     w.add_argument("--on-end", choices=("terminate", "stop", "none"), default="terminate")
     w.add_argument("--on-deadline", choices=("terminate", "stop"), default="terminate")
+    w.add_argument("--start-grace", type=float, default=900.0)
     for name in ("job", "pack"):
         sub.add_parser(name).add_argument("root")
     s = sub.add_parser("status")
@@ -345,7 +396,9 @@ def main(argv: list[str]) -> int:
     sub.add_parser("unpack").add_argument("dest")
     a = p.parse_args(argv)
     if a.mode == "watchdog":
-        return watchdog(a.root, a.deadline_in, a.grace, a.poll, a.on_end, a.on_deadline)
+        return watchdog(
+            a.root, a.deadline_in, a.grace, a.poll, a.on_end, a.on_deadline, a.start_grace
+        )
     if a.mode == "job":
         return job(a.root)
     if a.mode == "status":

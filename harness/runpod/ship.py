@@ -12,8 +12,20 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 MAX_BYTES = 200 * 1024 * 1024
-_WALK_SKIP = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis",
-              ".benchmarks", "results", "build", "dist", ".cache"}
+_WALK_SKIP = {
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".benchmarks",
+    "results",
+    "build",
+    "dist",
+    ".cache",
+}
 
 
 def project_root() -> Path:
@@ -31,13 +43,18 @@ def tree_files(root: Path, exclude: list[Path] = ()) -> list[str]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root, capture_output=True, check=True, timeout=60,
+            cwd=root,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
         names = [n for n in out.decode().split("\0") if n]
     except (OSError, subprocess.SubprocessError):
         names = []
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in _WALK_SKIP and not d.endswith(".egg-info")]
+            dirnames[:] = [
+                d for d in dirnames if d not in _WALK_SKIP and not d.endswith(".egg-info")
+            ]
             for f in filenames:
                 if not f.endswith((".pyc", ".pyo")) and f != ".env":
                     names.append(os.path.relpath(os.path.join(dirpath, f), root))

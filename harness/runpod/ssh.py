@@ -8,7 +8,6 @@ sent, so tests can check that.
 from __future__ import annotations
 
 import select
-import socket
 import threading
 import time
 
@@ -53,7 +52,9 @@ class Ssh:
             )
         except (paramiko.SSHException, OSError, EOFError) as err:
             client.close()
-            raise SshError(f"cannot log in to {self.address} ({type(err).__name__}: {err})") from None
+            raise SshError(
+                f"cannot log in to {self.address} ({type(err).__name__}: {err})"
+            ) from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -121,7 +122,7 @@ class Ssh:
             code = chan.recv_exit_status()
             chan.close()
             return code, bytes(out), bytes(err)
-        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as e:
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as e:
             raise SshError(f"connection to {self.address} failed ({type(e).__name__})") from None
 
     def close(self) -> None:

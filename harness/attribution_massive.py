@@ -1,0 +1,347 @@
+"""Massive activations (Sun et al. 2024; METHOD.md section 6) on the residual stream.
+
+``MassiveActivations`` hooks every decoder layer's output (the residual stream after layer l) and
+keeps, per layer and on the layer's device, only small running tables:
+
+- ``dim_max[H]``: max |x| per dim over the positions whose max_d |x| > 100 (0 if none): exact
+  for every value > 100, i.e. every candidate massive value, at the cost of reading only those
+  rows;
+- the top ``top_positions`` positions by max_d |x| (value, arg-max dim, signed value, position);
+- the exact top ``top`` values by |x| (signed value, dim, position): the top values lie in at
+  most ``top`` distinct positions, each of which is among the top positions by max_d |x|;
+- a histogram of |x| in fixed log2 bins (``bins_per_octave`` per octave, 2^-24 .. 2^24; zeros
+  and anything below in the first bin, anything above in the last) over a fixed grid sample of
+  every window: every ``sp``-th position and every ``sd``-th dim, with sp * sd ~ ceil(T * H /
+  sample_per_seq) split evenly (sp = ceil(sqrt(stride)), sd = ceil(stride / sp)); sp = sd = 1,
+  i.e. every value, when T * H <= sample_per_seq (16384). Sampling both axes keeps many
+  positions AND many dims in the sample (dims differ in scale; position 0 is special).
+
+Median estimator (documented choice): the median |x| of layer l = the lower median (the value
+of rank ceil(n / 2)) of the pooled sampled values of the WHOLE corpus, read from the histogram:
+reported as the bin's geometric midpoint with the bin's edges, so it is exact to within one bin
+(factor 2^(1/16), +-2.2% about the midpoint) for the sampled values. With the default
+16384 values per window, Qwen3-30B at 16 x 2048 samples 2048 positions x 128 dims per layer.
+Unlike "the mean of per-batch medians" it is one median over the corpus; the histogram merges
+exactly across batches and devices.
+
+A value is *massive* when |x| > 100 and |x| > 1000 x the layer's median |x| (Sun et al.).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .capture import CHUNK_ELEMENTS, Batch, Observer
+from .errors import HarnessError
+from .outliers import Criteria, pooled_dims
+from .sites import SiteMap
+from .statistics import CapturedStats
+
+ABS_THRESHOLD = 100.0
+REL_THRESHOLD = 1000.0
+LOG2_RANGE = 24  # histogram covers 2^-24 .. 2^24
+JSON_POSITIONS = 16  # massive positions listed per layer in result.json (all are in stats.npz)
+PREFIX = "attr_massive_"
+
+
+def decoder_layers(sitemap: SiteMap) -> list[torch.nn.Module] | None:
+    """The decoder-layer modules, from ``SiteMap.layers`` when it exists, else from the
+    ``resid_out`` sites (the layers themselves); None when neither is available."""
+    layers = getattr(sitemap, "layers", None)
+    if layers:
+        return list(layers)
+    resid = [s.module for s in sitemap.sites if s.kind == "resid_out"]
+    return resid if len(resid) == sitemap.num_layers else None
+
+
+def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values and their indices; ties go to the lower index."""
+    v, i = torch.sort(values, descending=True, stable=True)
+    return v[:k], i[:k]
+
+
+class MassiveActivations(Observer):
+    """Per-layer massive-activation tables, reduced on the device in the engine's forward pass."""
+
+    def __init__(
+        self,
+        layers: Sequence[torch.nn.Module] | None = None,
+        *,
+        top: int = 8,
+        top_positions: int = 64,
+        sample_per_seq: int = 1 << 14,
+        bins_per_octave: int = 16,
+    ):
+        if top > top_positions:
+            raise ValueError("top must not exceed top_positions (the exact top-k needs it)")
+        self.layers = list(layers) if layers is not None else None
+        self.top, self.P = int(top), int(top_positions)
+        self.sample_per_seq = int(sample_per_seq)
+        self.bpo = int(bins_per_octave)
+        self.lo = -LOG2_RANGE * self.bpo
+        self.nbins = 2 * LOG2_RANGE * self.bpo
+        self._batch: Batch | None = None
+        self._part: dict[int, dict] = {}
+        self._state: dict[int, dict] = {}
+        self.H = 0
+        self.sp = self.sd = 1
+
+    # -- observer API --------------------------------------------------------------------
+    def attach(self, sitemap: SiteMap, register: Callable) -> None:
+        layers = self.layers or decoder_layers(sitemap)
+        if not layers:
+            raise HarnessError(
+                "massive activations need the decoder layers: pass layers= (e.g. "
+                "harness.attribution.attribution_observers(model)) or a SiteMap with .layers."
+            )
+        self.H = sitemap.hidden_size
+        self.num_layers = len(layers)
+        for i, module in enumerate(layers):
+            register(module, self._hook(i), "output")
+
+    def begin_batch(self, batch: Batch) -> None:
+        self._batch, self._part = batch, {}
+        stride = max(1, math.ceil(batch.seq_len * self.H / self.sample_per_seq))
+        self.sp = math.ceil(math.sqrt(stride))
+        self.sd = math.ceil(stride / self.sp)
+
+    def end_batch(self, batch: Batch) -> None:
+        for i, part in self._part.items():
+            self._state[i] = part if i not in self._state else self._merge(self._state[i], part)
+        self._batch, self._part = None, {}
+
+    def abort_batch(self, batch: Batch) -> None:
+        self._batch, self._part = None, {}
+
+    def finalize(self, stats: CapturedStats) -> None:
+        stats.extra.update(self.arrays())
+
+    # -- reductions ----------------------------------------------------------------------
+    def _hook(self, layer: int):
+        def fn(x):
+            if self._batch is None or not isinstance(x, torch.Tensor):
+                return
+            part = self._reduce(x, self._batch)
+            prev = self._part.get(layer)
+            self._part[layer] = part if prev is None else self._merge(prev, part)
+
+        return fn
+
+    def _reduce(self, x: torch.Tensor, batch: Batch) -> dict:
+        B, T, H = batch.size, batch.seq_len, self.H
+        if x.shape[-1] != H or x.numel() != B * T * H:
+            raise HarnessError(
+                f"a decoder layer returned shape {tuple(x.shape)}, not [{B}, {T}, {H}]; the "
+                "layer list given to MassiveActivations does not fit this model."
+            )
+        x3, x2 = x.reshape(B, T, H), x.reshape(B * T, H)
+        # max_d |x| per position from amax / amin along the contiguous dim: no |x| copy of the
+        # activation (abs + amax costs ~3x more, linalg.vector_norm(ord=inf) ~30x on the CPU)
+        pmax = torch.maximum(x2.amax(dim=1), x2.amin(dim=1).neg_()).float()  # [BT]
+        # per-dim max over the positions holding a value > 100 (every candidate massive value)
+        big = (pmax > ABS_THRESHOLD).nonzero().squeeze(1)
+        dim_max = torch.zeros(H, dtype=torch.float32, device=x.device)
+        step = max(1, CHUNK_ELEMENTS.get(x.device.type, 1 << 25) // H)
+        for r0 in range(0, big.numel(), step):
+            rows_big = x2.index_select(0, big[r0 : r0 + step]).abs().amax(dim=0).float()
+            torch.maximum(dim_max, rows_big, out=dim_max)
+        sample = x3[:, :: self.sp, :: self.sd].abs().float().reshape(-1)
+        bins = torch.floor(torch.log2(sample) * self.bpo).clamp_(self.lo, -self.lo - 1)
+        hist = torch.bincount((bins - self.lo).long(), minlength=self.nbins)
+        k = min(self.P, B * T)
+        # stable sorts, not topk: among equal values the lower position (then dim) wins, so
+        # the tables do not depend on the batch size
+        pval, prow = _top(pmax, k)
+        rows = x2.index_select(0, prow).float()  # [k, H]
+        ra = rows.abs()
+        pdim = ra.argmax(dim=1)
+        psigned = rows.gather(1, pdim[:, None]).squeeze(1)
+        # the top values lie in the top `top` positions by max_d |x|
+        kr = min(self.top, k)
+        kk = min(self.top, kr * H)
+        by_pos = torch.argsort(prow[:kr])  # rows in position order: value ties go to (pos, dim)
+        vabs, vi = _top(ra.index_select(0, by_pos).reshape(-1), kk)
+        vrow, vdim = by_pos[vi // H], vi % H
+        offset = batch.start * T
+        return {
+            "dim_max": dim_max,
+            "pos_val": pval,
+            "pos_pos": prow + offset,
+            "pos_dim": pdim,
+            "pos_signed": psigned,
+            "val_abs": vabs,
+            "val_signed": rows[vrow, vdim],
+            "val_pos": prow[vrow] + offset,
+            "val_dim": vdim,
+            "hist": hist,
+            "over100": torch.tensor(big.numel(), device=x.device),
+        }
+
+    def _merge(self, a: dict, b: dict) -> dict:
+        out = {
+            "dim_max": torch.maximum(a["dim_max"], b["dim_max"]),
+            "hist": a["hist"] + b["hist"],
+            "over100": a["over100"] + b["over100"],
+        }
+        for key, keys, k in (
+            ("pos_val", ("pos_pos", "pos_dim", "pos_signed"), self.P),
+            ("val_abs", ("val_signed", "val_pos", "val_dim"), self.top),
+        ):
+            vals = torch.cat([a[key], b[key]])  # a: earlier positions than b
+            top, idx = _top(vals, min(k, len(vals)))
+            out[key] = top
+            for other in keys:
+                out[other] = torch.cat([a[other], b[other]])[idx]
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tables as numpy arrays for ``stats.extra`` (keys ``attr_massive_*``)."""
+        L, H, P, K = self.num_layers, self.H, self.P, self.top
+        out = {
+            "layers": np.arange(L, dtype=np.int32),
+            "dim_max": np.zeros((L, H), np.float32),
+            "pos_val": np.full((L, P), -1.0, np.float32),
+            "pos_pos": np.full((L, P), -1, np.int64),
+            "pos_dim": np.full((L, P), -1, np.int32),
+            "pos_signed": np.zeros((L, P), np.float32),
+            "val_abs": np.full((L, K), -1.0, np.float32),
+            "val_signed": np.zeros((L, K), np.float32),
+            "val_pos": np.full((L, K), -1, np.int64),
+            "val_dim": np.full((L, K), -1, np.int32),
+            "hist": np.zeros((L, self.nbins), np.int64),
+            "over100": np.zeros(L, np.int64),
+            "meta": np.array([self.bpo, self.lo, self.sp, self.sd], np.int64),
+        }
+        for i, st in self._state.items():
+            for key, value in st.items():
+                v = value.detach().cpu().numpy()
+                if v.ndim == 0:
+                    out[key][i] = v
+                else:
+                    out[key][i, : v.shape[0]] = v
+        return {PREFIX + k: v for k, v in out.items()}
+
+
+# -- the section of result.json ------------------------------------------------------------
+def _median_from_hist(hist: np.ndarray, bpo: int, lo: int) -> tuple[float, float, float] | None:
+    n = int(hist.sum())
+    if n == 0:
+        return None
+    b = int(np.searchsorted(np.cumsum(hist), (n + 1) // 2))
+    lo_edge = 0.0 if b == 0 else 2.0 ** ((b + lo) / bpo)
+    hi_edge = math.inf if b == len(hist) - 1 else 2.0 ** ((b + lo + 1) / bpo)
+    mid = 2.0 ** ((b + lo + 0.5) / bpo)
+    return mid, lo_edge, hi_edge
+
+
+def _r(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int = JSON_POSITIONS):
+    """Per-layer and per-model massive activations from ``stats.extra`` (None if not captured).
+
+    Guarantees: ``layers[l].top`` holds the exact top values by |x| of layer l's output over
+    the corpus with their dim, window, position and token id; ``massive`` flags |x| > 100 and
+    |x| > 1000 x ``median_abs`` (the histogram estimate, see the module docstring);
+    ``massive_dims`` lists every dim whose max |x| at that layer is massive (exact, from the
+    per-dim max); ``dims`` summarises them per model with ``systematic`` = the dim is a pooled
+    Dettmers-systematic dim at the run's sites (``systematic_sites``) at ``criteria``.
+    """
+    x = {k[len(PREFIX) :]: v for k, v in stats.extra.items() if k.startswith(PREFIX)}
+    if "dim_max" not in x:
+        return None
+    bpo, lo, sp, sd = (int(v) for v in x["meta"])
+    T = stats.seq_len
+    flat_ids = np.asarray(stats.token_ids).reshape(-1)
+    sys_dims = set(int(d) for d in pooled_dims(stats, criteria)[0])
+
+    def where(p):
+        p = int(p)
+        return {"seq": p // T, "pos": p % T, "token_id": int(flat_ids[p])}
+
+    layers, model_dims, massive_pos_ids = [], {}, []
+    for i in range(len(x["layers"])):
+        med = _median_from_hist(x["hist"][i], bpo, lo)
+        median = med[0] if med else None
+        limit = max(ABS_THRESHOLD, REL_THRESHOLD * median) if median else math.inf
+        top = []
+        for v, s, p, d in zip(
+            x["val_abs"][i], x["val_signed"][i], x["val_pos"][i], x["val_dim"][i], strict=True
+        ):
+            if p < 0:
+                continue
+            top.append(
+                {
+                    "value": _r(s),
+                    "dim": int(d),
+                    **where(p),
+                    "ratio_to_median": _r(v / median, 4) if median else None,
+                    "massive": bool(v > limit),
+                }
+            )
+        dmax = x["dim_max"][i]
+        layer_max = float(max(x["pos_val"][i].max(), 0.0))
+        mdims = np.flatnonzero(dmax > limit)
+        for d in mdims:
+            entry = model_dims.setdefault(int(d), {"dim": int(d), "layers": [], "max_abs": 0.0})
+            entry["layers"].append(i)
+            entry["max_abs"] = max(entry["max_abs"], _r(dmax[d]))
+        mpos = [
+            (float(v), int(p), int(d), float(s))
+            for v, p, d, s in zip(
+                x["pos_val"][i], x["pos_pos"][i], x["pos_dim"][i], x["pos_signed"][i], strict=True
+            )
+            if p >= 0 and v > limit
+        ]
+        massive_pos_ids.extend(int(flat_ids[p]) for _, p, _, _ in mpos)
+        layers.append(
+            {
+                "layer": i,
+                "max_abs": _r(layer_max),
+                "median_abs": _r(median) if median else None,
+                "median_abs_bounds": [_r(med[1]), None if math.isinf(med[2]) else _r(med[2])]
+                if med
+                else None,
+                "median_sample_values": int(x["hist"][i].sum()),
+                "max_over_median": _r(layer_max / median, 4) if median else None,
+                "has_massive": bool(len(mdims)),
+                "massive_dims": [
+                    {
+                        "dim": int(d),
+                        "max_abs": _r(dmax[d]),
+                        "ratio_to_median": _r(dmax[d] / median, 4),
+                    }
+                    for d in mdims
+                ],
+                "positions_over_100": int(x["over100"][i]),
+                "massive_positions": [
+                    {"value": _r(s), "dim": d, **where(p)} for _, p, d, s in mpos[:positions]
+                ],
+                "massive_positions_truncated": len(mpos) >= x["pos_val"].shape[1]
+                or len(mpos) > positions,
+                "top": top,
+            }
+        )
+    for entry in model_dims.values():
+        entry["systematic"] = entry["dim"] in sys_dims
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in stats.site_names})
+    uid, cnt = np.unique(np.array(massive_pos_ids, dtype=np.int64), return_counts=True)
+    order = np.lexsort((uid, -cnt))[:10]
+    return {
+        "site": "decoder layer output (residual stream)",
+        "criterion": f"|x| > {ABS_THRESHOLD:g} and |x| > {REL_THRESHOLD:g} x median |x| of the "
+        "layer's output",
+        "median_estimator": f"lower median of a log2 histogram ({bpo} bins per octave) of |x| "
+        f"over every {sp}-th position x every {sd}-th dim of every window (the whole corpus); "
+        "value = bin midpoint",
+        "layers_with_massive": [row["layer"] for row in layers if row["has_massive"]],
+        "dims": sorted(model_dims.values(), key=lambda e: -e["max_abs"]),
+        "systematic_sites": kinds,
+        "massive_position_tokens": [{"id": int(uid[j]), "count": int(cnt[j])} for j in order],
+        "layers": layers,
+    }

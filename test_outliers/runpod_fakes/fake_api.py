@@ -1,0 +1,452 @@
+"""A fake RunPod GraphQL API, in-process (http.server in a thread), for the REAL ``runpod`` SDK.
+
+The SDK posts ``{"query": ...}`` to ``$RUNPOD_API_BASE_URL/graphql`` with ``Authorization: Bearer
+<key>``. This server answers the queries the harness sends (shapes from
+``runpod/api/queries`` and ``runpod/api/mutations`` of runpod 1.12): ``gpuTypes``,
+``podFindAndDeployOnDemand``, ``pod``, ``myself { pods }``, ``myself { networkVolumes }``,
+``podTerminate``, ``podStop``; it records every call (operation, which key, pod, HTTP status).
+
+Each created pod gets a folder, a pod-scoped API key (as RunPod gives ``RUNPOD_API_KEY`` inside a
+pod), an environment file standing for the container environment (``/proc/1/environ`` on a real
+pod), and a real ``sshd`` (``runpod_fakes.sshd``) mapped as its public ``22/tcp``. Terminating
+or stopping a pod kills its sshd and every process running from its folder.
+
+Faults (``FakeRunpod.faults``): GPU types without capacity, create errors, HTTP 429 / 5xx for the
+next N user calls, a pod whose SSH never answers, a create that makes the pod and answers 500.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .sshd import Sshd, free_port
+
+GPUS = {
+    # id: (displayName, memoryInGb, securePrice, communityPrice) per GPU-hour
+    "NVIDIA RTX A5000": ("RTX A5000", 24, 0.27, 0.16),
+    "NVIDIA GeForce RTX 4090": ("RTX 4090", 24, 0.69, 0.34),
+    "NVIDIA L4": ("L4", 24, 0.43, 0.0),
+    "NVIDIA RTX A6000": ("RTX A6000", 48, 0.49, 0.33),
+    "NVIDIA A100 80GB PCIe": ("A100 PCIe", 80, 1.64, 1.19),
+    "NVIDIA A100-SXM4-80GB": ("A100 SXM", 80, 1.74, 1.39),
+    "NVIDIA H100 80GB HBM3": ("H100 SXM", 80, 2.99, 2.69),
+    "NVIDIA H100 PCIe": ("H100 PCIe", 80, 2.39, 1.99),
+}
+NO_CAPACITY = (
+    "There are no longer any instances available with the requested specifications. "
+    "Please refresh and try again."
+)
+
+
+@dataclass
+class Faults:
+    no_capacity: set = field(default_factory=set)  # GPU type ids that never have capacity
+    create_errors: dict = field(default_factory=dict)  # pod-name substring -> error, used once
+    http_429: int = 0  # the next N user-key requests answer 429 (text body, as a gateway does)
+    http_5xx: int = 0  # the next N user-key requests answer 502 (HTML body)
+    ssh_dead: set = field(default_factory=set)  # pod-name substrings whose SSH port is closed
+    create_then_500: int = 0  # the next N creates make the pod, then answer 500
+
+
+@dataclass
+class FakePod:
+    id: str
+    name: str
+    gpu: str
+    count: int
+    image: str
+    cloud: str
+    disk: int
+    env: dict
+    key: str  # the pod-scoped API key
+    root: Path
+    fs: Path  # what the pod's processes see as their storage ($OUTLIERS_POD_ROOT)
+    port: int
+    created: float
+    status: str = "RUNNING"
+    gets: int = 0
+    sshd: Sshd | None = None
+
+    @property
+    def price(self) -> float:
+        return GPUS[self.gpu][2] * self.count
+
+
+class FakeRunpod:
+    def __init__(
+        self,
+        folder: Path,
+        user_key: str,
+        python: str,
+        *,
+        ready_after: int = 1,
+        pod_env: dict | None = None,
+        install: str | None = None,
+    ):
+        self.dir = Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.user_key = user_key
+        self.python = python
+        self.ready_after = ready_after  # get_pod answers without ports this many times
+        self.pod_env = dict(pod_env or {})
+        self.install = install if install is not None else f'"{python}" -c "import harness, models"'
+        self.faults = Faults()
+        self.pods: dict[str, FakePod] = {}
+        self.calls: list[dict] = []
+        self.lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- server ---------------------------------------------------------------------------------
+    def start(self) -> FakeRunpod:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                auth = self.headers.get("Authorization", "")
+                key = auth[7:] if auth.startswith("Bearer ") else ""
+                status, ctype, payload = fake.handle(body, key)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        for pod in list(self.pods.values()):
+            self._kill_pod(pod)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # -- queries --------------------------------------------------------------------------------
+    def record(self, **call) -> None:
+        call["t"] = time.time()
+        with self.lock:
+            self.calls.append(call)
+
+    def who(self, key: str) -> str | None:
+        if key == self.user_key:
+            return "user"
+        for pod in self.pods.values():
+            if key == pod.key:
+                return f"pod:{pod.id}"
+        return None
+
+    def handle(self, body: bytes, key: str):
+        try:
+            query = json.loads(body)["query"]
+        except (ValueError, KeyError):
+            return 400, "application/json", {"errors": [{"message": "bad request"}]}
+        op = _operation(query)
+        who = self.who(key)
+        if who is None:
+            self.record(op=op, auth="unknown", status=401)
+            return 401, "application/json", {"errors": [{"message": "Unauthorized"}]}
+        with self.lock:
+            if who == "user" and self.faults.http_429 > 0:
+                self.faults.http_429 -= 1
+                self.record(op=op, auth=who, status=429)
+                return 429, "text/plain", b"Too Many Requests"
+            if who == "user" and self.faults.http_5xx > 0:
+                self.faults.http_5xx -= 1
+                self.record(op=op, auth=who, status=502)
+                return 502, "text/html", b"<html><body>502 Bad Gateway</body></html>"
+        try:
+            return self._answer(op, query, who)
+        except _GqlError as err:
+            self.record(**{"op": op, "auth": who, "status": 200, **err.extra, "error": str(err)})
+            return 200, "application/json", {"errors": [{"message": str(err)}]}
+
+    def _answer(self, op: str, q: str, who: str):
+        if op == "gpuTypes":
+            m = re.search(r'gpuTypes\(input: \{id: "([^"]+)"\}\)', q)
+            ids = [m.group(1)] if m else list(GPUS)
+            self.record(op=op, auth=who, status=200, gpu=m.group(1) if m else None)
+            return (
+                200,
+                "application/json",
+                {"data": {"gpuTypes": [_gpu(i) for i in ids if i in GPUS]}},
+            )
+        if op == "podFindAndDeployOnDemand":
+            return self._create(q, who)
+        if op == "pod":
+            pod_id = re.search(r'podId: "([^"]+)"', q).group(1)
+            self._only_own(who, pod_id, op)
+            pod = self.pods.get(pod_id)
+            self.record(op=op, auth=who, status=200, pod=pod_id)
+            if pod is None or pod.status == "TERMINATED":
+                return 200, "application/json", {"data": {"pod": None}}
+            pod.gets += 1
+            return 200, "application/json", {"data": {"pod": self._pod_json(pod)}}
+        if op == "myself":
+            if who != "user":
+                raise _GqlError("forbidden for a pod-scoped key")
+            self.record(op="myself", auth=who, status=200)
+            if "networkVolumes" in q:
+                vols = [{"id": "vol1", "name": "hub-cache", "size": 500, "dataCenterId": "EU-RO-1"}]
+                return (
+                    200,
+                    "application/json",
+                    {"data": {"myself": {"id": "user1", "pubKey": "", "networkVolumes": vols}}},
+                )
+            pods = [self._pod_json(p) for p in self.pods.values() if p.status != "TERMINATED"]
+            return 200, "application/json", {"data": {"myself": {"pods": pods}}}
+        if op in ("podTerminate", "podStop"):
+            pod_id = re.search(r'podId: "([^"]+)"', q).group(1)
+            self._only_own(who, pod_id, op)
+            pod = self.pods.get(pod_id)
+            if pod is None or pod.status == "TERMINATED":
+                raise _GqlError("pod not found", pod=pod_id)
+            self.record(op=op, auth=who, status=200, pod=pod_id)
+            pod.status = "TERMINATED" if op == "podTerminate" else "EXITED"
+            # the container dies after the answer has left
+            threading.Timer(0.2, self._kill_pod, args=(pod,)).start()
+            if op == "podTerminate":
+                return 200, "application/json", {"data": {"podTerminate": None}}
+            return (
+                200,
+                "application/json",
+                {"data": {"podStop": {"id": pod.id, "desiredStatus": "EXITED"}}},
+            )
+        self.record(op=op, auth=who, status=200, error="unsupported")
+        raise _GqlError(f"unsupported operation {op}")
+
+    def _only_own(self, who: str, pod_id: str, op: str) -> None:
+        if who.startswith("pod:") and who != f"pod:{pod_id}":
+            raise _GqlError("forbidden: a pod-scoped key reaches its own pod only", pod=pod_id)
+
+    def _create(self, q: str, who: str):
+        if who != "user":
+            raise _GqlError("forbidden for a pod-scoped key")
+
+        def field_(name, pattern=r'"([^"]*)"'):
+            m = re.search(rf"{name}: {pattern}", q)
+            return m.group(1) if m else None
+
+        name = field_("name")
+        gpu = field_("gpuTypeId")
+        env = dict(re.findall(r'\{ key: "([^"]*)", value: "([^"]*)" \}', q))
+        info = {"op": "podFindAndDeployOnDemand", "auth": who, "name": name, "gpu": gpu}
+        with self.lock:
+            if gpu in self.faults.no_capacity:
+                raise _GqlError(NO_CAPACITY, **info)
+            for part, message in list(self.faults.create_errors.items()):
+                if part in (name or ""):
+                    del self.faults.create_errors[part]
+                    raise _GqlError(message, **info)
+            then_500 = self.faults.create_then_500 > 0
+            if then_500:
+                self.faults.create_then_500 -= 1
+            pod_id = secrets.token_hex(6)
+        root = self.dir / "pods" / pod_id
+        fs = root / "fs"
+        fs.mkdir(parents=True)
+        dead = any(s in (name or "") for s in self.faults.ssh_dead)
+        pod = FakePod(
+            pod_id,
+            name,
+            gpu,
+            int(field_("gpuCount", r"(\d+)") or 1),
+            field_("imageName"),
+            field_("cloudType", r"(\w+)"),
+            int(field_("containerDiskInGb", r"(\d+)") or 0),
+            env,
+            "podkey-" + secrets.token_hex(12),
+            root,
+            fs,
+            free_port(),
+            time.time(),
+        )
+        environ = {
+            **env,
+            **self.pod_env,
+            "RUNPOD_POD_ID": pod.id,
+            "RUNPOD_API_KEY": pod.key,  # pod-scoped, as RunPod sets it inside pods
+            "RUNPOD_API_BASE_URL": self.url,
+            "RUNPOD_GPU_COUNT": str(pod.count),
+        }
+        (root / "pod.environ").write_bytes(
+            b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items())
+        )
+        if not dead:
+            home = root / "home"
+            home.mkdir()
+            pod.sshd = Sshd(
+                root / "sshd",
+                env.get("PUBLIC_KEY", ""),
+                {
+                    "HOME": str(home),  # the pod's own home: not this machine's shell setup
+                    "OUTLIERS_POD_ROOT": str(fs),
+                    "OUTLIERS_POD_PYTHON": self.python,
+                    "OUTLIERS_POD_ENVIRON": str(root / "pod.environ"),
+                    "OUTLIERS_POD_INSTALL": self.install.replace('"', "'"),
+                },
+                port=pod.port,
+            ).start()
+        with self.lock:
+            self.pods[pod.id] = pod
+        self.record(status=500 if then_500 else 200, pod=pod.id, **info)
+        if then_500:
+            return 500, "text/html", b"<html>500 Internal Server Error</html>"
+        return (
+            200,
+            "application/json",
+            {
+                "data": {
+                    "podFindAndDeployOnDemand": {
+                        "id": pod.id,
+                        "imageName": pod.image,
+                        "env": [f"{k}={v}" for k, v in env.items()],
+                        "machineId": "m-" + pod.id,
+                        "machine": {"podHostId": pod.id + "-host"},
+                    }
+                }
+            },
+        )
+
+    def _pod_json(self, pod: FakePod) -> dict:
+        ready = pod.status == "RUNNING" and pod.gets > self.ready_after
+        return {
+            "id": pod.id,
+            "name": pod.name,
+            "desiredStatus": pod.status,
+            "costPerHr": round(pod.price, 4),
+            "gpuCount": pod.count,
+            "imageName": pod.image,
+            "containerDiskInGb": pod.disk,
+            "env": [f"{k}={v}" for k, v in pod.env.items()],
+            "uptimeSeconds": int(time.time() - pod.created),
+            "machine": {"gpuDisplayName": GPUS[pod.gpu][0]},
+            "runtime": {
+                "ports": [
+                    {
+                        "ip": "127.0.0.1",
+                        "isIpPublic": True,
+                        "privatePort": 22,
+                        "publicPort": pod.port,
+                        "type": "tcp",
+                    }
+                ]
+            }
+            if ready
+            else None,
+        }
+
+    # -- pod processes --------------------------------------------------------------------------
+    def _kill_pod(self, pod: FakePod) -> None:
+        if pod.sshd is not None:
+            pod.sshd.stop()
+        needle = str(pod.fs).encode()
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if needle in cmdline:
+                try:
+                    os.kill(int(d), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # -- what tests ask ------------------------------------------------------------------------
+    def ops(self, op: str, **match) -> list[dict]:
+        with self.lock:
+            return [
+                c
+                for c in self.calls
+                if c["op"] == op and all(c.get(k) == v for k, v in match.items())
+            ]
+
+    def live_pods(self) -> list[FakePod]:
+        """Pods still billing: not terminated and not stopped."""
+        return [p for p in self.pods.values() if p.status == "RUNNING"]
+
+    def pod_processes(self, pod: FakePod) -> list[int]:
+        needle = str(pod.fs).encode()
+        found = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        if needle in f.read():
+                            found.append(int(d))
+                except OSError:
+                    continue
+        return found
+
+    def wait(self, predicate, timeout: float = 10.0, every: float = 0.05):
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            got = predicate()
+            if got:
+                return got
+            time.sleep(every)
+        return predicate()
+
+
+class _GqlError(Exception):
+    def __init__(self, message: str, **extra):
+        super().__init__(message)
+        self.extra = extra
+
+
+def _operation(query: str) -> str:
+    for op in ("podFindAndDeployOnDemand", "podTerminate", "podStop", "gpuTypes", "myself"):
+        if re.search(rf"\b{op}\b", query):
+            return op
+    if re.search(r"\bpod\(input", query):
+        return "pod"
+    return "unknown"
+
+
+def _gpu(gpu_id: str) -> dict:
+    name, mem, secure, community = GPUS[gpu_id]
+    return {
+        "id": gpu_id,
+        "displayName": name,
+        "memoryInGb": mem,
+        "maxGpuCount": 8,
+        "manufacturer": "Nvidia",
+        "cudaCores": 0,
+        "secureCloud": secure > 0,
+        "communityCloud": community > 0,
+        "securePrice": secure,
+        "communityPrice": community,
+        "oneMonthPrice": None,
+        "threeMonthPrice": None,
+        "oneWeekPrice": None,
+        "communitySpotPrice": None,
+        "secureSpotPrice": None,
+        "lowestPrice": {"minimumBidPrice": None, "uninterruptablePrice": secure},
+    }

@@ -1,0 +1,80 @@
+"""Interrupting the local side of a RunPod run: Ctrl-C cleans up; SIGKILL leaves the pods to
+their watchdogs, which stop them with the pod's own credentials (issue 8, "Pod deadline")."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from runpod_fakes.procs import drive
+
+pytest_plugins = ["runpod_fakes.fixtures"]
+
+
+def _job_running(fake, model: str) -> bool:
+    for pod in fake.pods.values():
+        if pod.name.endswith(f"-{model}"):
+            for state in pod.fs.glob("outliers-runs/*/state.json"):
+                try:
+                    if json.loads(state.read_text()).get("phase", "").startswith("run"):
+                        return True
+                except ValueError:
+                    return False
+    return False
+
+
+def _pod_of(fake, model: str):
+    return next(p for p in fake.pods.values() if p.name.endswith(f"-{model}"))
+
+
+def test_sigint_mid_run_terminates_every_pod_and_keeps_finished_results(
+    runpod_env, fake_runpod, tmp_path
+):
+    proc = drive(tmp_path, runpod_env, {"fast": "ok", "slow": "sleep:60"})
+    try:
+        assert fake_runpod.wait(lambda: "fast" in proc.outcomes(), timeout=30), proc.output
+        assert fake_runpod.wait(lambda: _job_running(fake_runpod, "slow"), timeout=20)
+        proc.p.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+    assert code != 0
+    assert "interrupted: terminating" in proc.output
+    assert proc.outcomes()["fast"]["ok"]
+    assert list((tmp_path / "results" / "fast").glob("*/result.json")), "finished result lost"
+    slow = _pod_of(fake_runpod, "slow")
+    assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=slow.id)} >= {"user"}
+    assert fake_runpod.live_pods() == []
+    assert fake_runpod.wait(lambda: not fake_runpod.pod_processes(slow), timeout=5)
+
+
+def test_a_sigkilled_sweep_leaves_its_pods_to_their_watchdogs(runpod_env, fake_runpod, tmp_path):
+    """Pod "ended": its job finishes, nobody fetches, the watchdog stops it after the grace.
+    Pod "late": its job outlives the deadline, the watchdog stops it at the deadline."""
+    env = dict(runpod_env, OUTLIERS_RUNPOD_WATCHDOG_GRACE_S="1")
+    proc = drive(tmp_path, env, {"ended": "sleep:1", "late": "sleep:60"}, max_minutes=0.1)
+    try:
+        assert fake_runpod.wait(
+            lambda: _job_running(fake_runpod, "ended") and _job_running(fake_runpod, "late"),
+            timeout=20,
+        ), proc.output
+        proc.p.send_signal(signal.SIGKILL)  # no finally, no atexit, no handler
+        proc.wait(10)
+        pods = [_pod_of(fake_runpod, "ended"), _pod_of(fake_runpod, "late")]
+        stopped = fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=20)
+        assert stopped, [p.name for p in fake_runpod.live_pods()]
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+    for pod, reason in zip(pods, ["not fetched within the grace", "deadline passed"], strict=True):
+        calls = [
+            c
+            for c in fake_runpod.calls
+            if c["op"] in ("podTerminate", "podStop") and c.get("pod") == pod.id
+        ]
+        assert calls and {c["auth"] for c in calls} == {f"pod:{pod.id}"}, calls  # never the user
+        log = next(pod.fs.glob("outliers-runs/*/watchdog.log")).read_text()
+        assert reason in log, log
+        assert pod.key not in log
+    assert fake_runpod.wait(lambda: not any(map(fake_runpod.pod_processes, pods)), timeout=5)

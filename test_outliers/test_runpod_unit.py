@@ -1,0 +1,348 @@
+"""The RunPod pieces that need no pod: options, plan, resume check, benchmark merge, error
+classification, credentials, the shipped file list, the pod-side environment parsing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from runpod import error as rp_error
+
+from harness.errors import HarnessError
+from harness.runpod import (
+    RunpodOptions,
+    add_runpod_options,
+    make_plans,
+    merge_benchmark_json,
+    options_from_config,
+    plan_rows,
+    plan_table,
+    same_run,
+    strip_forwarded_args,
+)
+from harness.runpod.api import classify
+from harness.runpod.collect import pick_benchmark
+from harness.runpod.credentials import Redactor, load_credentials
+from harness.runpod.podside import _parse_exports, _parse_nul
+from harness.runpod.ship import tree_files
+from models import REGISTRY, select
+
+
+def test_our_options_and_pod_owned_paths_are_not_forwarded():
+    args = [
+        "-k",
+        "qwen3_0.6b",
+        "--runpod",
+        "--runpod-gpu",
+        "NVIDIA L4",
+        "--runpod-cloud=ALL",
+        "--rerun",
+        "-m",
+        "moe",
+        "--results-dir",
+        "out",
+        "--benchmark-json=b.json",
+        "--runpod-max-minutes",
+        "30",
+        "--num-seqs",
+        "16",
+        "--runpod-keep",
+    ]
+    assert strip_forwarded_args(args) == ["-k", "qwen3_0.6b", "-m", "moe", "--num-seqs", "16"]
+
+
+def test_options_are_declared_once_for_pytest_and_argparse():
+    parser = argparse.ArgumentParser()
+    add_runpod_options(parser)
+    ns = parser.parse_args(
+        [
+            "--runpod",
+            "--runpod-gpu",
+            "A,B",
+            "--runpod-cloud",
+            "ALL",
+            "--runpod-max-minutes",
+            "90",
+            "--runpod-parallel",
+            "2",
+            "--rerun",
+        ]
+    )
+    opts = options_from_config(ns)
+    assert opts.enabled and opts.gpu == ("A", "B") and opts.cloud == "ALL"
+    assert opts.max_minutes == 90 and opts.parallel == 2 and opts.rerun
+    assert opts.image.startswith("runpod/pytorch:")
+
+
+RESULT = {
+    "model": {"id": "m", "source": {"hub_id": "org/m", "revision": "abc"}},
+    "data": {
+        "dataset": "d",
+        "num_sequences": 16,
+        "seq_len": 2048,
+        "stride": 2048,
+        "bos": "none",
+        "windows_sha256": "1234",
+    },
+    "criteria": {
+        "sites": "ln",
+        "magnitude": 6.0,
+        "layer_fraction": 0.25,
+        "seq_fraction": 0.06,
+        "site_names": ["a", "b"],
+    },
+}
+
+
+def _changed(path: str, value):
+    out = json.loads(json.dumps(RESULT))
+    *parents, last = path.split(".")
+    d = out
+    for p in parents:
+        d = d[p]
+    if value is None:
+        del d[last]
+    else:
+        d[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "same"),
+    [
+        ("model.source.revision", "def", False),
+        ("model.source.revision", None, True),  # an unpinned plan accepts the recorded revision
+        ("model.id", "other", False),
+        ("data.stride", 1024, False),
+        ("data.windows_sha256", "9999", False),
+        ("data.windows_sha256", None, True),  # a plan does not know its hash yet
+        ("data.bos", "added", False),
+        ("criteria.magnitude", 4.0, False),
+        ("criteria.magnitude", 6, True),
+        ("criteria.sites", "all", False),
+        ("criteria.site_names", None, True),
+    ],
+)
+def test_same_run_compares_revision_data_and_criteria(path, value, same):
+    assert same_run(RESULT, _changed(path, value)) is same
+    assert same_run(_changed(path, value), RESULT) is same
+
+
+def test_remote_benchmark_records_replace_local_ones_of_the_same_test():
+    out = {
+        "benchmarks": [
+            {"fullname": "t.py::test[m1]", "stats": {"mean": 1}},
+            {"fullname": "t.py::test[m2]", "stats": {"mean": 2}},
+        ]
+    }
+    remote = {
+        "fullname": "t.py::test[m1]",
+        "stats": {"mean": 100},
+        "extra_info": {"where": "runpod:p1"},
+    }
+    merge_benchmark_json(out, [remote, None])
+    names = [(b["fullname"], b["stats"]["mean"]) for b in out["benchmarks"]]
+    assert names == [("t.py::test[m2]", 2), ("t.py::test[m1]", 100)]
+    remote["stats"]["mean"] = 0
+    assert out["benchmarks"][1]["stats"]["mean"] == 100  # a copy was merged
+    recs = [{"fullname": "t.py::test[qwen3_0.6b]"}, {"fullname": "t.py::test[qwen3_8b]"}]
+    assert pick_benchmark(recs, "qwen3_8b") is recs[1]
+    assert pick_benchmark(recs[:1], "other") is recs[0]
+    assert pick_benchmark(recs, "other") is None
+
+
+def test_the_plan_follows_the_registry_gpu_plans():
+    moe = select("moe")
+    plans = make_plans(moe, RunpodOptions(enabled=True))
+    by = {p.label: p for p in plans}
+    assert set(by) == {e.id for e in moe}
+    assert by["gpt_oss_120b"].gpu_types[0] == "NVIDIA H100 80GB HBM3"
+    assert (by["gpt_oss_120b"].count, by["gpt_oss_120b"].disk_gb) == (2, 250)
+    assert by["glm_4.5_air"].count >= 3  # 106B in bf16
+    for p in plans:  # default deadline: twice the estimate
+        assert p.max_minutes >= 2 * p.estimate.total_s / 60
+    fixed = make_plans(moe[:1], RunpodOptions(enabled=True, max_minutes=30, gpu=("X", "Y")))
+    assert fixed[0].max_minutes == 30 and fixed[0].gpu_types == ("X", "Y")
+
+
+def test_pack_puts_small_dense_models_on_one_pod():
+    dense = [REGISTRY[i] for i in ("qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_14b")]
+    plans = make_plans(dense, RunpodOptions(enabled=True, pack=True))
+    packed = [p for p in plans if len(p.entries) > 1]
+    assert len(packed) == 1 and {e.id for e in packed[0].entries} >= {"qwen3_0.6b", "qwen3_1.7b"}
+    assert all(len(p.entries) == 1 for p in make_plans(dense, RunpodOptions(enabled=True)))
+
+
+def test_plan_table_has_prices_estimates_and_a_total():
+    plans = make_plans(select("moe")[:2], RunpodOptions(enabled=True))
+    rows = plan_rows(plans)
+    rows[0]["usd_per_hour"], rows[0]["est_usd"] = 1.5, 3.0
+    text = plan_table(rows)
+    assert "$/h" in text and "est. $" in text and "1.50" in text
+    assert "total" in text and "(partial)" in text and "n/a" in text
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"),
+    [
+        (
+            rp_error.QueryError(
+                "There are no longer any instances available with the requested "
+                "specifications. Please refresh and try again.",
+                "q",
+            ),
+            "capacity",
+        ),
+        (rp_error.QueryError("Something went wrong. Please try again later.", "q"), "retry"),
+        (rp_error.QueryError("Too Many Requests", "q"), "retry"),
+        (requests.exceptions.JSONDecodeError("x", "<html>", 0), "retry"),
+        (requests.exceptions.ConnectionError("refused"), "retry"),
+        (KeyError("data"), "retry"),
+        (rp_error.AuthenticationError("Unauthorized"), "auth"),
+        (rp_error.QueryError("pod not found", "q"), "notfound"),
+        (rp_error.QueryError("Invalid image name", "q"), "fatal"),
+        (ValueError("No GPU found with the specified ID"), "capacity"),
+    ],
+)
+def test_api_errors_are_classified(err, kind):
+    assert classify(err) == kind
+
+
+def test_missing_credentials_are_one_sentence_before_any_pod(tmp_path):
+    with pytest.raises(HarnessError, match="RUNPOD_API_KEY is not set") as e:
+        load_credentials(environ={}, dotenv_path=tmp_path / "none")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.endswith(".")
+    with pytest.raises(HarnessError, match="SSH key .* not found"):
+        load_credentials(
+            environ={"RUNPOD_API_KEY": "k" * 8, "SSH_KEY_PATH": str(tmp_path / "nokey")},
+            dotenv_path=tmp_path / "none",
+        )
+    with pytest.raises(HarnessError, match="gated and HF_TOKEN is not set"):
+        load_credentials(
+            environ={"RUNPOD_API_KEY": "k" * 8},
+            need_ssh=False,
+            need_hf_for=["llama"],
+            dotenv_path=tmp_path / "none",
+        )
+
+
+def test_credentials_come_from_dotenv_and_never_show(tmp_path):
+    dot = tmp_path / ".env"
+    dot.write_text("RUNPOD_API_KEY=rpa_secret_from_dotenv\nHF_TOKEN=hf_secret_dotenv\n")
+    creds = load_credentials(environ={}, need_ssh=False, dotenv_path=dot)
+    assert creds.api_key == "rpa_secret_from_dotenv" and creds.hf_token == "hf_secret_dotenv"
+    assert "secret" not in repr(creds)
+    env_wins = load_credentials(
+        environ={"RUNPOD_API_KEY": "rpa_from_env"}, need_ssh=False, dotenv_path=dot
+    )
+    assert env_wins.api_key == "rpa_from_env"
+    red = Redactor(*creds.secrets())
+    assert red("key rpa_secret_from_dotenv tok hf_secret_dotenv") == "key *** tok ***"
+
+
+def test_the_shipped_tree_is_tracked_plus_untracked_not_ignored(tmp_path):
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("ignored.txt\n.venv/\n")
+    for name in (
+        "tracked.py",
+        "ignored.txt",
+        "untracked.py",
+        ".venv/lib.py",
+        ".env",
+        "results/m/r/result.json",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    git("add", ".gitignore", "tracked.py")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "x")
+    files = tree_files(tmp_path, exclude=[tmp_path / "results"])
+    assert files == [".gitignore", "tracked.py", "untracked.py"]
+
+
+def test_the_pod_environment_is_read_from_the_container_files():
+    assert _parse_nul(b"RUNPOD_POD_ID=abc\0HF_TOKEN=x=y\0\0") == {
+        "RUNPOD_POD_ID": "abc",
+        "HF_TOKEN": "x=y",
+    }
+    text = 'export RUNPOD_POD_ID="abc"\nexport RUNPOD_API_KEY="k1"\nexport PATH="/bin"\n'
+    assert _parse_exports(text) == {"RUNPOD_POD_ID": "abc", "RUNPOD_API_KEY": "k1", "PATH": "/bin"}
+
+
+def test_podside_uses_only_the_standard_library():
+    import ast
+
+    src = Path(__file__).parents[1] / "harness" / "runpod" / "podside.py"
+    tree = ast.parse(src.read_text())
+    mods = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    mods |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
+    import sys
+
+    assert mods <= set(sys.stdlib_module_names) | {"__future__"}, mods
+
+
+def test_pods_install_the_gpu_extras_only_for_models_that_need_them():
+    from harness.runpod.runner import pod_extras
+
+    assert pod_extras([REGISTRY["gpt_oss_20b"]]) == "gpu"
+    assert pod_extras([REGISTRY["qwen3_next_80b"]]) == "gpu"
+    assert pod_extras([REGISTRY["olmoe_1b_7b"], REGISTRY["qwen3_8b"]]) == ""
+
+
+@pytest.mark.parametrize(
+    ("files", "kwargs", "reason", "action"),
+    [
+        ({}, {"start_grace": 0.2}, "no job was started", "terminate"),
+        (
+            {"job.pid": "999999999", "state.json": '{"phase": "done"}', "fetched": ""},
+            {},
+            "results were fetched",
+            "terminate",
+        ),
+        (
+            {"job.pid": "999999999", "state.json": '{"phase": "done"}'},
+            {"grace": 0.2},
+            "not fetched within the grace",
+            "terminate",
+        ),
+        (
+            {"job.pid": str(os.getpid()), "state.json": '{"phase": "run m"}'},
+            {"deadline_in": 0.3, "on_deadline": "stop"},
+            "deadline passed",
+            "stop",
+        ),
+    ],
+)
+def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
+    tmp_path, monkeypatch, files, kwargs, reason, action
+):
+    from harness.runpod import podside
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    calls = []
+    monkeypatch.setattr(podside, "stop_self", lambda act, log: calls.append(act) or True)
+    args = {
+        "deadline_in": 60.0,
+        "grace": 60.0,
+        "poll": 0.02,
+        "on_end": "terminate",
+        "on_deadline": "terminate",
+        "start_grace": 60.0,
+        **kwargs,
+    }
+    assert podside.watchdog(str(tmp_path), **args) == 0
+    assert calls == [action]
+    assert reason in (tmp_path / "watchdog.log").read_text()
