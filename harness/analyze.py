@@ -183,7 +183,9 @@ def analyze(
             sections.update(summary(stats, criteria))
     timing["analysis_seconds"] = time.perf_counter() - t_analysis
     timing["capture_seconds"] = t_analysis - t_start
-    timing["tokens_per_second"] = N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
+    timing["tokens_per_second"] = (
+        N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
+    )
     meta = dict(model_meta or {})
     if "load_seconds" in meta:
         timing["load_seconds"] = meta.pop("load_seconds")
@@ -201,7 +203,9 @@ def analyze(
     if "windows_sha256" not in data:
         import hashlib
 
-        data["windows_sha256"] = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+        data["windows_sha256"] = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()[
+            :16
+        ]
     crit = {
         "magnitude": criteria.magnitude,
         "layer_fraction": criteria.layer_frac,

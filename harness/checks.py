@@ -102,8 +102,11 @@ def published_deviation(result: dict, entry) -> dict | None:
         "seq_frac": result["criteria"]["seq_fraction"],
     }
     differs = [k for k, v in pub.settings if ours.get(k) != v]
-    out = {"published": pub.num_outliers, "ours": result["seed_compatible"]["num_outliers"],
-           "source": pub.source}
+    out = {
+        "published": pub.num_outliers,
+        "ours": result["seed_compatible"]["num_outliers"],
+        "source": pub.source,
+    }
     if differs:
         out["comparable"] = False
         out["differs"] = differs

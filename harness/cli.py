@@ -46,16 +46,24 @@ def _summary(result, run_dir) -> str:
 
     rows = [
         ["model", m["id"]],
-        ["params total / active", f"{m['total_params'] / 1e9:.3f}B / {m['active_params'] / 1e9:.3f}B"],
-        ["windows", f"{result.data['num_sequences']} x {result.data['seq_len']} "
-                    f"(stride {result.data['stride']}, {result.data['dataset']})"],
+        [
+            "params total / active",
+            f"{m['total_params'] / 1e9:.3f}B / {m['active_params'] / 1e9:.3f}B",
+        ],
+        [
+            "windows",
+            f"{result.data['num_sequences']} x {result.data['seq_len']} "
+            f"(stride {result.data['stride']}, {result.data['dataset']})",
+        ],
         ["sites", f"{result.criteria['num_sites']} ({result.criteria['sites']})"],
         ["systematic (seq, dim) pairs", sc["num_outliers"]],
         ["mean / median layer %", f"{pct(sc['mean_layer_pct'])} / {pct(sc['median_layer_pct'])}"],
         ["mean / median seq %", f"{pct(sc['mean_seq_pct'])} / {pct(sc['median_seq_pct'])}"],
         ["pooled systematic dims", po["num_dims"]],
-        ["sites / positions affected %",
-         f"{po['sites_affected_pct']:.1f} / {po['positions_affected_pct']:.1f}"],
+        [
+            "sites / positions affected %",
+            f"{po['sites_affected_pct']:.1f} / {po['positions_affected_pct']:.1f}",
+        ],
         ["tokens/s", f"{result.timing['tokens_per_second']:.0f}"],
         ["result", str(run_dir)],
     ]
@@ -91,10 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model registry")
     p.add_argument("--family", choices=("moe", "dense", "reference", "tiny"), default=None)
-    p.add_argument("--configs", default=None,
-                   help="folder of <org>__<name>/config.json files to count parameters offline")
-    p.add_argument("--fetch-configs", action="store_true",
-                   help="download missing config.json files from the hub (small)")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="folder of <org>__<name>/config.json files to count parameters offline",
+    )
+    p.add_argument(
+        "--fetch-configs",
+        action="store_true",
+        help="download missing config.json files from the hub (small)",
+    )
     p.set_defaults(func=_cmd_models)
 
     for extra in _EXTRA_COMMANDS:
@@ -118,8 +132,11 @@ def _preflight_command(sub) -> None:
 
 def _pods_command(sub) -> None:
     p = sub.add_parser("pods", help="list the harness's RunPod pods with age and cost")
-    p.add_argument("--terminate", action="store_true",
-                   help="terminate leaked pods (no live local run claims them)")
+    p.add_argument(
+        "--terminate",
+        action="store_true",
+        help="terminate leaked pods (no live local run claims them)",
+    )
     p.add_argument("--all", action="store_true", help="with --terminate: every harness pod")
 
     def run(args) -> int:

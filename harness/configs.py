@@ -49,7 +49,9 @@ def entry_config(entry, *, configs: str | Path | None = None, download: bool = F
         if hub_reachable():
             try:
                 path = hf_hub_download(
-                    entry.hub_id, "config.json", revision=entry.revision,
+                    entry.hub_id,
+                    "config.json",
+                    revision=entry.revision,
                     token=os.environ.get("HF_TOKEN") or None,
                 )
             except Exception as err:  # gated, missing: the caller reports "unknown"

@@ -13,8 +13,18 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy",
-            "huggingface_hub", "safetensors", "kernels", "triton")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "numpy",
+    "huggingface_hub",
+    "safetensors",
+    "kernels",
+    "triton",
+)
 
 
 def _version(name: str) -> str | None:
@@ -36,12 +46,18 @@ def git_state() -> dict | None:
         return None
     try:
         sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=10, check=True,
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -133,7 +133,9 @@ def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
     try:
         path = Path(
             snapshot_download(
-                hub_id, revision=revision, local_files_only=True,
+                hub_id,
+                revision=revision,
+                local_files_only=True,
                 allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"],
             )
         )

@@ -27,32 +27,65 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("dataset", str, None, "hub dataset id, local .jsonl/.parquet/.txt file or directory, "
-           "or 'builtin' (default: FineWeb-Edu for real models, builtin for tiny ones)"),
+    Option(
+        "dataset",
+        str,
+        None,
+        "hub dataset id, local .jsonl/.parquet/.txt file or directory, "
+        "or 'builtin' (default: FineWeb-Edu for real models, builtin for tiny ones)",
+    ),
     Option("dataset_config", str, None, "dataset config name (FineWeb-Edu: sample-10BT)"),
     Option("split", str, "train", "dataset split"),
     Option("dataset_revision", str, None, "dataset revision (commit) to pin"),
     Option("text_field", str, "text", "the field of each record that holds the document text"),
     Option("num_seqs", int, None, "number of token windows (default 16; tiny models 16)"),
     Option("seq_len", int, None, "tokens per window (default 2048; tiny models 256)"),
-    Option("stride", int, None, "tokens between window starts (default seq_len: no overlap; "
-           "seq_len/2 reproduces the original study)"),
+    Option(
+        "stride",
+        int,
+        None,
+        "tokens between window starts (default seq_len: no overlap; "
+        "seq_len/2 reproduces the original study)",
+    ),
     Option("bos", str, "auto", "BOS policy: auto, none, each", ("auto", "none", "each")),
-    Option("sites", str, "ln", "site set: ln (norm outputs), residual (layer outputs), all",
-           ("ln", "residual", "all")),
+    Option(
+        "sites",
+        str,
+        "ln",
+        "site set: ln (norm outputs), residual (layer outputs), all",
+        ("ln", "residual", "all"),
+    ),
     Option("magnitude", float, 6.0, "outlier magnitude |x| >= M (Dettmers: 6)"),
     Option("layer_frac", float, 0.25, "minimum share of sites (Dettmers: 0.25)"),
     Option("seq_frac", float, 0.06, "minimum share of token positions (Dettmers: 0.06)"),
     Option("device", str, "auto", "auto (cuda if present), cpu or cuda", ("auto", "cpu", "cuda")),
-    Option("dtype", str, "auto", "auto (the registry's or the checkpoint's), bfloat16, float16, "
-           "float32", ("auto", "bfloat16", "float16", "float32")),
-    Option("batch_size", int, None, "windows per forward pass (default: automatic, halved on "
-           "out-of-memory)"),
+    Option(
+        "dtype",
+        str,
+        "auto",
+        "auto (the registry's or the checkpoint's), bfloat16, float16, float32",
+        ("auto", "bfloat16", "float16", "float32"),
+    ),
+    Option(
+        "batch_size",
+        int,
+        None,
+        "windows per forward pass (default: automatic, halved on out-of-memory)",
+    ),
     Option("results_dir", str, "results", "where result directories are written"),
-    Option("no_attribution", bool, False, "skip token/position, massive-activation and MoE "
-           "expert attribution (on by default, same forward pass)"),
-    Option("perplexity", bool, False, "also record the next-token loss on the same windows "
-           "(same forward pass)"),
+    Option(
+        "no_attribution",
+        bool,
+        False,
+        "skip token/position, massive-activation and MoE "
+        "expert attribution (on by default, same forward pass)",
+    ),
+    Option(
+        "perplexity",
+        bool,
+        False,
+        "also record the next-token loss on the same windows (same forward pass)",
+    ),
 )
 
 
@@ -133,7 +166,11 @@ def add_to_argparse(parser) -> None:
             parser.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
             continue
         parser.add_argument(
-            opt.flag, dest=opt.name, type=opt.type, default=opt.default, choices=opt.choices,
+            opt.flag,
+            dest=opt.name,
+            type=opt.type,
+            default=opt.default,
+            choices=opt.choices,
             help=opt.help,
         )
 
@@ -146,8 +183,14 @@ def add_to_pytest(group, parser) -> None:
     """Flags in ``group`` and the same names as ``pytest.ini`` settings (flag wins)."""
     for opt in OPTIONS:
         if opt.type is bool:
-            group.addoption(opt.flag, dest=f"outliers_{opt.name}", action="store_const",
-                            const="true", default=None, help=opt.help)
+            group.addoption(
+                opt.flag,
+                dest=f"outliers_{opt.name}",
+                action="store_const",
+                const="true",
+                default=None,
+                help=opt.help,
+            )
         else:
             group.addoption(opt.flag, dest=f"outliers_{opt.name}", default=None, help=opt.help)
         parser.addini(f"outliers_{opt.name}", opt.help, default=None)

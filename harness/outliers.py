@@ -159,14 +159,14 @@ def pooled(stats: CapturedStats, criteria: Criteria) -> dict:
                 "occurrences": int(o),
                 "num_sequences_systematic": int(ns),
             }
-            for d, lp, sp, m, o, ns in zip(dims, layer_pct, seq_pct, max_mag, occ, seqs_sys, strict=True)
+            for d, lp, sp, m, o, ns in zip(
+                dims, layer_pct, seq_pct, max_mag, occ, seqs_sys, strict=True
+            )
         ],
         "mean_layer_pct": _mean(layer_pct),
         "mean_seq_pct": _mean(seq_pct),
         "sites_affected_pct": 100.0 * float(sites_hit.sum()) / S,
-        "positions_affected_pct": 100.0
-        * positions_affected(stats, dims, criteria.magnitude)
-        / NT,
+        "positions_affected_pct": 100.0 * positions_affected(stats, dims, criteria.magnitude) / NT,
     }
 
 

@@ -15,11 +15,19 @@ MARKS = ("moe", "dense", "reference", "tiny")
 def pytest_addoption(parser):
     group = parser.getgroup("outliers", "outlier-feature analysis")
     add_to_pytest(group, parser)
-    group.addoption("--reports-dir", dest="outliers_reports_dir", default="reports",
-                    help="where summary.md/csv/json and plots/ are written")
-    group.addoption("--expect-published", dest="outliers_expect_published", action="store_true",
-                    help="fail a model whose count deviates from the published one beyond "
-                    "--published-tolerance (only when the run used the published settings)")
+    group.addoption(
+        "--reports-dir",
+        dest="outliers_reports_dir",
+        default="reports",
+        help="where summary.md/csv/json and plots/ are written",
+    )
+    group.addoption(
+        "--expect-published",
+        dest="outliers_expect_published",
+        action="store_true",
+        help="fail a model whose count deviates from the published one beyond "
+        "--published-tolerance (only when the run used the published settings)",
+    )
     group.addoption(
         "--allow-fallback",
         dest="outliers_allow_fallback",
@@ -27,8 +35,12 @@ def pytest_addoption(parser):
         help="let a model run on a dequantized or slow reference path (labelled in its result) "
         "instead of refusing it in preflight",
     )
-    group.addoption("--published-tolerance", dest="outliers_published_tolerance", default=None,
-                    help="relative tolerance for --expect-published (default 0.25)")
+    group.addoption(
+        "--published-tolerance",
+        dest="outliers_published_tolerance",
+        default=None,
+        help="relative tolerance for --expect-published (default 0.25)",
+    )
     try:
         from .runpod.options import add_runpod_options
     except ImportError:

@@ -44,14 +44,33 @@ def registry_table(family: str | None = None, configs=None, download: bool = Fal
         return "?" if x is None else fmt.format(x)
 
     table = [
-        [r["id"], r["family"], r["hub_id"], r["dtype"], num(r["total_params_b"]),
-         num(r["active_params_b"]), r["gpu"], num(r["disk_gb"], "{}"),
-         num(r["published_outliers"], "{:,}")]
+        [
+            r["id"],
+            r["family"],
+            r["hub_id"],
+            r["dtype"],
+            num(r["total_params_b"]),
+            num(r["active_params_b"]),
+            r["gpu"],
+            num(r["disk_gb"], "{}"),
+            num(r["published_outliers"], "{:,}"),
+        ]
         for r in rows
     ]
-    headers = ["id", "family", "hub id", "dtype", "total B", "active B (no emb)", "GPU plan",
-               "disk GB", "published pairs"]
-    note = ("\n'?' = config not at hand: pass --configs DIR or --fetch-configs to count "
-            "parameters (plans then follow from them).")
+    headers = [
+        "id",
+        "family",
+        "hub id",
+        "dtype",
+        "total B",
+        "active B (no emb)",
+        "GPU plan",
+        "disk GB",
+        "published pairs",
+    ]
+    note = (
+        "\n'?' = config not at hand: pass --configs DIR or --fetch-configs to count "
+        "parameters (plans then follow from them)."
+    )
     missing = any(r["total_params_b"] is None for r in rows)
     return tabulate(table, headers=headers, tablefmt="simple") + (note if missing else "")

@@ -71,7 +71,9 @@ def run_dir_name(result: dict) -> str:
         f"-{str(d.get('windows_sha256', ''))[:8]}"
     )
     crit = f"{c['sites']}-m{c['magnitude']:g}-l{c['layer_fraction']:g}-q{c['seq_fraction']:g}"
-    dtype = _slug(result.get("model", {}).get("activation_dtype") or result["model"].get("dtype", ""))
+    dtype = _slug(
+        result.get("model", {}).get("activation_dtype") or result["model"].get("dtype", "")
+    )
     return f"{data}__{crit}__{dtype}"
 
 

@@ -35,7 +35,9 @@ class OutlierSession:
     def prepare(self, entries) -> None:
         """After collection: start remote work for the selected models (RunPod)."""
         opt = self.config.option
-        if not entries or not (getattr(opt, "runpod", False) or getattr(opt, "runpod_dry_run", False)):
+        if not entries or not (
+            getattr(opt, "runpod", False) or getattr(opt, "runpod_dry_run", False)
+        ):
             return
         from .runpod.runner import make_runner
 
@@ -85,8 +87,14 @@ class OutlierSession:
         tok = loaded.tokenizer
         key = (
             getattr(tok, "name_or_path", None) if not entry.is_tiny else "tiny",
-            len(tok), opts.dataset, opts.dataset_config, opts.split, opts.num_seqs,
-            opts.seq_len, opts.stride, opts.bos,
+            len(tok),
+            opts.dataset,
+            opts.dataset_config,
+            opts.split,
+            opts.num_seqs,
+            opts.seq_len,
+            opts.stride,
+            opts.bos,
         )
         if key not in self._windows:
             try:
@@ -207,8 +215,14 @@ class OutlierSession:
                 continue
             sec, usd = float(o.pod.get("seconds") or 0), float(o.pod.get("cost_usd") or 0)
             total_s, total_usd = total_s + sec, total_usd + usd
-            rows.append([model_id, f"{o.pod.get('count', 1)}x {o.pod.get('gpu', '?')}",
-                         f"{sec / 60:.1f}", f"{usd:.2f}"])
+            rows.append(
+                [
+                    model_id,
+                    f"{o.pod.get('count', 1)}x {o.pod.get('gpu', '?')}",
+                    f"{sec / 60:.1f}",
+                    f"{usd:.2f}",
+                ]
+            )
         if not rows:
             return ""
         rows.append(["total", "", f"{total_s / 60:.1f}", f"{total_usd:.2f}"])

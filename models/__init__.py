@@ -29,6 +29,13 @@ def select(family: str) -> list[ModelEntry]:
 
 
 __all__ = [
-    "ENTRIES", "FAMILIES", "GpuPlan", "ModelEntry", "Published", "REGISTRY",
-    "derive_gpu_plan", "get", "select",
+    "ENTRIES",
+    "FAMILIES",
+    "GpuPlan",
+    "ModelEntry",
+    "Published",
+    "REGISTRY",
+    "derive_gpu_plan",
+    "get",
+    "select",
 ]

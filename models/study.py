@@ -63,18 +63,27 @@ STUDY = (
         config_dir="openai__gpt-oss-120b",
     ),
     ModelEntry(
-        "qwen3_0.6b", "Qwen/Qwen3-0.6B", "dense",
-        published=Published(9212, 0.6, 0.6), config_dir="Qwen__Qwen3-0.6B",
+        "qwen3_0.6b",
+        "Qwen/Qwen3-0.6B",
+        "dense",
+        published=Published(9212, 0.6, 0.6),
+        config_dir="Qwen__Qwen3-0.6B",
     ),
     ModelEntry("qwen3_1.7b", "Qwen/Qwen3-1.7B", "dense", published=Published(16563, 1.7, 1.7)),
     ModelEntry("qwen3_4b", "Qwen/Qwen3-4B", "dense", published=Published(1042, 4.0, 4.0)),
     ModelEntry(
-        "qwen3_8b", "Qwen/Qwen3-8B", "dense",
-        published=Published(777, 8.0, 8.0), config_dir="Qwen__Qwen3-8B",
+        "qwen3_8b",
+        "Qwen/Qwen3-8B",
+        "dense",
+        published=Published(777, 8.0, 8.0),
+        config_dir="Qwen__Qwen3-8B",
     ),
     ModelEntry(
-        "qwen3_14b", "Qwen/Qwen3-14B", "dense",
-        published=Published(985, 14.0, 14.0), config_dir="Qwen__Qwen3-14B",
+        "qwen3_14b",
+        "Qwen/Qwen3-14B",
+        "dense",
+        published=Published(985, 14.0, 14.0),
+        config_dir="Qwen__Qwen3-14B",
     ),
 )
 

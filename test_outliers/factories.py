@@ -14,8 +14,12 @@ from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 VOCAB = 200
 COMMON = dict(vocab_size=VOCAB, max_position_embeddings=256)
 LLAMA_LIKE = dict(
-    hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
 )
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 
@@ -25,32 +29,57 @@ CONFIGS = {
     "qwen3": dict(LLAMA_LIKE),
     "qwen3_moe": dict(LLAMA_LIKE, **MOE, decoder_sparse_step=1, mlp_only_layers=[]),
     "qwen3_next": dict(
-        LLAMA_LIKE, num_hidden_layers=4, **MOE, shared_expert_intermediate_size=32,
-        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
-        linear_value_head_dim=16, full_attention_interval=4,
+        LLAMA_LIKE,
+        num_hidden_layers=4,
+        **MOE,
+        shared_expert_intermediate_size=32,
+        linear_num_value_heads=4,
+        linear_num_key_heads=2,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        full_attention_interval=4,
     ),
     "olmoe": dict(LLAMA_LIKE, num_experts=4, num_experts_per_tok=2),
     "mixtral": dict(LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2),
     "glm4_moe": dict(
-        LLAMA_LIKE, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-        n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+        LLAMA_LIKE,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        n_group=1,
+        topk_group=1,
         partial_rotary_factor=0.5,
     ),
     "gpt_oss": dict(
-        LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+        LLAMA_LIKE,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=16,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     ),
     "opt": dict(
-        hidden_size=64, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
+        hidden_size=64,
+        ffn_dim=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
         word_embed_proj_dim=64,
     ),
     "opt_post_ln": dict(
-        hidden_size=64, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
-        word_embed_proj_dim=64, do_layer_norm_before=False,
+        hidden_size=64,
+        ffn_dim=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        do_layer_norm_before=False,
     ),
     "gpt2": dict(n_embd=64, n_layer=3, n_head=4, n_positions=256),
     "gpt_neox": dict(
-        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
     ),
 }
 ARCHITECTURES = tuple(CONFIGS)

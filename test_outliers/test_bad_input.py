@@ -20,8 +20,12 @@ def one_sentence(msg: str) -> bool:
 def run_cli(*args, cwd=None):
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd or "/tmp")}
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-        timeout=120, env=env, cwd=cwd,
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -38,7 +42,10 @@ def test_unknown_hub_id_offline(tmp_path):
 def test_missing_local_path(tmp_path):
     p = run_cli("analyze", str(tmp_path / "missing" / "model"), "--out", str(tmp_path / "r"))
     assert p.returncode == 2
-    assert p.stderr.strip() == f"error: no model directory at {tmp_path / 'missing' / 'model'}; check the path."
+    assert (
+        p.stderr.strip()
+        == f"error: no model directory at {tmp_path / 'missing' / 'model'}; check the path."
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -104,8 +111,11 @@ def test_unsupported_architecture_names_class_and_tree():
 
 def test_bad_threshold_values():
     model = random_model("qwen3", seed=4)
-    for kwargs, flag in ((dict(magnitude=-1), "--magnitude"), (dict(layer_frac=1.5), "--layer-frac"),
-                         (dict(seq_frac=-0.1), "--seq-frac")):
+    for kwargs, flag in (
+        (dict(magnitude=-1), "--magnitude"),
+        (dict(layer_frac=1.5), "--layer-frac"),
+        (dict(seq_frac=-0.1), "--seq-frac"),
+    ):
         with pytest.raises(HarnessError, match=flag):
             analyze(model, random_ids(1, 4), **kwargs)
 

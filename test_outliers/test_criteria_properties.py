@@ -129,9 +129,15 @@ def test_results_independent_of_site_order(acts, m, a, b, rnd):
 
 @settings(max_examples=100, deadline=None)
 @given(
-    arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 10), st.integers(1, 4)),
-           elements=VALUES),
-    st.integers(1, 5), MAGS, FRACS, FRACS,
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 5), st.integers(1, 10), st.integers(1, 4)),
+        elements=VALUES,
+    ),
+    st.integers(1, 5),
+    MAGS,
+    FRACS,
+    FRACS,
 )
 def test_systematic_in_every_sequence_with_same_positions_is_pooled(one_seq, n, m, a, b):
     # the same activations repeated for every sequence
@@ -182,7 +188,16 @@ def test_stats_builder_agrees_with_engine():
     r = analyze(model, ids, batch_size=3)
     _, acts = collect_activations(model, ids, "ln", batch_size=3)
     ref = stats_from_acts(acts)
-    for field in ("site_max", "site_counts", "seq_max", "seq_site_count", "site_seq_level",
-                  "seq_pos_count", "seq_occ", "hits_indptr", "hits_dim", "hits_level"):
+    for field in (
+        "site_max",
+        "site_counts",
+        "seq_max",
+        "seq_site_count",
+        "site_seq_level",
+        "seq_pos_count",
+        "seq_occ",
+        "hits_indptr",
+        "hits_dim",
+        "hits_level",
+    ):
         assert np.array_equal(getattr(r.stats, field), getattr(ref, field)), field
-

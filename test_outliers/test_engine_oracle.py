@@ -75,7 +75,10 @@ def test_per_sequence_site_levels_match_oracle():
     seq_site_max = abs(acts).max(axis=2)  # [S, N, H]
     want = (seq_site_max[..., None] >= grid).sum(axis=-1)
     assert (result.stats.site_seq_level == want).all()
-    assert (result.stats.seq_site_count == (want[None] >= (1 + np_arange(len(grid)))[:, None, None, None]).sum(1)).all()
+    assert (
+        result.stats.seq_site_count
+        == (want[None] >= (1 + np_arange(len(grid)))[:, None, None, None]).sum(1)
+    ).all()
 
 
 def np_arange(n):

@@ -41,7 +41,11 @@ def sources_table() -> dict[str, dict]:
     return rows
 
 
-FOLDERS = sorted(p.name for p in CONFIGS.iterdir() if (p / "config.json").is_file()) if CONFIGS.is_dir() else []
+FOLDERS = (
+    sorted(p.name for p in CONFIGS.iterdir() if (p / "config.json").is_file())
+    if CONFIGS.is_dir()
+    else []
+)
 
 
 def close(ours: float, published: float) -> bool:

@@ -15,7 +15,9 @@ def test_perplexity_equals_the_models_own_loss(arch):
     ids = random_ids(3, 16, seed=32)
     r = analyze(model, ids, batch_size=2, perplexity=True)
     with torch.no_grad():
-        losses = [model(input_ids=ids[i : i + 1], labels=ids[i : i + 1]).loss.item() for i in range(3)]
+        losses = [
+            model(input_ids=ids[i : i + 1], labels=ids[i : i + 1]).loss.item() for i in range(3)
+        ]
     want = math.exp(sum(losses) / len(losses))  # equal-length windows: mean of means
     assert r.sections["perplexity"]["perplexity"] == pytest.approx(want, rel=1e-5)
     assert r.sections["perplexity"]["predicted_tokens"] == 3 * 15

@@ -66,18 +66,36 @@ def test_sites_are_the_norm_outputs_and_the_layer_outputs(arch):
     layers = [s for s in sm.sites if s.kind == "resid_out"]
     for s in sm.sites:
         if s.kind in ("attn_in", "mlp_in"):
-            hooks.append(s.module.register_forward_pre_hook(
-                lambda m, a, k, n=s.name: norm_in.__setitem__(n, (a[0] if a else k["hidden_states"]).clone()),
-                with_kwargs=True))
+            hooks.append(
+                s.module.register_forward_pre_hook(
+                    lambda m, a, k, n=s.name: norm_in.__setitem__(
+                        n, (a[0] if a else k["hidden_states"]).clone()
+                    ),
+                    with_kwargs=True,
+                )
+            )
     for s in layers:
         att = attention_module(s.module, mt)
-        hooks.append(att.register_forward_hook(
-            lambda m, a, o, i=s.layer: attn_out.__setitem__(i, (o[0] if isinstance(o, tuple) else o).clone())))
-    final_norm = model.base_model.norm if hasattr(model.base_model, "norm") else (
-        model.base_model.ln_f if hasattr(model.base_model, "ln_f") else
-        getattr(model.base_model, "final_layer_norm", None) or model.base_model.decoder.final_layer_norm)
-    hooks.append(final_norm.register_forward_pre_hook(
-        lambda m, a: final_in.__setitem__("x", a[0].clone())))
+        hooks.append(
+            att.register_forward_hook(
+                lambda m, a, o, i=s.layer: attn_out.__setitem__(
+                    i, (o[0] if isinstance(o, tuple) else o).clone()
+                )
+            )
+        )
+    final_norm = (
+        model.base_model.norm
+        if hasattr(model.base_model, "norm")
+        else (
+            model.base_model.ln_f
+            if hasattr(model.base_model, "ln_f")
+            else getattr(model.base_model, "final_layer_norm", None)
+            or model.base_model.decoder.final_layer_norm
+        )
+    )
+    hooks.append(
+        final_norm.register_forward_pre_hook(lambda m, a: final_in.__setitem__("x", a[0].clone()))
+    )
     try:
         with torch.no_grad():
             out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
