@@ -374,9 +374,8 @@ def test_tables_decode_tokens_and_plot_is_written(tmp_path, dense):
     print("\n" + "\n\n".join(f"{k}:\n{v}" for k, v in tables.items()))
 
 
-def test_layers_come_from_resid_out_sites_or_a_clear_error():
+def test_layers_come_from_the_site_map_for_any_site_set():
     from harness.attribution import Attribution
-    from harness.errors import HarnessError
 
     model, _ = planted_model("llama", bos_massive=True)
     ids = planted_ids(seed=5)
@@ -384,5 +383,6 @@ def test_layers_come_from_resid_out_sites_or_a_clear_error():
     ma = result.sections["attribution"]["massive"]
     assert [d["dim"] for d in ma["dims"]] == [BOS_DIM]
     assert ma["systematic_sites"] == ["resid_out"]
-    with pytest.raises(HarnessError, match="decoder layers"):
-        analyze(model, ids, sites="ln", observers=[Attribution(6.0)])
+    # with the default norm sites the decoder layers come from the site map: same massive dims
+    ln = analyze(model, ids, sites="ln", observers=[Attribution(6.0)])
+    assert [d["dim"] for d in ln.sections["attribution"]["massive"]["dims"]] == [BOS_DIM]
