@@ -1,0 +1,115 @@
+"""The pytest surface as a user meets it: selection by mark and id, and clear skips."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MOE = [
+    "olmoe_1b_7b",
+    "gpt_oss_20b",
+    "qwen3_30b_a3b",
+    "mixtral_8x7b",
+    "qwen3_next_80b",
+    "glm_4.5_air",
+    "gpt_oss_120b",
+]
+DENSE = ["qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b", "qwen3_14b"]
+REFERENCE = [
+    "opt_125m",
+    "opt_350m",
+    "opt_1.3b",
+    "opt_2.7b",
+    "opt_6.7b",
+    "opt_13b",
+    "opt_30b",
+    "opt_66b",
+    "gpt2_small",
+    "gpt2_medium",
+    "gpt2_large",
+    "gpt2_xl",
+    "pythia_160m",
+    "pythia_410m",
+    "pythia_1.4b",
+    "pythia_2.8b",
+    "pythia_6.9b",
+    "pythia_12b",
+]
+
+
+def pytest_run(*args, env=None):
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def collected_ids(*args):
+    p = pytest_run("--collect-only", "-q", "test_outliers/test_models.py", *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return [line.split("[", 1)[1].rstrip("]") for line in p.stdout.splitlines() if "::" in line]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("-m", "moe"), MOE),
+        (("-m", "dense"), DENSE),
+        (("-m", "reference"), REFERENCE),
+        (("-k", "qwen3_0.6b"), ["qwen3_0.6b"]),
+    ],
+    ids=["moe", "dense", "reference", "one"],
+)
+def test_selection_by_mark_and_id(args, expected):
+    assert collected_ids(*args) == expected
+
+
+def test_real_model_without_gpu_is_skipped_with_one_sentence(tmp_path):
+    p = pytest_run(
+        "-k",
+        "qwen3_0.6b",
+        "-rs",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--reports-dir",
+        str(tmp_path / "rep"),
+        "test_outliers/test_models.py",
+    )
+    assert p.returncode == 0, p.stdout
+    assert "1 skipped" in p.stdout
+    assert (
+        "no usable GPU for qwen3_0.6b; run it with --runpod, with --device cpu if it is small "
+        "enough for this machine's memory, or on a GPU machine."
+    ) in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_real_model_offline_without_weights_is_skipped_with_one_sentence(tmp_path):
+    p = pytest_run(
+        "-k",
+        "qwen3_0.6b",
+        "--device",
+        "cpu",
+        "-rs",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "test_outliers/test_models.py",
+        env={"HF_HOME": str(tmp_path / "hf")},
+    )
+    assert p.returncode == 0, p.stdout
+    assert "1 skipped" in p.stdout
+    assert (
+        "Qwen/Qwen3-0.6B is not in the local Hugging Face cache and the hub cannot be reached "
+        "(offline)"
+    ) in p.stdout
+    assert "huggingface-cli download Qwen/Qwen3-0.6B" in p.stdout and "--runpod" in p.stdout
+    assert not (tmp_path / "r").exists()
