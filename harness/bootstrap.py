@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import HarnessError
-from .outliers import Criteria, meets
+from .outliers import Criteria, meets, seed_pairs
 from .statistics import CapturedStats
 
 DEFAULT_RESAMPLES = 1000
@@ -72,16 +72,8 @@ class Interval:
 # -- the per-sequence pieces ------------------------------------------------------------------
 def _pairs(stats: CapturedStats, g: int, criteria: Criteria):
     """Per-sequence systematic pairs, seq-major then dim (as the engine's ``np.nonzero``)."""
-    S, T = stats.num_sites, stats.seq_len
-    site_count = stats.seq_site_count[g]
-    pos_count = stats.seq_pos_count[g]
-    ok = (
-        (site_count >= 1)
-        & meets(site_count, S, criteria.layer_frac)
-        & meets(pos_count, T, criteria.seq_frac)
-    )
-    seq, dim = np.nonzero(ok)
-    return seq, site_count[seq, dim], pos_count[seq, dim]
+    seq, dim = seed_pairs(stats, g, criteria)
+    return seq, stats.seq_site_count[g][seq, dim], stats.seq_pos_count[g][seq, dim]
 
 
 def _level_hits(stats: CapturedStats, g: int) -> tuple[np.ndarray, np.ndarray]:

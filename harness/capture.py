@@ -3,11 +3,20 @@
 For each site activation ``x`` ([B, T, H], or [B*T, H] for OPT) the hook computes, chunk by
 chunk of whole sequences, on x's device and in x's dtype:
 
-- the per-sequence max |x| per dim (-> how many sites each dim reaches each grid magnitude at,
-  per sequence; the site's max per dim; the sequence's max per dim);
-- the sparse set of values with |x| >= grid[0] and their grid level, from which the occurrence
-  counts per (sequence, dim, magnitude), the per-site counts, and the per-position union over
-  sites (a uint8 level per (position, dim), the only activation-sized buffer kept for a batch).
+- the max |x| over blocks of K positions per dim (K = 16 when T allows), by one amax and one
+  amin over x (two reads, nothing written at activation size); from it the per-sequence max per
+  dim (-> how many sites each dim reaches each grid magnitude at, per sequence; the site's max
+  per dim; the sequence's max per dim);
+- the sparse set of values with |x| >= grid[0] and their grid level, found by re-reading only
+  the blocks whose max reaches grid[0] (or by one dense pass when those are more than a quarter
+  of the chunk), from which the occurrence counts per (sequence, dim, magnitude), the per-site
+  counts, and the per-position union over sites (a uint8 level per (position, dim), the only
+  activation-sized buffer kept for a batch).
+
+On the CPU a hook's reductions run on one thread (``HOOK_THREADS``): they are many small
+operations, and when other processes share the cores, each multi-threaded one can wait a
+scheduler time slice for its second thread (measured: up to 10x slower hooks, see
+docs/performance.md).
 
 Nothing is written to disk, no Python loop runs over values, and every hook is removed when the
 capture ends, also on exceptions. Per-batch partial results are merged only when the batch's
@@ -30,7 +39,12 @@ from .sites import Site, SiteMap
 from .statistics import CapturedStats
 
 # Elements processed per chunk: bounds the scratch memory next to the activation itself.
-CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
+# A chunk is scanned densely (|x| into a scratch buffer, then a mask) instead of re-reading only
+# the blocks whose max reaches grid[0] when those blocks hold more than this fraction of it.
+DENSE_FRACTION = 0.25
+# Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
+HOOK_THREADS = 1
 
 
 def dtype_threshold(m: float, dtype: torch.dtype) -> torch.Tensor:
@@ -101,20 +115,20 @@ class _Thresholds:
 
 
 class _DeviceBatch:
-    """Partial reductions of one batch on one device."""
+    """Partial reductions of one batch on one device (rows of sites that ran elsewhere stay 0)."""
 
     def __init__(self, device, batch: Batch, hidden: int, num_grid: int, num_sites: int):
-        B, T, H, G = batch.size, batch.seq_len, hidden, num_grid
+        B, T, H, G, S = batch.size, batch.seq_len, hidden, num_grid, num_sites
         self.device = device
         self.union = torch.zeros((B, T, H), dtype=torch.uint8, device=device)
-        self.seq_max = torch.zeros((B, H), dtype=torch.float32, device=device)
-        self.site_count = torch.zeros((G, B, H), dtype=torch.int32, device=device)
+        self.smax = torch.zeros((S, B, H), dtype=torch.float32, device=device)  # max |x| over T
+        self.level = torch.zeros((S, B, H), dtype=torch.uint8, device=device)  # its grid level
+        self.hist = torch.zeros((S, G + 1), dtype=torch.int64, device=device)
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
-        self.site_max: dict[int, torch.Tensor] = {}
-        self.site_level: dict[int, torch.Tensor] = {}
-        self.site_hist: dict[int, torch.Tensor] = {}
+        self._ones = torch.ones(0, dtype=torch.int64, device=device)
         self.scratch: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
+        self._offsets: dict = {}
 
     def buffers(self, shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         numel = math.prod(shape)
@@ -122,6 +136,20 @@ class _DeviceBatch:
             self.scratch = torch.empty(numel, dtype=dtype, device=self.device)
             self.mask = torch.empty(numel, dtype=torch.bool, device=self.device)
         return self.scratch[:numel].view(shape), self.mask[:numel].view(shape)
+
+    def ones(self, n: int) -> torch.Tensor:
+        """n int64 ones (a view of one buffer that grows when needed)."""
+        if self._ones.numel() < n:
+            self._ones = torch.ones(
+                max(n, 2 * self._ones.numel()), dtype=torch.int64, device=self.device
+            )
+        return self._ones[:n]
+
+    def offsets(self, K: int, H: int) -> torch.Tensor:
+        """[0, H, ..., (K-1) H]: flat offsets of the K positions of a block."""
+        if (K, H) not in self._offsets:
+            self._offsets[K, H] = torch.arange(0, K * H, H, device=self.device)
+        return self._offsets[K, H]
 
 
 class Capture:
@@ -212,7 +240,8 @@ class Capture:
             self._calls[site.index] += 1
             self.activation_dtypes.add(str(x.dtype).replace("torch.", ""))
             x = self._as_bth(x, site)
-            self._reduce(site, x)
+            with _hook_threads(x.device):
+                self._reduce(site, x)
             for obs in self.observers:
                 obs.on_site(site, x, self._batch)
 
@@ -240,41 +269,58 @@ class Capture:
     def _reduce(self, site: Site, x: torch.Tensor) -> None:
         part = self._part(x.device)
         thr, t0 = self.thresholds.get(x.device, x.dtype)
-        thr_f = thr.float()
-        B, T, H, G = x.shape[0], x.shape[1], self.H, self.G
+        x = x.contiguous()
+        B, T, H, G, s = x.shape[0], x.shape[1], self.H, self.G, site.index
+        K = _block(T)
         budget = self.chunk_elements or CHUNK_ELEMENTS.get(x.device.type, 1 << 25)
         per_chunk = max(1, min(B, budget // (T * H)))
-        site_max = torch.zeros(H, dtype=torch.float32, device=x.device)
-        site_hist = torch.zeros(G + 1, dtype=torch.int64, device=x.device)
-        site_level = torch.empty((B, H), dtype=torch.uint8, device=x.device)
+        union = part.union.view(-1)
         for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
             b1 = min(B, b0 + per_chunk)
-            a, mask = part.buffers((b1 - b0, T, H), x.dtype)
-            torch.abs(x[b0:b1], out=a)
-            smax = a.amax(dim=1)  # [b, H], exact in x's dtype
-            smax_f = smax.float()
-            torch.maximum(site_max, smax_f.amax(dim=0), out=site_max)
-            seq_max = part.seq_max[b0:b1]
-            torch.maximum(seq_max, smax_f, out=seq_max)
-            reached = smax.unsqueeze(0) >= thr.view(G, 1, 1)  # [G, b, H]
-            part.site_count[:, b0:b1] += reached
-            site_level[b0:b1] = reached.sum(dim=0, dtype=torch.uint8)
-            torch.ge(a, t0, out=mask)
-            flat = mask.view(-1).nonzero().squeeze(1)
-            if flat.numel() == 0:
+            xc = x[b0:b1]
+            # max |x| over blocks of K positions: reads x once, no activation-sized scratch
+            x4 = xc.view(b1 - b0, T // K, K, H)
+            bmax = torch.maximum(x4.amax(dim=2), x4.amin(dim=2).neg_())  # [b, T/K, H], exact
+            smax = bmax.amax(dim=1)  # [b, H], in x's dtype
+            part.smax[s, b0:b1] = smax
+            part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
+            found = self._values_over(part, xc, bmax, t0, K)
+            if found is None:
                 continue
-            level = torch.bucketize(a.view(-1)[flat].float(), thr_f, right=True)  # 1..G
-            bt, d = flat // H, flat % H
-            b = bt // T + b0
-            site_hist += torch.bincount(level, minlength=G + 1)
-            part.occ.index_add_(0, (b * H + d) * (G + 1) + level, torch.ones_like(level))
-            union = part.union.view(-1)
-            upos = bt * H + d + b0 * T * H
-            lv8 = level.to(torch.uint8)
-            union[upos] = torch.maximum(union[upos], lv8)
-        part.site_max[site.index] = site_max
-        part.site_level[site.index] = site_level
-        part.site_hist[site.index] = site_hist
+            pos, vals, bd = found  # flat index into xc, |x| there, b * H + d (b within xc)
+            level = torch.bucketize(vals, thr, right=True)  # 1..G, compared in x's dtype
+            ones = part.ones(level.numel())
+            part.hist[s].index_add_(0, level, ones)
+            if b0:
+                bd, pos = bd + b0 * H, pos + b0 * T * H
+            part.occ.index_add_(0, bd * (G + 1) + level, ones)
+            level = torch.maximum(union.index_select(0, pos), level.to(torch.uint8))
+            union.index_copy_(0, pos, level)  # positions are distinct within a site
+
+    def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, bmax: torch.Tensor, t0, K: int):
+        """Every value of ``xc`` with |x| >= t0 as (flat index, |x|, b * H + d), or None.
+
+        Only the blocks whose max reaches t0 are read again (a gather of their K values); when
+        they hold more than DENSE_FRACTION of the chunk, one dense pass is cheaper."""
+        b, T, H = xc.shape
+        cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
+        n = cand.numel()
+        if n == 0:
+            return None
+        if n * K > DENSE_FRACTION * xc.numel():
+            a, mask = part.buffers(xc.shape, xc.dtype)
+            torch.abs(xc, out=a)
+            torch.ge(a, t0, out=mask)
+            pos = mask.view(-1).nonzero().squeeze(1)
+            q = pos // H  # b * T + t
+            return pos, a.view(-1).index_select(0, pos), pos + (q // T - q) * H
+        q = cand // H  # b * T/K + tb
+        base = cand + q * ((K - 1) * H)  # flat index of (b, tb * K, d)
+        pos = (base.unsqueeze(1) + part.offsets(K, H)).view(-1)  # the K positions of each block
+        vals = xc.reshape(-1).index_select(0, pos).abs_()
+        hit = (vals >= t0).nonzero().squeeze(1)
+        bd = (cand + (q // (T // K) - q) * H).index_select(0, hit // K)
+        return pos.index_select(0, hit), vals.index_select(0, hit), bd
 
     # -- batches ---------------------------------------------------------------------------
     def run(self, forward: Callable[[torch.Tensor], object], batch: Batch) -> None:
@@ -310,16 +356,10 @@ class Capture:
         B, T, H, G = batch.size, batch.seq_len, self.H, self.G
         n0, n1 = batch.start, batch.start + B
         parts = list(self._parts.values())
-        site_max = np.zeros((len(self.sites), H), dtype=np.float32)
-        site_hist = np.zeros((len(self.sites), G + 1), dtype=np.int64)
-        site_level = np.zeros((len(self.sites), B, H), dtype=np.uint8)
-        for part in parts:
-            for idx, t in part.site_level.items():
-                site_level[idx] = t.cpu().numpy()
-            for idx, t in part.site_max.items():
-                site_max[idx] = t.cpu().numpy()
-            for idx, t in part.site_hist.items():
-                site_hist[idx] = t.cpu().numpy()
+        smax = np.maximum.reduce([p.smax.cpu().numpy() for p in parts])  # [S, B, H]
+        site_level = np.maximum.reduce([p.level.cpu().numpy() for p in parts])
+        site_hist = sum(p.hist.cpu().numpy() for p in parts)
+        site_max = smax.max(axis=1)
         bad = ~np.isfinite(site_max).all(axis=1)
         if bad.any():
             name = self.sites[int(np.flatnonzero(bad)[0])].name
@@ -328,6 +368,14 @@ class Capture:
                 f"{n1 - 1}); the weights may be broken or the dtype too narrow: try --dtype "
                 "float32 or bfloat16."
             )
+        seq_max = smax.max(axis=0)
+        # number of sites at which each (sequence, dim) reaches grid[g]
+        site_count = sum(
+            torch.stack([(p.level > g).sum(dim=0, dtype=torch.int32) for g in range(G)])
+            .cpu()
+            .numpy()
+            for p in parts
+        )
         # union over devices, then over sites: the per-position level
         union = parts[0].union
         for part in parts[1:]:
@@ -340,8 +388,6 @@ class Capture:
         pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
         occ = sum(p.occ.cpu().numpy() for p in parts)
         occ_ge = _at_least(occ.reshape(B, H, G + 1))
-        site_count = sum(p.site_count.cpu().numpy() for p in parts)
-        seq_max = np.maximum.reduce([p.seq_max.cpu().numpy() for p in parts])
         hits = (
             (bt + n0 * T).cpu().numpy().astype(np.int64),
             d.cpu().numpy().astype(np.uint16 if H <= 65536 else np.int32),
@@ -395,6 +441,25 @@ class Capture:
         for obs in self.observers:
             obs.finalize(stats)
         return stats
+
+
+@contextmanager
+def _hook_threads(device: torch.device):
+    """On the CPU, run a hook's reductions on HOOK_THREADS threads (then restore the count)."""
+    n = torch.get_num_threads()
+    if device.type != "cpu" or HOOK_THREADS is None or n == HOOK_THREADS:
+        yield
+        return
+    torch.set_num_threads(HOOK_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _block(T: int) -> int:
+    """Positions per block of the max-|x| pre-pass: the largest of 16, 8, 4, 2, 1 dividing T."""
+    return next(k for k in (16, 8, 4, 2, 1) if T % k == 0)
 
 
 def _at_least(counts: np.ndarray) -> np.ndarray:

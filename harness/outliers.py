@@ -64,6 +64,18 @@ def _median(values: np.ndarray) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
+def seed_pairs(stats: CapturedStats, g: int, criteria: Criteria) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence, dim) of every per-sequence systematic pair at grid index ``g``, sequence-major."""
+    site_count = stats.seq_site_count[g]
+    pos_count = stats.seq_pos_count[g]
+    ok = (
+        (site_count >= 1)
+        & meets(site_count, stats.num_sites, criteria.layer_frac)
+        & meets(pos_count, stats.seq_len, criteria.seq_frac)
+    )
+    return np.nonzero(ok)
+
+
 def seed_compatible(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> dict:
     """Per-sequence analysis of the original study: systematic (sequence, dim) pairs.
 
@@ -72,16 +84,9 @@ def seed_compatible(stats: CapturedStats, criteria: Criteria, *, with_pairs: boo
     """
     g = stats.grid_index(criteria.magnitude)
     S, T = stats.num_sites, stats.seq_len
-    site_count = stats.seq_site_count[g]
-    pos_count = stats.seq_pos_count[g]
-    ok = (
-        (site_count >= 1)
-        & meets(site_count, S, criteria.layer_frac)
-        & meets(pos_count, T, criteria.seq_frac)
-    )
-    seq, dim = np.nonzero(ok)
-    layer_pct = 100.0 * site_count[seq, dim] / S
-    seq_pct = 100.0 * pos_count[seq, dim] / T
+    seq, dim = seed_pairs(stats, g, criteria)
+    layer_pct = 100.0 * stats.seq_site_count[g][seq, dim] / S
+    seq_pct = 100.0 * stats.seq_pos_count[g][seq, dim] / T
     out = {
         "num_outliers": int(len(seq)),
         "num_distinct_dims": int(len(np.unique(dim))),

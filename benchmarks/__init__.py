@@ -1,0 +1,1 @@
+"""Performance benchmarks of the outlier harness (``python -m pytest benchmarks -m perf``)."""

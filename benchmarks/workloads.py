@@ -1,0 +1,197 @@
+"""What the benchmarks run: random models with densely planted outliers, token ids, and the three
+variants (``bare``, ``harness``, ``naive``) as plain functions of (model, ids, batch_size).
+
+Models are built from a config with random weights (no download). Outliers are planted the way
+they arise in trained models, through the norm gains: at every site norm, ``outlier_dims`` fixed
+dims get gain ``outlier_gain``, so those dims exceed 6 at most positions of every site, and the
+hits, the per-position union and the sparse bookkeeping are all exercised, not just the max.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 32768
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark model: a Hugging Face config (random weights) plus the planted outliers."""
+
+    name: str
+    model_type: str
+    shape: dict = field(hash=False)
+    outlier_dims: int = 8
+    outlier_gain: float = 20.0
+    dtype: str = "float32"
+    seed: int = 0
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.shape["num_hidden_layers"])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.shape["hidden_size"])
+
+    def with_layers(self, factor: int) -> Workload:
+        shape = dict(self.shape, num_hidden_layers=self.num_layers * factor)
+        return replace(self, name=f"{self.name}-x{factor}L", shape=shape)
+
+    def config(self):
+        from transformers import CONFIG_MAPPING
+
+        return CONFIG_MAPPING[self.model_type](
+            vocab_size=VOCAB,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=2,
+            **self.shape,
+        )
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        # Qwen3 shape (GQA, q/k norms, SwiGLU), ~100M parameters with the embedding
+        Workload(
+            "qwen3-100m",
+            "qwen3",
+            dict(
+                hidden_size=768,
+                num_hidden_layers=12,
+                intermediate_size=2048,
+                num_attention_heads=12,
+                num_key_value_heads=4,
+                head_dim=64,
+            ),
+        ),
+        # Qwen3 shape, ~310M parameters
+        Workload(
+            "qwen3-300m",
+            "qwen3",
+            dict(
+                hidden_size=1024,
+                num_hidden_layers=22,
+                intermediate_size=3072,
+                num_attention_heads=16,
+                num_key_value_heads=8,
+                head_dim=64,
+            ),
+        ),
+        # OLMoE shape (64 experts, top-8 in the original), scaled down: 16 experts, top-4
+        Workload(
+            "olmoe-small",
+            "olmoe",
+            dict(
+                hidden_size=512,
+                num_hidden_layers=8,
+                intermediate_size=512,
+                num_attention_heads=8,
+                num_key_value_heads=8,
+                num_experts=16,
+                num_experts_per_tok=4,
+            ),
+        ),
+    )
+}
+
+
+def build_model(workload: Workload) -> torch.nn.Module:
+    """The model of ``workload`` with random weights and planted outliers, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.sites import find_sites
+
+    torch.manual_seed(workload.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(
+            workload.config(), dtype=getattr(torch, workload.dtype)
+        )
+    model.eval()
+    g = torch.Generator().manual_seed(workload.seed + 1)
+    dims = torch.randperm(workload.hidden, generator=g)[: workload.outlier_dims]
+    with torch.no_grad():
+        for site in find_sites(model, "ln").sites:
+            site.module.weight[dims] = workload.outlier_gain
+    return model
+
+
+def planted_dims(workload: Workload) -> list[int]:
+    g = torch.Generator().manual_seed(workload.seed + 1)
+    return sorted(torch.randperm(workload.hidden, generator=g)[: workload.outlier_dims].tolist())
+
+
+def token_ids(num_seqs: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (num_seqs, seq_len), generator=g)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- the variants ------------------------------------------------------------------------------
+def run_bare(model, ids: torch.Tensor, batch_size: int):
+    """The decoder forward pass alone, batch by batch, exactly as the harness calls it."""
+    from harness.capture import base_forward
+
+    forward = base_forward(model)
+    with torch.inference_mode():
+        for b0 in range(0, ids.shape[0], batch_size):
+            forward(ids[b0 : b0 + batch_size])
+
+
+def warm_up(model, ids: torch.Tensor, batch_size: int) -> None:
+    """One full-size batch through the first decoder layer only, bare and with the harness: pays
+    the one-time costs (kernel selection for these shapes, first touch of large allocations) at
+    1/L of a forward pass, so that the first measured run does not carry them."""
+    full = model.model.layers  # the layout of every workload here (Qwen3, OLMoE)
+    model.model.layers = full[:1]
+    try:
+        run_bare(model, ids[:batch_size], batch_size)
+        run_harness(model, ids[:batch_size], batch_size)
+    finally:
+        model.model.layers = full
+
+
+def run_harness(model, ids: torch.Tensor, batch_size: int):
+    """Capture + criteria: ``harness.analyze.analyze`` (one forward pass per batch)."""
+    from harness.analyze import analyze
+
+    return analyze(model, ids, batch_size=batch_size)
+
+
+class _Headless(torch.nn.Module):
+    """The model seen by the oracle without its LM head, so that all three variants run the
+    same decoder forward pass (the head would add a [B, T, vocab] logits tensor)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.config = model.config
+        self.model = model.model
+
+    def forward(self, input_ids, use_cache=False):
+        return self.model(input_ids=input_ids, use_cache=use_cache)
+
+
+def run_naive(model, ids: torch.Tensor, batch_size: int):
+    """The tests' brute-force oracle: every site activation kept (float64), then analysed."""
+    if str(ROOT / "test_outliers") not in sys.path:
+        sys.path.insert(0, str(ROOT / "test_outliers"))
+    from oracle import collect_activations, oracle_figures
+
+    _, acts = collect_activations(_Headless(model), ids, "ln", batch_size=batch_size)
+    return oracle_figures(acts, 6.0, 0.25, 0.06)
+
+
+VARIANTS = {"bare": run_bare, "harness": run_harness, "naive": run_naive}

@@ -1,0 +1,199 @@
+"""The capture design, guarded (not its speed: that is benchmarks/, ``-m perf``).
+
+- exactly ONE forward pass of the decoder stack per batch (and none of the LM head);
+- no hook left behind on any module, also when a hook or an observer raises;
+- no activation kept alive after a batch (the storage a hook saw is freed by the batch's end);
+- the sparse and the dense path of the per-site reduction, and the thread setting of the hooks,
+  give identical statistics.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.modules.module as nn_module
+from factories import random_ids, random_model
+from torch.multiprocessing.reductions import StorageWeakRef
+
+import harness.capture as capture
+from harness.analyze import analyze
+from harness.capture import Capture, Observer
+
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def hooks_left(model) -> list[str]:
+    left = [
+        f"{name or '<root>'}.{attr}"
+        for name, module in model.named_modules()
+        for attr in HOOK_DICTS
+        if getattr(module, attr, None)
+    ]
+    return left + [attr for attr in GLOBAL_HOOKS if getattr(nn_module, attr)]
+
+
+def decoder_layers(model):
+    if hasattr(model, "model") and hasattr(model.model, "decoder"):  # OPT
+        return model.model.decoder.layers
+    return model.model.layers
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "olmoe", "opt"])
+def test_one_forward_pass_per_batch_and_no_lm_head(arch):
+    model = random_model(arch, seed=1)
+    ids = random_ids(5, 16, seed=2)
+    calls = {"base": 0, "head": 0, "layers": [0] * len(decoder_layers(model))}
+
+    def count(key, i=None):
+        def hook(*_):
+            if i is None:
+                calls[key] += 1
+            else:
+                calls[key][i] += 1
+
+        return hook
+
+    handles = [
+        model.base_model.register_forward_pre_hook(count("base")),
+        model.get_output_embeddings().register_forward_pre_hook(count("head")),
+    ]
+    handles += [
+        layer.register_forward_pre_hook(count("layers", i))
+        for i, layer in enumerate(decoder_layers(model))
+    ]
+    try:
+        result = analyze(model, ids, batch_size=2)  # batches of 2, 2, 1
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls["base"] == 3 == result.timing["forward_calls"] == result.timing["batches"]
+    assert calls["layers"] == [3] * len(calls["layers"])
+    assert calls["head"] == 0, "the LM head must not run: it is no site and costs [B, T, vocab]"
+    assert hooks_left(model) == []
+
+
+class Raising(Observer):
+    """Raises at the chosen point of the second site of the first batch."""
+
+    def __init__(self, where: str):
+        self.where, self.sites_seen = where, 0
+
+    def attach(self, sitemap, register):
+        if self.where == "own_hook":
+            site = sitemap.sites[1]
+            register(site.module, lambda *_: (_ for _ in ()).throw(RuntimeError("own hook")), "raw")
+
+    def on_site(self, site, x, batch):
+        self.sites_seen += 1
+        if self.where == "on_site" and self.sites_seen == 2:
+            raise RuntimeError("observer on_site")
+
+    def end_batch(self, batch):
+        if self.where == "end_batch":
+            raise RuntimeError("observer end_batch")
+
+
+@pytest.mark.parametrize("where", ["none", "on_site", "own_hook", "engine_hook", "end_batch"])
+def test_no_hook_left_behind(where, monkeypatch):
+    model = random_model("qwen3", seed=1)
+    ids = random_ids(4, 16, seed=2)
+    user = model.model.layers[0].register_forward_hook(lambda *_: None)  # not the engine's
+    if where == "engine_hook":
+
+        def broken(self, site, x):
+            raise RuntimeError("engine hook")
+
+        monkeypatch.setattr(Capture, "_reduce", broken)
+    try:
+        if where == "none":
+            analyze(model, ids, batch_size=2)
+        else:
+            with pytest.raises(RuntimeError):
+                analyze(model, ids, batch_size=2, observers=[Raising(where)])
+        assert hooks_left(model) == ["model.layers.0._forward_hooks"]  # only the user's own
+    finally:
+        user.remove()
+    assert hooks_left(model) == []
+
+
+class Watcher(Observer):
+    """Weak references to the storage of every activation the hooks see; at the end of each
+    batch (after the forward pass and the merge) none may be alive. ``keep`` = leak on purpose."""
+
+    def __init__(self, keep: bool = False):
+        self.keep, self.kept, self.refs, self.alive_at_end = keep, [], [], []
+
+    def attach(self, sitemap, register):
+        for site in sitemap.sites:  # the module's own output, before any engine reshape
+            register(site.module, self._raw, "raw")
+
+    def _raw(self, _module, _args, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        self.refs.append(StorageWeakRef(out.untyped_storage()))
+
+    def on_site(self, site, x, batch):
+        self.refs.append(StorageWeakRef(x.untyped_storage()))
+        if self.keep:
+            self.kept.append(x)
+
+    def end_batch(self, batch):
+        self.alive_at_end.append(sum(not r.expired() for r in self.refs))
+        self.refs = []
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "olmoe", "opt"])
+def test_no_activation_alive_after_a_batch(arch):
+    model = random_model(arch, seed=1)
+    watcher = Watcher()
+    analyze(model, random_ids(5, 16, seed=2), batch_size=2, observers=[watcher])
+    assert watcher.alive_at_end == [0, 0, 0]
+
+
+def test_the_liveness_check_sees_a_leak():
+    model = random_model("qwen3", seed=1)
+    leaky = Watcher(keep=True)
+    analyze(model, random_ids(4, 16, seed=2), batch_size=2, observers=[leaky])
+    assert all(n > 0 for n in leaky.alive_at_end)
+
+
+def stats_arrays(result) -> dict:
+    return {
+        f.name: getattr(result.stats, f.name)
+        for f in dataclasses.fields(result.stats)
+        if isinstance(getattr(result.stats, f.name), np.ndarray)
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
+    # gain 3: some blocks of positions cross the grid, others do not; T = 24 -> blocks of 8;
+    # a small chunk budget splits each batch into chunks of one sequence
+    model = random_model("olmoe", dtype, seed=3)
+    ids = random_ids(5, 24, seed=4)
+    want = stats_arrays(analyze(model, ids, batch_size=3))
+    for setting in [
+        ("DENSE_FRACTION", 0.0),  # always the dense pass
+        ("DENSE_FRACTION", float("inf")),  # always the gather of candidate blocks
+        ("HOOK_THREADS", None),  # the forward pass's thread count
+        ("CHUNK_ELEMENTS", {"cpu": 24 * 64}),
+    ]:
+        with monkeypatch.context() as m:
+            m.setattr(capture, *setting)
+            got = stats_arrays(analyze(model, ids, batch_size=3))
+        for key, value in want.items():
+            assert np.array_equal(got[key], value, equal_nan=True), (setting, key)

@@ -1,0 +1,80 @@
+"""The `outliers` command as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CONFIGS = ROOT.parent / "shared" / "hf-configs"
+
+
+def outliers(*args, tiny_cache=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if tiny_cache:
+        env["OUTLIERS_TINY_CACHE"] = str(tiny_cache)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
+    p = outliers(
+        "analyze",
+        "planted_qwen3",
+        "--num-seqs",
+        "4",
+        "--seq-len",
+        "128",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+        tiny_cache=tiny_cache,
+    )
+    assert p.returncode == 0, p.stderr
+    runs = list(tmp_path.glob("planted_qwen3/*/result.json"))
+    assert len(runs) == 1
+    result = json.loads(runs[0].read_text())
+    assert result["data"]["num_sequences"] == 4 and result["data"]["seq_len"] == 128
+    assert result["criteria"]["num_sites"] == 8
+    # the printed summary is the result's own figures
+    rows = {line[:30].strip(): line[30:].strip() for line in p.stdout.splitlines()}
+    assert rows["systematic (seq, dim) pairs"] == str(result["seed_compatible"]["num_outliers"])
+    assert rows["pooled systematic dims"] == str(result["pooled"]["num_dims"])
+    assert str(runs[0].parent) in p.stdout
+
+
+@pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
+def test_models_lists_the_registry_with_params_from_configs():
+    p = outliers("models", "--family", "moe", "--configs", str(SHARED_CONFIGS))
+    assert p.returncode == 0, p.stderr
+    lines = {line.split()[0]: line for line in p.stdout.splitlines()[2:] if line.strip()}
+    assert set(lines) >= {
+        "olmoe_1b_7b",
+        "gpt_oss_20b",
+        "qwen3_30b_a3b",
+        "mixtral_8x7b",
+        "qwen3_next_80b",
+        "glm_4.5_air",
+        "gpt_oss_120b",
+    }
+    # parameter counts come from the configs (SOURCES.md: 30.53B total, 3.04B active w/o emb.)
+    assert "30.53" in lines["qwen3_30b_a3b"] and "3.04" in lines["qwen3_30b_a3b"]
+    assert "?" in lines["glm_4.5_air"]  # no config at hand: not invented
+
+
+@pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
+def test_preflight_refusal_exits_2_with_one_sentence():
+    # 14.8B parameters in bf16 (~27.5 GiB) cannot fit one 8 GB card
+    p = outliers("preflight", "qwen3_14b", "--configs", str(SHARED_CONFIGS), "--gpus", "RTX:8")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+    assert "memory" in p.stderr.lower() or "GiB" in p.stderr
