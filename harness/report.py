@@ -349,9 +349,7 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
     if rethreshold and attribution is not None:
         from .attribution import attribution_section
 
-        attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))[
-            "attribution"
-        ]
+        attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))
     return Row(
         model_name=str(model["id"]),
         family=_family(result),

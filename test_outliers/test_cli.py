@@ -50,6 +50,25 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
     assert rows["systematic (seq, dim) pairs"] == str(result["seed_compatible"]["num_outliers"])
     assert rows["pooled systematic dims"] == str(result["pooled"]["num_dims"])
     assert str(runs[0].parent) in p.stdout
+    # then re-threshold it offline, attribution included, without the model
+    q = outliers(
+        "report",
+        "--results",
+        str(tmp_path),
+        "--magnitude",
+        "8",
+        "--out",
+        str(tmp_path / "reports"),
+        "--format",
+        "csv",
+        "--resamples",
+        "50",
+    )
+    assert q.returncode == 0, q.stderr
+    header, row = q.stdout.strip().splitlines()[:2]
+    assert header.startswith("model_name,total_params_b,active_params_b,num_outliers,")
+    assert row.startswith("planted_qwen3,")
+    assert "## Where outliers live" in (tmp_path / "reports" / "summary.md").read_text()
 
 
 @pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
