@@ -42,6 +42,13 @@ def pytest_addoption(parser):
         help="add naive at 32 sequences to the scaling runs (~40 s): its memory grows with N",
     )
     group.addoption(
+        "--perf-attribution",
+        dest="perf_attribution",
+        action="store_true",
+        help="the harness variant also runs the attribution observers (tokens, massive "
+        "activations, MoE experts), as `pytest -m ...` and `outliers analyze` do by default",
+    )
+    group.addoption(
         "--perf-report",
         dest="perf_report",
         default=None,
@@ -50,7 +57,12 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    import os
+
     from benchmarks.session import PerfSession
+
+    if config.getoption("perf_attribution"):
+        os.environ["OUTLIERS_PERF_ATTRIBUTION"] = "1"  # memory probes run in subprocesses
 
     config._perf = PerfSession(config)
 

@@ -151,7 +151,7 @@ def check_model(name: str, args, device: torch.device, dtype: torch.dtype) -> di
     found = {}
 
     def harness():
-        found["result"] = analyze(model, ids, batch_size=batch)
+        found["result"] = analyze(model, ids, batch_size=batch, attribution=args.attribution)
 
     # warm-up, not measured: one full round pays kernel selection, cuBLAS workspaces and the
     # allocator's first requests at these shapes
@@ -169,7 +169,7 @@ def check_model(name: str, args, device: torch.device, dtype: torch.dtype) -> di
     peak = {v: max(p) for v, p in peaks.items()}
     tokens = args.num_seqs * args.seq_len
     row = {
-        "model": name + ("-small" if args.small else ""),
+        "model": name + ("-small" if args.small else "") + ("+attr" if args.attribution else ""),
         "params": params,
         "dtype": str(dtype).replace("torch.", ""),
         "tokens": tokens,
@@ -233,6 +233,12 @@ def main(argv=None) -> int:
     p.add_argument("--num-seqs", type=int, default=None, help="default 16 (4 with --small)")
     p.add_argument("--seq-len", type=int, default=None, help="default 2048 (128 with --small)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--attribution",
+        action="store_true",
+        help="the harness also runs the attribution observers (tokens, massive activations, "
+        "MoE experts), as model tests and `outliers analyze` do",
+    )
     p.add_argument("--json", default=None, help="also write the raw numbers here")
     args = p.parse_args(argv)
     args.num_seqs = args.num_seqs or (4 if args.small else 16)

@@ -138,31 +138,47 @@ class Interleaved:
 
 
 class EngineClock:
-    """Seconds spent inside the engine's own code during the harness runs: the per-site
-    reductions (``Capture._reduce``), the per-batch merge, ``Capture.stats``; the criteria come
-    from ``result.timing["analysis_seconds"]``. Use as a context manager around the runs."""
+    """Seconds spent inside the engine's own code during the harness runs: every hook it
+    registers (the per-site reductions and the observers' hooks, e.g. attribution), the
+    per-batch merge, the observers' per-batch bookkeeping, ``Capture.stats``; the criteria and
+    the observers' summaries come from ``result.timing["analysis_seconds"]``. Use as a context
+    manager around the runs."""
 
-    METHODS = ("_reduce", "_merge", "stats")
+    METHODS = ("_merge", "stats")
 
     def __init__(self):
         self.seconds = 0.0
         self._saved = {}
 
+    def _timed(self, f: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
     def __enter__(self):
         from harness.capture import Capture
 
+        for name in (*self.METHODS, "register", "__enter__"):
+            self._saved[name] = getattr(Capture, name)
         for name in self.METHODS:
-            original = getattr(Capture, name)
-            self._saved[name] = original
+            setattr(Capture, name, self._timed(self._saved[name]))
+        register, enter = self._saved["register"], self._saved["__enter__"]
 
-            def timed(*args, _f=original, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return _f(*args, **kwargs)
-                finally:
-                    self.seconds += time.perf_counter() - t0
+        def timed_register(cap, module, fn, mode="output"):
+            return register(cap, module, self._timed(fn), mode)
 
-            setattr(Capture, name, timed)
+        def timed_enter(cap):
+            for obs in cap.observers:  # instance attributes shadow the class's methods
+                for name in ("begin_batch", "end_batch"):
+                    setattr(obs, name, self._timed(getattr(obs, name)))
+            return enter(cap)
+
+        Capture.register, Capture.__enter__ = timed_register, timed_enter
         return self
 
     def __exit__(self, *exc):

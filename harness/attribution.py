@@ -81,10 +81,15 @@ class Attribution(Observer):
             self.parts = [p for p in self.parts if not isinstance(p, ExpertRouting)]
         for p in self.parts:
             p.attach(sitemap, register)
+        self._hit_parts = [p for p in self.parts if type(p).on_hits is not Observer.on_hits]
 
     def begin_batch(self, batch: Batch) -> None:
         for p in self.parts:
             p.begin_batch(batch)
+
+    def on_hits(self, site, pos, level, grid, batch) -> None:
+        for p in self._hit_parts:
+            p.on_hits(site, pos, level, grid, batch)
 
     def end_batch(self, batch: Batch) -> None:
         for p in self.parts:

@@ -9,7 +9,10 @@ per MoE layer:
   and the sparse hits (candidate row, dim, grid level) that put them there.
 
 The router's input IS the layer's ``mlp_in`` site (the post-attention norm's output) in every
-family below, so this works whatever site set the run captures. Because the systematic dims are
+family below, so this works whatever site set the run captures: when the run captures mlp_in
+(the default ``ln`` set), the hits come from the engine's own reduction of that site
+(``Observer.on_hits``) and the router hook only reads the router's outputs; otherwise the hook
+finds them in the router's input itself. Both ways give identical arrays (tested). Because the systematic dims are
 known only after the run, the conditional counts are computed at the end for ANY set of dims at
 any grid magnitude >= the floor: positions where a systematic dim reaches the magnitude at that
 layer's mlp_in = candidate rows holding such a hit.
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capture import Batch, Observer, dtype_threshold
+from .capture import Batch, Observer, dtype_threshold, hook_threads
 from .errors import HarnessError
 from .outliers import Criteria, pooled_dims
 from .sites import SiteMap
@@ -121,6 +124,8 @@ class ExpertRouting(Observer):
 
         self.floor = float(magnitude)
         self.grid = make_grid(self.floor, tuple(grid) if grid is not None else None)
+        self._floor_level = self.grid.index(self.floor) + 1  # grid levels 1..G
+        self._mlp_in: dict[int, int] = {}  # site index -> MoE layer, for on_hits
         self._batch: Batch | None = None
         self._part: dict[int, dict] = {}
         self._thr: dict = {}
@@ -164,6 +169,12 @@ class ExpertRouting(Observer):
                 f"family {self.family!r} has routers but no row in ROUTER_OUTPUTS "
                 "(harness/attribution_experts.py); add one."
             )
+        # when the run captures a router's input (its layer's mlp_in site), the engine's hits
+        # there come through on_hits and the router hook does not read the activation again
+        moe = set(self.layers)
+        self._mlp_in = {
+            s.index: s.layer for s in sitemap.sites if s.kind == "mlp_in" and s.layer in moe
+        }
         for r in sitemap.routers:
             register(r.module, self._router_hook(r.layer), "raw")
             if r.layer in experts:
@@ -214,6 +225,14 @@ class ExpertRouting(Observer):
             self._thr[key] = (thr.float(), dtype_threshold(self.floor, x.dtype).to(x.device))
         return self._thr[key]
 
+    def on_hits(self, site, pos, level, grid, batch) -> None:
+        layer = self._mlp_in.get(site.index)
+        if layer is None or self._batch is None or tuple(grid) != self.grid:
+            return
+        keep = (level >= self._floor_level).nonzero().squeeze(1)
+        hits = self._part.setdefault(layer, {}).setdefault("hits", [])
+        hits.append((pos.index_select(0, keep), level.index_select(0, keep)))
+
     def _router_hook(self, layer: int):
         def hook(_module, args, output):
             batch = self._batch
@@ -224,12 +243,27 @@ class ExpertRouting(Observer):
                     f"the router of layer {layer} was called without a positional input; "
                     "expert attribution cannot see its hidden states."
                 )
-            rows = batch.size * batch.seq_len
-            h = args[0].reshape(rows, self.H)
-            idx, E = parse_router_output(self.family, output, rows)
-            part = self._part.setdefault(layer, {})
-            part["idx"], part["E"], part["k"] = idx, E, idx.shape[1]
-            part["counts"] = torch.bincount(idx.reshape(-1), minlength=E)
+            with hook_threads(args[0].device):
+                self._route(layer, args[0], output, batch)
+
+        return hook
+
+    def _route(self, layer: int, x: torch.Tensor, output, batch: Batch) -> None:
+        rows = batch.size * batch.seq_len
+        h = x.reshape(rows, self.H)
+        idx, E = parse_router_output(self.family, output, rows)
+        part = self._part.setdefault(layer, {})
+        part["idx"], part["E"], part["k"] = idx, E, idx.shape[1]
+        part["counts"] = torch.bincount(idx.reshape(-1), minlength=E)
+        hits = part.pop("hits", None)
+        if hits is not None:  # the engine found them at this layer's mlp_in site: no new pass
+            pos = torch.cat([p for p, _ in hits])
+            pos, order = torch.sort(pos)  # (row, dim) ascending, as below
+            rows = pos // self.H
+            d = pos - rows * self.H
+            cand, r = torch.unique_consecutive(rows, return_inverse=True)
+            part["hit_level"] = torch.cat([v for _, v in hits])[order].to(torch.uint8)
+        else:
             thr_f, floor = self._thresholds(h)
             # candidate rows first (max_d |x| >= floor, two cheap passes along the contiguous
             # dim), then the hits inside those rows only
@@ -238,13 +272,12 @@ class ExpertRouting(Observer):
             a = h.index_select(0, cand).abs_()
             hit = (a >= floor).nonzero()  # [n, 2]: (index into cand, dim), ascending
             r, d = hit[:, 0], hit[:, 1]
-            part["hit_level"] = torch.bucketize(a[r, d].float(), thr_f, right=True).to(torch.uint8)
-            part["cand"], part["hit_row"], part["hit_dim"] = cand, r, d
-            part["cand_experts"] = idx.index_select(0, cand).to(
-                torch.uint8 if E <= 256 else torch.int16 if E <= 32768 else torch.int32
-            )
-
-        return hook
+            level = torch.bucketize(a[r, d].float(), thr_f, right=True)
+            part["hit_level"] = level.to(torch.uint8)
+        part["cand"], part["hit_row"], part["hit_dim"] = cand, r, d
+        part["cand_experts"] = idx.index_select(0, cand).to(
+            torch.uint8 if E <= 256 else torch.int16 if E <= 32768 else torch.int32
+        )
 
     def _experts_hook(self, layer: int):
         def hook(_module, _args, output):
@@ -253,11 +286,13 @@ class ExpertRouting(Observer):
                 return
             out = output[0] if isinstance(output, (tuple, list)) else output
             idx = part["idx"]
-            out = out.reshape(idx.shape[0], -1)
-            tok_max = torch.maximum(out.amax(dim=1), out.amin(dim=1).neg_())  # max |x| per token
-            src = tok_max.float().repeat_interleave(idx.shape[1])
-            m = torch.zeros(part["E"], dtype=torch.float32, device=out.device)
-            part["routed_max"] = m.scatter_reduce_(0, idx.reshape(-1), src, "amax")
+            with hook_threads(out.device):
+                out = out.reshape(idx.shape[0], -1)
+                # max |x| per token
+                tok_max = torch.maximum(out.amax(dim=1), out.amin(dim=1).neg_())
+                src = tok_max.float().repeat_interleave(idx.shape[1])
+                m = torch.zeros(part["E"], dtype=torch.float32, device=out.device)
+                part["routed_max"] = m.scatter_reduce_(0, idx.reshape(-1), src, "amax")
 
         return hook
 
@@ -265,10 +300,11 @@ class ExpertRouting(Observer):
         def hook(x):
             if self._batch is None:
                 return
-            x2 = x.reshape(-1, x.shape[-1])
-            dmax = torch.maximum(x2.amax(dim=0), x2.amin(dim=0).neg_())
-            part = self._part.setdefault(layer, {})
-            part["shared_max"], part["shared_dim"] = dmax.max().float(), dmax.argmax()
+            with hook_threads(x.device):
+                x2 = x.reshape(-1, x.shape[-1])
+                dmax = torch.maximum(x2.amax(dim=0), x2.amin(dim=0).neg_())
+                part = self._part.setdefault(layer, {})
+                part["shared_max"], part["shared_dim"] = dmax.max().float(), dmax.argmax()
 
         return hook
 
@@ -354,8 +390,16 @@ def expert_counts(stats: CapturedStats, dims, magnitude: float) -> dict | None:
         raise HarnessError(f"magnitude {magnitude:g} is not on the captured grid {list(grid)}.")
     level = int(matches[0]) + 1
     L, E = x["counts"].shape
-    keep = (x["hit_level"] >= level) & np.isin(x["hit_dim"], np.asarray(dims, dtype=np.int64))
-    rows = np.unique(x["hit_row"][keep].astype(np.int64))
+    hit_dim = x["hit_dim"].astype(np.int64)
+    wanted = np.zeros(int(hit_dim.max()) + 1 if len(hit_dim) else 1, bool)
+    dims = np.asarray(dims, dtype=np.int64)
+    wanted[dims[dims < len(wanted)]] = True
+    keep = (x["hit_level"] >= level) & wanted[hit_dim]
+    rows = x["hit_row"][keep].astype(np.int64)
+    if len(rows) > 1 and np.all(rows[1:] >= rows[:-1]):  # as captured: no sort needed
+        rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
+    else:
+        rows = np.unique(rows)
     layer_of = np.searchsorted(x["cand_indptr"], rows, side="right") - 1
     at = np.zeros((L, E), np.int64)
     n_out = np.bincount(layer_of, minlength=L).astype(np.int64)

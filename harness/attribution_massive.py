@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .capture import CHUNK_ELEMENTS, Batch, Observer
+from .capture import CHUNK_ELEMENTS, Batch, Observer, hook_threads
 from .errors import HarnessError
 from .outliers import Criteria, pooled_dims
 from .sites import SiteMap
@@ -125,7 +125,8 @@ class MassiveActivations(Observer):
         def fn(x):
             if self._batch is None or not isinstance(x, torch.Tensor):
                 return
-            part = self._reduce(x, self._batch)
+            with hook_threads(x.device):
+                part = self._reduce(x, self._batch)
             prev = self._part.get(layer)
             self._part[layer] = part if prev is None else self._merge(prev, part)
 

@@ -83,7 +83,13 @@ class Observer:
     Subclasses override what they need. ``attach`` may register its own hooks through
     ``register`` (they are removed with the engine's). ``on_site`` sees every site activation as
     [B, T, H] after the engine's reductions; it must reduce on the device and keep nothing of
-    activation size beyond the batch.
+    activation size beyond the batch. ``on_hits`` (only called when a subclass overrides it)
+    gets the engine's sparse hits of a site, so that an observer need not read the activation
+    again to find them: ``pos`` = flat indices into the site's [B, T, H] (b * T * H + t * H +
+    d) of every value with |x| >= ``grid[0]``, ``level`` = its grid level (1..len(grid):
+    |x| >= grid[level - 1], compared in the activation's dtype), in no particular order; it may
+    be called more than once per site and batch (one call per chunk of sequences, with empty
+    tensors for a chunk without hits).
     """
 
     def attach(self, sitemap: SiteMap, register: Callable) -> None: ...
@@ -91,6 +97,15 @@ class Observer:
     def begin_batch(self, batch: Batch) -> None: ...
 
     def on_site(self, site: Site, x: torch.Tensor, batch: Batch) -> None: ...
+
+    def on_hits(
+        self,
+        site: Site,
+        pos: torch.Tensor,
+        level: torch.Tensor,
+        grid: tuple[float, ...],
+        batch: Batch,
+    ) -> None: ...
 
     def end_batch(self, batch: Batch) -> None: ...
 
@@ -171,6 +186,7 @@ class Capture:
         self.H = sitemap.hidden_size
         self.N, self.T = num_seqs, seq_len
         self.observers = list(observers)
+        self._hit_observers = [o for o in self.observers if type(o).on_hits is not Observer.on_hits]
         self.chunk_elements = chunk_elements
         self.thresholds = _Thresholds(self.grid)
         self._handles: list = []
@@ -240,7 +256,7 @@ class Capture:
             self._calls[site.index] += 1
             self.activation_dtypes.add(str(x.dtype).replace("torch.", ""))
             x = self._as_bth(x, site)
-            with _hook_threads(x.device):
+            with hook_threads(x.device):
                 self._reduce(site, x)
             for obs in self.observers:
                 obs.on_site(site, x, self._batch)
@@ -286,6 +302,9 @@ class Capture:
             part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
             found = self._values_over(part, xc, bmax, t0, K)
             if found is None:
+                for obs in self._hit_observers:  # "no hit here" is news too
+                    none = part.ones(0)
+                    obs.on_hits(site, none, none, self.grid, self._batch)
                 continue
             pos, vals, bd = found  # flat index into xc, |x| there, b * H + d (b within xc)
             level = torch.bucketize(vals, thr, right=True)  # 1..G, compared in x's dtype
@@ -294,6 +313,8 @@ class Capture:
             if b0:
                 bd, pos = bd + b0 * H, pos + b0 * T * H
             part.occ.index_add_(0, bd * (G + 1) + level, ones)
+            for obs in self._hit_observers:
+                obs.on_hits(site, pos, level, self.grid, self._batch)
             level = torch.maximum(union.index_select(0, pos), level.to(torch.uint8))
             union.index_copy_(0, pos, level)  # positions are distinct within a site
 
@@ -444,8 +465,9 @@ class Capture:
 
 
 @contextmanager
-def _hook_threads(device: torch.device):
-    """On the CPU, run a hook's reductions on HOOK_THREADS threads (then restore the count)."""
+def hook_threads(device: torch.device):
+    """On the CPU, run a hook's reductions on HOOK_THREADS threads (then restore the count);
+    observers that reduce activations in their hooks use it too."""
     n = torch.get_num_threads()
     if device.type != "cpu" or HOOK_THREADS is None or n == HOOK_THREADS:
         yield

@@ -386,3 +386,39 @@ def test_layers_come_from_the_site_map_for_any_site_set():
     # with the default norm sites the decoder layers come from the site map: same massive dims
     ln = analyze(model, ids, sites="ln", observers=[Attribution(6.0)])
     assert [d["dim"] for d in ln.sections["attribution"]["massive"]["dims"]] == [BOS_DIM]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_router_hits_from_the_engine_equal_the_routers_own_pass(arch, dtype, monkeypatch):
+    """With the mlp_in sites captured (``ln``) the expert observer takes the engine's hits
+    (``on_hits``); with ``residual`` it finds them in the router's input itself. Two separate
+    computations of the same arrays, with many hits at several levels and several chunks per
+    site."""
+    import harness.capture as capture
+
+    monkeypatch.setitem(capture.CHUNK_ELEMENTS, "cpu", 2 * T * 64)  # 2 sequences per chunk
+    model = random_model(arch, dtype=dtype, seed=5, gain=6.0)
+    ids = random_ids(N, T, seed=4)
+    from harness.attribution_experts import ExpertRouting
+
+    own_pass = ExpertRouting._thresholds  # only the router's own pass needs its thresholds
+
+    def no_own_pass(*_):
+        raise AssertionError("the router read its input although the engine had the hits")
+
+    arrays = {}
+    for sites in ("ln", "residual"):
+        monkeypatch.setattr(
+            ExpertRouting, "_thresholds", no_own_pass if sites == "ln" else own_pass
+        )
+        obs = attribution_observers(model, 3.0)
+        analyze(model, ids, sites=sites, magnitude=3.0, batch_size=4, observers=obs)
+        expert = next(p for p in obs[0].parts if isinstance(p, ExpertRouting))
+        arrays[sites] = expert.arrays()
+    a, b = arrays["ln"], arrays["residual"]
+    assert len(a["attr_moe_hit_row"]) > 1000  # many hits: the comparison means something
+    assert len(np.unique(a["attr_moe_hit_level"])) >= 3
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
