@@ -5,7 +5,8 @@ Qwen3-8B shape and the OLMoE-1B-7B shape, 16 x 2048 tokens; prints one table.
     python benchmarks/gpu_check.py --device cpu --small # proves the script end to end on a CPU
 
 Self-contained: needs only torch, transformers and this repository (harness.*); no network, no
-weights (random init on the device), no datasets. Targets (issue 5): harness/bare <= 1.03 in
+weights (random init on the device), no datasets (``--attribution`` also needs scipy, for the
+experts' binomial p-values). Targets (issue 5): harness/bare <= 1.03 in
 time, extra peak memory (torch.cuda.max_memory_allocated above the loaded model) of the harness
 over bare <= 1 GiB.
 """
