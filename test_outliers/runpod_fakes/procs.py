@@ -49,6 +49,7 @@ class Proc:
     def wait(self, timeout: float) -> int:
         code = self.p.wait(timeout)
         self._t.join(5)
+        self.p.stdout.close()
         return code
 
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class Sshd:
         self.port = port or free_port()
         self.setenv = dict(setenv)
         self.proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # a pod's kill timer and the fake's stop may race
         (self.dir / "authorized_keys").write_text(authorized_key.strip() + "\n")
         keygen(self.dir / "host_ed25519")
         if os.geteuid() == 0:
@@ -123,19 +125,20 @@ class Sshd:
 
     def stop(self) -> None:
         """Kill the server and every connection it serves (a dropped network, for the client)."""
-        if self.proc is None:
+        with self._lock:
+            proc, self.proc = self.proc, None
+        if proc is None:
             return
-        victims = [self.proc.pid, *descendants(self.proc.pid)]
+        victims = [proc.pid, *descendants(proc.pid)]
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
-            self.proc.wait(5)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-        self.proc = None
 
     def restart(self) -> Sshd:
         self.stop()
