@@ -24,13 +24,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .attribution_experts import ROUTER_OUTPUTS, ExpertRouting, expert_section
+from .attribution_experts import ExpertRouting, expert_section
 from .attribution_massive import MassiveActivations, decoder_layers, massive_section
 from .attribution_report import attribution_tables, decode_tables, plot_expert_enrichment
 from .attribution_tokens import MIN_OCCURRENCES, token_attribution
 from .capture import Batch, Observer
 from .outliers import Criteria
-from .sites import SiteMap
+from .sites import ROUTER_OUTPUTS, SiteMap
 from .statistics import CapturedStats
 
 BOS_KEY = "attr_bos_token_id"

@@ -32,7 +32,6 @@ selected each expert. Shared experts are modules: their output max |x| is report
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,61 +39,13 @@ import torch
 from .capture import Batch, Observer, dtype_threshold, hook_threads
 from .errors import HarnessError
 from .outliers import Criteria, pooled_dims
-from .sites import SiteMap
+from .sites import ROUTER_OUTPUTS, SiteMap
 from .statistics import CapturedStats
 
 PREFIX = "attr_moe_"
 ALPHA = 0.01  # significance after Bonferroni over the (layer, expert) tests
 MIN_SELECTIONS = 5  # an "outlier expert" needs at least this many selections at outlier positions
 TOP_EXPERTS = 10
-
-
-@dataclass(frozen=True)
-class RouterOutput:
-    """What a family's router module returns (transformers 5.x), checked in its modeling file."""
-
-    logits: int  # tuple slot of the router logits [B*T, E]
-    weights: int  # tuple slot of the top-k routing weights [B*T, k]
-    indices: int  # tuple slot of the top-k expert ids [B*T, k] (int64)
-    scoring: str
-    sorted: bool  # are the k slots ordered by weight (torch.topk sorted=True)?
-
-
-_SOFTMAX = "softmax over all E logits (fp32), top-k, renormalised when config.norm_topk_prob"
-_LOGITS_WEIGHTS_INDICES = dict(logits=0, weights=1, indices=2)
-
-# One row per family of harness/sites.py FAMILIES that has a router (transformers 5.x router
-# classes in the comments). Every router returns the 3-tuple (logits [B*T, E], top-k weights
-# [B*T, k], top-k expert ids [B*T, k] int64) and flattens its input to [B*T, H] itself (GLM-4
-# MoE's router receives [B, T, H], the others [B*T, H]).
-ROUTER_OUTPUTS: dict[str, RouterOutput] = {
-    # OlmoeTopKRouter
-    "olmoe": RouterOutput(**_LOGITS_WEIGHTS_INDICES, scoring=_SOFTMAX, sorted=True),
-    # MixtralTopKRouter
-    "mixtral": RouterOutput(
-        **_LOGITS_WEIGHTS_INDICES,
-        scoring="softmax over all E logits (fp32), top-k, always renormalised",
-        sorted=True,
-    ),
-    # Qwen3MoeTopKRouter
-    "qwen3_moe": RouterOutput(**_LOGITS_WEIGHTS_INDICES, scoring=_SOFTMAX, sorted=True),
-    # Qwen3NextTopKRouter
-    "qwen3_next": RouterOutput(**_LOGITS_WEIGHTS_INDICES, scoring=_SOFTMAX, sorted=True),
-    # Glm4MoeTopkRouter
-    "glm4_moe": RouterOutput(
-        **_LOGITS_WEIGHTS_INDICES,
-        scoring="sigmoid(logits) in fp32; choice by sigmoid + e_score_correction_bias within "
-        "the topk_group best of n_group groups; weights = chosen sigmoid scores, renormalised "
-        "when norm_topk_prob, x routed_scaling_factor",
-        sorted=False,  # torch.topk(sorted=False): slot order carries no meaning
-    ),
-    # GptOssTopKRouter
-    "gpt_oss": RouterOutput(
-        **_LOGITS_WEIGHTS_INDICES,
-        scoring="top-k over the logits (linear with bias), softmax over the k chosen logits",
-        sorted=True,
-    ),
-}
 
 
 def parse_router_output(family: str, output, num_rows: int) -> tuple[torch.Tensor, int]:
@@ -104,14 +55,15 @@ def parse_router_output(family: str, output, num_rows: int) -> tuple[torch.Tenso
         raise HarnessError(
             f"the router of family {family!r} returned {type(output).__name__}"
             f"{'' if not isinstance(output, (tuple, list)) else f' of {len(output)}'}; expert "
-            "attribution expects (logits, top-k weights, top-k indices): add or fix its row in "
-            "ROUTER_OUTPUTS (harness/attribution_experts.py)."
+            "attribution expects (logits, top-k weights, top-k indices): add or fix the router_output of "
+            "its Family row in harness/sites.py."
         )
     idx, logits = output[fmt.indices], output[fmt.logits]
     if idx.dtype.is_floating_point or idx.numel() % num_rows:
         raise HarnessError(
             f"the router of family {family!r} returned indices of dtype {idx.dtype} and shape "
-            f"{tuple(idx.shape)} for {num_rows} positions; ROUTER_OUTPUTS is wrong for it."
+            f"{tuple(idx.shape)} for {num_rows} positions; the router_output of its Family row in "
+            "harness/sites.py is wrong."
         )
     return idx.reshape(num_rows, -1), int(logits.shape[-1])
 
@@ -166,8 +118,8 @@ class ExpertRouting(Observer):
         }
         if L and self.family not in ROUTER_OUTPUTS:
             raise HarnessError(
-                f"family {self.family!r} has routers but no row in ROUTER_OUTPUTS "
-                "(harness/attribution_experts.py); add one."
+                f"family {self.family!r} has routers but no router_output in its Family row "
+                "(harness/sites.py); add one."
             )
         # when the run captures a router's input (its layer's mlp_in site), the engine's hits
         # there come through on_hits and the router hook does not read the activation again

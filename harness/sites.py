@@ -38,6 +38,17 @@ class Point:
 
 
 @dataclass(frozen=True)
+class RouterOutput:
+    """What a family's router module returns (transformers 5.x), checked in its modeling file."""
+
+    logits: int  # tuple slot of the router logits [B*T, E]
+    weights: int  # tuple slot of the top-k routing weights [B*T, k]
+    indices: int  # tuple slot of the top-k expert ids [B*T, k] (int64)
+    scoring: str
+    sorted: bool  # are the k slots ordered by weight (torch.topk sorted=True)?
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]
@@ -45,6 +56,7 @@ class Family:
     attn_in: Point
     mlp_in: Point
     router: str | None = None  # path of the MoE router inside a layer (absent in dense layers)
+    router_output: RouterOutput | None = None  # what that router returns
     experts: str | None = None  # path of the fused routed experts inside a layer
     shared_expert: str | None = None
     # Post-LN variants (OPT-350m): the norms sit after the sub-blocks, so the sub-block inputs
@@ -60,6 +72,12 @@ class Family:
         return {"attn_in": attn, "mlp_in": mlp, "resid_out": Point("", "output")}
 
 
+# Every router of transformers 5.x returns the 3-tuple (logits [B*T, E], top-k weights [B*T, k],
+# top-k expert ids [B*T, k] int64) and flattens its input to [B*T, H] itself (GLM-4 MoE's router
+# receives [B, T, H], the others [B*T, H]). Router classes in the comments of the rows below.
+_SLOTS = dict(logits=0, weights=1, indices=2)
+_SOFTMAX = "softmax over all E logits (fp32), top-k, renormalised when config.norm_topk_prob"
+
 _LLAMA_NORMS = dict(
     attn_in=Point("input_layernorm"),
     mlp_in=Point("post_attention_layernorm"),
@@ -71,7 +89,8 @@ FAMILIES: tuple[Family, ...] = (
         "qwen3_moe",
         ("qwen3_moe",),
         "model.layers",
-        router="mlp.gate",
+        router="mlp.gate",  # Qwen3MoeTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
         experts="mlp.experts",
         **_LLAMA_NORMS,
     ),
@@ -79,7 +98,8 @@ FAMILIES: tuple[Family, ...] = (
         "qwen3_next",
         ("qwen3_next",),
         "model.layers",
-        router="mlp.gate",
+        router="mlp.gate",  # Qwen3NextTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
         experts="mlp.experts",
         shared_expert="mlp.shared_expert",
         **_LLAMA_NORMS,
@@ -88,7 +108,8 @@ FAMILIES: tuple[Family, ...] = (
         "olmoe",
         ("olmoe",),
         "model.layers",
-        router="mlp.gate",
+        router="mlp.gate",  # OlmoeTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
         experts="mlp.experts",
         **_LLAMA_NORMS,
     ),
@@ -96,7 +117,12 @@ FAMILIES: tuple[Family, ...] = (
         "mixtral",
         ("mixtral",),
         "model.layers",
-        router="mlp.gate",
+        router="mlp.gate",  # MixtralTopKRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="softmax over all E logits (fp32), top-k, always renormalised",
+            sorted=True,
+        ),
         experts="mlp.experts",
         **_LLAMA_NORMS,
     ),
@@ -104,7 +130,14 @@ FAMILIES: tuple[Family, ...] = (
         "glm4_moe",
         ("glm4_moe",),
         "model.layers",
-        router="mlp.gate",
+        router="mlp.gate",  # Glm4MoeTopkRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="sigmoid(logits) in fp32; choice by sigmoid + e_score_correction_bias within "
+            "the topk_group best of n_group groups; weights = chosen sigmoid scores, "
+            "renormalised when norm_topk_prob, x routed_scaling_factor",
+            sorted=False,  # torch.topk(sorted=False): slot order carries no meaning
+        ),
         experts="mlp.experts",
         shared_expert="mlp.shared_experts",
         **_LLAMA_NORMS,
@@ -113,7 +146,12 @@ FAMILIES: tuple[Family, ...] = (
         "gpt_oss",
         ("gpt_oss",),
         "model.layers",
-        router="mlp.router",
+        router="mlp.router",  # GptOssTopKRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="top-k over the logits (linear with bias), softmax over the k chosen logits",
+            sorted=True,
+        ),
         experts="mlp.experts",
         **_LLAMA_NORMS,
     ),
@@ -136,6 +174,11 @@ FAMILIES: tuple[Family, ...] = (
         mlp_in=Point("post_attention_layernorm"),
     ),
 )
+
+# family name -> what its router returns; stored results name the family, so reports read it here
+ROUTER_OUTPUTS: dict[str, RouterOutput] = {
+    f.name: f.router_output for f in FAMILIES if f.router_output is not None
+}
 
 
 @dataclass(frozen=True)
