@@ -100,6 +100,17 @@ def planted_ids(seed: int = 0) -> torch.Tensor:
     return ids
 
 
+def _forward(model, ids, hooks):
+    """The decoder stack over ``ids`` in batches of 4 (as ``run``), then the hooks removed."""
+    try:
+        with torch.no_grad():
+            for b0 in range(0, N, 4):
+                model.model(input_ids=ids[b0 : b0 + 4], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def run(model, ids, **kw):
     result = analyze(model, ids, batch_size=4, observers=attribution_observers(model, **kw))
     return result, result.to_dict()["attribution"]
@@ -198,13 +209,7 @@ def test_planted_massive_activation_at_position0_is_found_with_its_value(dense):
         m.register_forward_hook(lambda _m, _a, o, i=i: outs.append((i, o.clone())))
         for i, m in enumerate(layers)
     ]
-    try:
-        with torch.no_grad():
-            for b0 in range(0, N, 4):
-                model.model(input_ids=ids[b0 : b0 + 4], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward(model, ids, hooks)
     ma = section["massive"]
     assert ma["layers_with_massive"] == list(range(len(layers)))
     assert [d["dim"] for d in ma["dims"]] == [BOS_DIM]
@@ -258,13 +263,7 @@ def _router_counts(model, sm, ids):
         )
         for i, m in sm.shared_experts.items()
     ]
-    try:
-        with torch.no_grad():
-            for b0 in range(0, N, 4):
-                model.model(input_ids=ids[b0 : b0 + 4], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward(model, ids, hooks)
     return {k: torch.cat(v) for k, v in got.items()}, shared
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from factories import random_ids, random_model
-from oracle import collect_activations
+from oracle import collect_activations, stats_from_activations
 
 from harness.analyze import analyze
 from harness.bootstrap import (
@@ -22,7 +22,6 @@ from harness.bootstrap import (
 )
 from harness.errors import HarnessError
 from harness.outliers import Criteria, evaluate
-from harness.statistics import DEFAULT_GRID, CapturedStats
 
 CRITERIA = [
     Criteria(6.0, 0.25, 0.06),
@@ -31,40 +30,6 @@ CRITERIA = [
     Criteria(20.0, 0.0, 0.5),
     Criteria(4.0, 0.0, 0.0),
 ]
-
-
-def stats_from_activations(acts: np.ndarray, grid=DEFAULT_GRID) -> CapturedStats:
-    """CapturedStats by the definitions of harness.statistics, from activations [S, N, T, H]."""
-    S, N, T, H = acts.shape
-    grid = np.asarray(grid, dtype=np.float64)
-    a = np.abs(acts)
-    ge = a[..., None] >= grid  # [S, N, T, H, G]
-    site_seq_max = a.max(axis=2)  # [S, N, H]
-    site_seq_level = (site_seq_max[..., None] >= grid).sum(-1).astype(np.uint8)
-    union = a.max(axis=0)  # [N, T, H]: max over sites per position
-    union_level = (union[..., None] >= grid).sum(-1)  # [N, T, H]
-    pos, dim = np.nonzero(union_level.reshape(N * T, H) >= 1)
-    counts = np.bincount(pos, minlength=N * T)
-    indptr = np.zeros(N * T + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    return CapturedStats(
-        grid=grid,
-        site_names=[f"layers.{s // 2}.{'attn' if s % 2 == 0 else 'mlp'}_in" for s in range(S)],
-        num_seqs=N,
-        seq_len=T,
-        hidden_size=H,
-        site_max=a.max(axis=(1, 2)).astype(np.float32),
-        site_counts=ge.sum(axis=(1, 2, 3)).astype(np.int64),
-        seq_max=a.max(axis=(0, 2)).astype(np.float32),
-        seq_site_count=(site_seq_max[None] >= grid[:, None, None, None]).sum(1).astype(np.int32),
-        site_seq_level=site_seq_level,
-        seq_pos_count=(union[None] >= grid[:, None, None, None]).sum(2).astype(np.int32),
-        seq_occ=ge.sum(axis=(0, 2)).transpose(2, 0, 1).astype(np.int64),
-        hits_indptr=indptr,
-        hits_dim=dim.astype(np.uint16),
-        hits_level=union_level.reshape(N * T, H)[pos, dim].astype(np.uint8),
-        token_ids=np.zeros((N, T), np.int32),
-    )
 
 
 def planted_activations(N=10, identical=False, seed=0):

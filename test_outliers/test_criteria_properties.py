@@ -8,47 +8,15 @@ from factories import random_ids, random_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from oracle import stats_from_activations
 
 from harness.analyze import analyze
 from harness.outliers import Criteria, evaluate
-from harness.statistics import DEFAULT_GRID, CapturedStats
 
-GRID = np.array(DEFAULT_GRID)
 # activation values that sit on and around the thresholds that matter
 VALUES = st.sampled_from([0.0, 1.0, -2.5, 3.0, -4.0, 5.0, 5.999, 6.0, -6.0, 7.5, -10.0, 20.0, 55.0])
 FRACS = st.sampled_from([0.0, 0.06, 0.1, 0.25, 1 / 3, 0.5, 0.75, 1.0])
 MAGS = st.sampled_from([3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 50.0])
-
-
-def stats_from_acts(acts: np.ndarray) -> CapturedStats:
-    """CapturedStats of activations [S, N, T, H], straight from the definitions."""
-    S, N, T, H = acts.shape
-    a = np.abs(acts)
-    lvl = (a[..., None] >= GRID).sum(-1)  # [S, N, T, H] levels 0..G
-    G = len(GRID)
-    ge = lvl[None] >= np.arange(1, G + 1)[:, None, None, None, None]  # [G, S, N, T, H]
-    union_lvl = lvl.max(axis=0).reshape(N * T, H)  # [N*T, H]
-    pos, dim = np.nonzero(union_lvl)
-    indptr = np.zeros(N * T + 1, np.int64)
-    np.cumsum(np.bincount(pos, minlength=N * T), out=indptr[1:])
-    return CapturedStats(
-        grid=GRID.copy(),
-        site_names=[f"s{i}" for i in range(S)],
-        num_seqs=N,
-        seq_len=T,
-        hidden_size=H,
-        site_max=a.max(axis=(1, 2)).astype(np.float32),
-        site_counts=ge.sum(axis=(2, 3, 4)).T.astype(np.int64),
-        seq_max=a.max(axis=(0, 2)).astype(np.float32),
-        seq_site_count=ge.any(axis=3).sum(axis=1).astype(np.int32),
-        site_seq_level=lvl.max(axis=2).astype(np.uint8),
-        seq_pos_count=ge.any(axis=1).sum(axis=2).astype(np.int32),
-        seq_occ=ge.sum(axis=(1, 3)).astype(np.int64),
-        hits_indptr=indptr,
-        hits_dim=dim.astype(np.uint16),
-        hits_level=union_lvl[pos, dim].astype(np.uint8),
-        token_ids=np.zeros((N, T), np.int32),
-    )
 
 
 def acts_strategy():
@@ -68,7 +36,7 @@ def dim_set(fig):
 @settings(max_examples=150, deadline=None)
 @given(acts_strategy(), MAGS, MAGS, FRACS, FRACS, FRACS, FRACS)
 def test_raising_any_threshold_never_adds_a_dim_or_pair(acts, m1, m2, a1, a2, b1, b2):
-    stats = stats_from_acts(acts)
+    stats = stats_from_activations(acts)
     lo = evaluate(stats, Criteria(min(m1, m2), min(a1, a2), min(b1, b2)))
     hi = evaluate(stats, Criteria(max(m1, m2), max(a1, a2), max(b1, b2)))
     assert pair_set(hi) <= pair_set(lo)
@@ -82,7 +50,7 @@ def test_boundaries_are_inclusive(S, T):
     acts = np.zeros((S, 1, T, 2))
     acts[:k_sites, 0, :k_pos, 0] = 6.0
     acts[:k_sites, 0, : k_pos - 1, 1] = -6.0  # one position short
-    stats = stats_from_acts(acts)
+    stats = stats_from_activations(acts)
     fig = evaluate(stats, Criteria(6.0, 0.25, 0.06))
     assert pair_set(fig) == {(0, 0)}
     assert dim_set(fig) == {0}
@@ -90,11 +58,11 @@ def test_boundaries_are_inclusive(S, T):
     assert fig["seed_compatible"]["pairs"][0]["seq_pct"] == 6.0
     # one site short fails the layer criterion
     acts[0, 0, :, 0] = 0.0
-    assert pair_set(evaluate(stats_from_acts(acts), Criteria(6.0, 0.25, 0.06))) == set()
+    assert pair_set(evaluate(stats_from_activations(acts), Criteria(6.0, 0.25, 0.06))) == set()
     # just below the magnitude fails
     acts = np.zeros((S, 1, T, 1))
     acts[:k_sites, 0, :k_pos, 0] = np.nextafter(6.0, 0)
-    assert pair_set(evaluate(stats_from_acts(acts), Criteria(6.0, 0.25, 0.06))) == set()
+    assert pair_set(evaluate(stats_from_activations(acts), Criteria(6.0, 0.25, 0.06))) == set()
 
 
 @settings(max_examples=100, deadline=None)
@@ -103,8 +71,8 @@ def test_invariant_to_permuting_sequences(acts, m, a, b, rnd):
     perm = list(range(acts.shape[1]))
     rnd.shuffle(perm)
     c = Criteria(m, a, b)
-    base = evaluate(stats_from_acts(acts), c)
-    moved = evaluate(stats_from_acts(acts[:, perm]), c)
+    base = evaluate(stats_from_activations(acts), c)
+    moved = evaluate(stats_from_activations(acts[:, perm]), c)
     inverse = {new: old for new, old in enumerate(perm)}
     assert {(inverse[n], d) for n, d in pair_set(moved)} == pair_set(base)
     assert moved["pooled"] == base["pooled"]
@@ -118,8 +86,8 @@ def test_results_independent_of_site_order(acts, m, a, b, rnd):
     perm = list(range(acts.shape[0]))
     rnd.shuffle(perm)
     c = Criteria(m, a, b)
-    base = evaluate(stats_from_acts(acts), c)
-    moved = evaluate(stats_from_acts(acts[perm]), c)
+    base = evaluate(stats_from_activations(acts), c)
+    moved = evaluate(stats_from_activations(acts[perm]), c)
     assert moved["seed_compatible"] == base["seed_compatible"]
     assert moved["pooled"] == base["pooled"]
     assert sorted(s["num_over_magnitude"] for s in moved["per_site"]) == sorted(
@@ -142,7 +110,7 @@ def test_results_independent_of_site_order(acts, m, a, b, rnd):
 def test_systematic_in_every_sequence_with_same_positions_is_pooled(one_seq, n, m, a, b):
     # the same activations repeated for every sequence
     acts = np.repeat(one_seq[:, None], n, axis=1)
-    fig = evaluate(stats_from_acts(acts), Criteria(m, a, b))
+    fig = evaluate(stats_from_activations(acts), Criteria(m, a, b))
     per_seq = {}
     for s, d in pair_set(fig):
         per_seq.setdefault(d, set()).add(s)
@@ -155,7 +123,7 @@ def test_systematic_in_every_sequence_with_same_positions_is_pooled(one_seq, n, 
 @settings(max_examples=60, deadline=None)
 @given(acts_strategy(), MAGS, FRACS, FRACS)
 def test_counts_stay_within_their_denominators(acts, m, a, b):
-    fig = evaluate(stats_from_acts(acts), Criteria(m, a, b))
+    fig = evaluate(stats_from_activations(acts), Criteria(m, a, b))
     for p in fig["seed_compatible"]["pairs"]:
         assert 100 * a - 1e-9 <= p["layer_pct"] <= 100
         assert 100 * b - 1e-9 <= p["seq_pct"] <= 100
@@ -187,7 +155,7 @@ def test_stats_builder_agrees_with_engine():
     ids = random_ids(3, 12, seed=14)
     r = analyze(model, ids, batch_size=3)
     _, acts = collect_activations(model, ids, "ln", batch_size=3)
-    ref = stats_from_acts(acts)
+    ref = stats_from_activations(acts)
     for field in (
         "site_max",
         "site_counts",
