@@ -108,8 +108,9 @@ def build(name: str, small: bool, device: torch.device, dtype: torch.dtype, outl
     dims = torch.randperm(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     dims = sorted(dims[:outliers].tolist())
     with torch.no_grad():
-        for site in find_sites(model, "ln").sites:
-            site.module.weight[dims] = 20.0
+        for layer in find_sites(model, "ln").layers:  # the norms before attention and MLP
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[dims] = 20.0
     return model, dims
 
 

@@ -121,8 +121,9 @@ def build_model(workload: Workload) -> torch.nn.Module:
     g = torch.Generator().manual_seed(workload.seed + 1)
     dims = torch.randperm(workload.hidden, generator=g)[: workload.outlier_dims]
     with torch.no_grad():
-        for site in find_sites(model, "ln").sites:
-            site.module.weight[dims] = workload.outlier_gain
+        for layer in find_sites(model, "ln").layers:  # the norms before attention and MLP
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[dims] = workload.outlier_gain
     return model
 
 

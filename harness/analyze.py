@@ -16,9 +16,11 @@ from .errors import HarnessError
 from .outliers import Criteria, evaluate
 from .params import count_model
 from .result import AnalysisResult
-from .sites import find_sites, parse_site_set
+from .sites import find_sites, parse_site_set, verify_sites
 from .statistics import make_grid
 
+# Tokens of the site self-check's forward pass (harness.sites.verify_sites).
+SELF_CHECK_TOKENS = 16
 # Tokens per forward pass when batch_size is not given; halved on out-of-memory.
 AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}
 
@@ -109,6 +111,8 @@ def analyze(
             "were made with another tokenizer."
         )
     sitemap = find_sites(model, sites)
+    # the sites are checked on this very model before anything is measured (a few tokens)
+    sitemap = verify_sites(model, sitemap, ids[:1, : min(T, SELF_CHECK_TOKENS)])
     grid_values = make_grid(criteria.magnitude, tuple(grid) if grid is not None else None)
     device = input_device(model)
     if batch_size is None:
@@ -213,9 +217,19 @@ def analyze(
         "sites": sites,
         "num_sites": len(sitemap.sites),
         "site_names": sitemap.names,
+        "site_modules": sitemap.module_names,
+        # the layer-% denominator is the number of distinct sites: a layer whose attention and
+        # MLP read one tensor (parallel blocks) counts it once
+        "layer_denominator": len(sitemap.sites),
+        "sites_per_layer": sitemap.sites_per_layer(),
+        "shared_input_layers": list(sitemap.shared_input_layers),
+        "site_definition": "attn_in / mlp_in: the input of the block's first projection (what "
+        "q/k/v, the FFN expansion and the router multiply); resid_out: the layer's output",
+        "site_self_check": sitemap.self_check,
         "grid": list(grid_values),
         "comparison": "inclusive (>=), fractions compared exactly in integers",
     }
+    timing["self_check_seconds"] = sitemap.self_check["seconds"]
     return AnalysisResult(
         model=info,
         data=data,

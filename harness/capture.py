@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import HarnessError, NonFiniteActivations
-from .sites import Site, SiteMap
+from .sites import Site, SiteMap, input_of
 from .statistics import CapturedStats
 
 # Elements processed per chunk: bounds the scratch memory next to the activation itself.
@@ -219,7 +219,7 @@ class Capture:
         elif mode == "input":
 
             def hook(_module, args, kwargs):
-                fn(args[0] if args else kwargs["hidden_states"])
+                fn(input_of(args, kwargs))
 
             handle = module.register_forward_pre_hook(hook, with_kwargs=True)
         elif mode == "raw":
@@ -265,13 +265,15 @@ class Capture:
 
     def _as_bth(self, x: torch.Tensor, site: Site) -> torch.Tensor:
         B, T = self._batch.size, self._batch.seq_len
+        if x.shape[-1] != self.H or x.numel() != B * T * self.H:
+            raise HarnessError(
+                f"site {site.name} ({site.module_name}) holds a tensor of shape "
+                f"{tuple(x.shape)}, not the {B} x {T} positions x {self.H} dims of the batch "
+                "(the model adds positions or residual streams of its own); this model's "
+                "sites cannot be measured by the definition: please report it with the model id."
+            )
         if x.dim() == 2 or x.shape[:2] != (B, T):  # OPT flattens to [B*T, H]
             x = x.reshape(B, T, x.shape[-1])
-        if x.shape[-1] != self.H:
-            raise HarnessError(
-                f"site {site.name} ({site.module_name}) has width {x.shape[-1]}, not the hidden "
-                f"size {self.H}; the site table in harness/sites.py is wrong for this model."
-            )
         return x
 
     # -- the reductions --------------------------------------------------------------------

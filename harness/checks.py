@@ -26,6 +26,9 @@ def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int 
         fails.append("the number of forward passes differs from the number of batches")
     if expected_sites is not None and S != expected_sites:
         fails.append(f"{S} sites captured, {expected_sites} expected")
+    check = crit.get("site_self_check")
+    if check is not None and not (check.get("ran") and check.get("passed")):
+        fails.append("the site self-check did not run and pass")
     if len(stats.site_names) != S:
         fails.append("site list and site count disagree")
     if not np.isfinite(stats.site_max).all() or not np.isfinite(stats.seq_max).all():

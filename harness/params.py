@@ -65,17 +65,18 @@ def count_model(model: torch.nn.Module) -> ParamCounts:
         seen.add(id(p))
         n = p.numel()
         total += n
-        owner = name.rsplit(".", 1)[0]
-        if (
-            num_experts > 1
-            and owner.split(".")[-1] == "experts"
-            and p.dim() >= 2
-            and p.shape[0] == num_experts
-        ):
+        owner = name.rsplit(".", 1)[0].split(".")
+        fused = owner[-1] == "experts" and p.dim() >= 2 and p.shape[0] == num_experts
+        # one module per expert: ``...experts.<i>.<proj>.weight``
+        listed = any(a == "experts" and b.isdigit() for a, b in zip(owner, owner[1:], strict=False))
+        if num_experts > 1 and (fused or listed):
             routed += n
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     embedding = emb.weight.numel() if emb is not None and hasattr(emb, "weight") else 0
-    if num_experts > 1 and routed == 0:
+    has_experts = any("experts" in n.split(".") for n, _ in model.named_modules())
+    if num_experts > 1 and routed == 0 and not has_experts:
+        num_experts = top_k = 0  # the config allows experts but no layer has any (all dense)
+    elif num_experts > 1 and routed == 0:
         raise HarnessError(
             f"{type(model).__name__} declares {num_experts} experts but no fused expert "
             "parameters were found; harness/params.py cannot count its active parameters."

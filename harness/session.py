@@ -167,8 +167,9 @@ class OutlierSession:
 
         stats = outcome.extra.get("stats") or read_stats(outcome.result_dir)
         r = outcome.result
-        per_layer = {"ln": 2, "residual": 1, "all": 3}[r["criteria"]["sites"]]
-        expected = per_layer * r["model"]["num_layers"]
+        # the sites the structural discovery defines for this model (one per block input that
+        # exists, parallel blocks merged), as recorded before the capture ran
+        expected = len(r["criteria"].get("site_modules") or r["criteria"]["site_names"])
         failures = honest_run_failures(r, stats, expected_sites=expected)
         dev = published_deviation(r, entry)
         if dev is not None:

@@ -105,3 +105,12 @@ def random_model(arch: str, dtype: torch.dtype = torch.float32, seed: int = 0, g
 def random_ids(n: int, t: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, t), generator=g)
+
+
+def site_norm(model, sitemap, site):
+    """The norm whose output feeds ``site`` in the studied pre-LN layouts, by the oracle's own
+    table of module names (not by the harness's discovery, which hooks the projections)."""
+    from oracle import DEFAULT_LAYOUT, ORACLE_LAYOUT
+
+    _, attn, mlp = ORACLE_LAYOUT.get(model.config.model_type, DEFAULT_LAYOUT)
+    return getattr(sitemap.layers[site.layer], attn if site.kind == "attn_in" else mlp)

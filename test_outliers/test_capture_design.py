@@ -17,7 +17,7 @@ from factories import random_ids, random_model
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import harness.capture as capture
-from harness.analyze import analyze
+from harness.analyze import SELF_CHECK_TOKENS, analyze
 from harness.capture import Capture, Observer
 
 HOOK_DICTS = (
@@ -57,7 +57,7 @@ def decoder_layers(model):
 def test_one_forward_pass_per_batch_and_no_lm_head(arch):
     model = random_model(arch, seed=1)
     ids = random_ids(5, 16, seed=2)
-    calls = {"base": 0, "head": 0, "layers": [0] * len(decoder_layers(model))}
+    calls = {"base": [], "head": 0, "layers": [0] * len(decoder_layers(model))}
 
     def count(key, i=None):
         def hook(*_):
@@ -68,8 +68,11 @@ def test_one_forward_pass_per_batch_and_no_lm_head(arch):
 
         return hook
 
+    def tokens(_m, args, kwargs):
+        calls["base"].append((args[0] if args else kwargs["input_ids"]).numel())
+
     handles = [
-        model.base_model.register_forward_pre_hook(count("base")),
+        model.base_model.register_forward_pre_hook(tokens, with_kwargs=True),
         model.get_output_embeddings().register_forward_pre_hook(count("head")),
     ]
     handles += [
@@ -81,8 +84,11 @@ def test_one_forward_pass_per_batch_and_no_lm_head(arch):
     finally:
         for h in handles:
             h.remove()
-    assert calls["base"] == 3 == result.timing["forward_calls"] == result.timing["batches"]
-    assert calls["layers"] == [3] * len(calls["layers"])
+    # the site self-check first (one short pass, harness.sites.verify_sites), then exactly one
+    # forward pass per batch
+    assert calls["base"] == [SELF_CHECK_TOKENS, 32, 32, 16]
+    assert result.timing["forward_calls"] == result.timing["batches"] == 3
+    assert calls["layers"] == [4] * len(calls["layers"])
     assert calls["head"] == 0, "the LM head must not run: it is no site and costs [B, T, vocab]"
     assert hooks_left(model) == []
 
