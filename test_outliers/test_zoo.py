@@ -1,0 +1,108 @@
+"""The transformers zoo: every causal-LM model_type of the installed transformers, built tiny,
+measured by the harness and compared site by site with an independent oracle (zoo.py).
+
+Targets (the site-definition issue): no architecture silently wrong; >= 95% of those that build
+and run supported, "unsupported" only where the oracle sees no attention or no MLP block.
+"""
+
+import pytest
+import torch
+import zoo
+from zoo import causal_lm_types
+
+from harness.analyze import analyze
+
+STUDIED = (
+    "llama",
+    "mistral",
+    "qwen3",
+    "qwen3_moe",
+    "qwen3_next",
+    "olmoe",
+    "mixtral",
+    "glm4_moe",
+    "gpt_oss",
+    "opt",
+    "gpt2",
+    "gpt_neox",
+)
+
+
+@pytest.fixture(scope="session")
+def zoo_rows():
+    return {r["model_type"]: r for r in zoo.all_rows()}
+
+
+def test_no_architecture_is_silently_wrong(zoo_rows):
+    wrong = {mt: r["reason"] for mt, r in zoo_rows.items() if r["verdict"] == "wrong"}
+    assert wrong == {}
+
+
+def test_supported_share_and_unsupported_only_without_a_block(zoo_rows):
+    s = zoo.summary(list(zoo_rows.values()))
+    assert s["model_types"] == len(causal_lm_types()) > 150
+    assert s["built_and_ran"] >= 150
+    assert s["supported_of_measurable"] >= 0.95, s
+    for mt, r in zoo_rows.items():
+        if r["verdict"] == "unsupported":  # assess() turns any other refusal into "wrong"
+            assert r.get("oracle_attn") is False or "attention" in r["reason"], mt
+            assert r["reason"].count(". ") == 0 and r["reason"].endswith("."), r["reason"]
+
+
+@pytest.mark.parametrize("model_type", STUDIED)
+def test_the_studied_layouts_are_correct(zoo_rows, model_type):
+    assert zoo_rows[model_type]["verdict"] == "correct", zoo_rows[model_type]
+
+
+def test_parallel_blocks_get_one_site_per_layer(zoo_rows):
+    # GPT-J, Falcon, Phi, Cohere: one norm output feeds attention and MLP
+    for mt in ("gptj", "falcon", "phi", "cohere"):
+        r = zoo_rows[mt]
+        assert r["verdict"] == "correct", r
+        assert r["shared_input_layers"] == 2 and r["sites_per_layer"] == {"2": 2}, r  # + resid
+    # GPT-NeoX's parallel residual has two norms, one per block: two sites
+    assert zoo_rows["gpt_neox"]["shared_input_layers"] == 0
+
+
+def _recorded(model, ids, sites="ln"):
+    rec = zoo._Recorder()
+    result = analyze(model, ids, sites=sites, batch_size=ids.shape[0], observers=[rec])
+    return result, rec.seen
+
+
+def _output_of(module, model, ids):
+    got = {}
+    h = module.register_forward_hook(lambda _m, _a, o: got.setdefault("x", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        h.remove()
+    return got["x"]
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "vaultgemma"])
+def test_sandwich_norms_mlp_reads_the_pre_feedforward_norm(model_type):
+    """Gemma-2/3: post_attention_layernorm normalises the attention OUTPUT; the MLP reads
+    pre_feedforward_layernorm's output (the old "looks like Llama" guess took the former)."""
+    model = zoo.build(model_type)
+    ids = torch.randint(0, 400, (2, 10), generator=torch.Generator().manual_seed(3))
+    _, seen = _recorded(model, ids)
+    layer = model.model.layers[0]
+    want = _output_of(layer.pre_feedforward_layernorm, model, ids)
+    torch.testing.assert_close(seen["layers.0.mlp_in"], want.reshape(2, 10, -1), rtol=0, atol=0)
+    if hasattr(layer, "post_attention_layernorm"):
+        wrong = _output_of(layer.post_attention_layernorm, model, ids)
+        assert not torch.equal(seen["layers.0.mlp_in"], wrong.reshape(2, 10, -1))
+
+
+@pytest.mark.parametrize("model_type", ["bart", "openai-gpt", "marian"])
+def test_post_ln_blocks_read_the_residual_stream(model_type):
+    """Post-LN (BART-style decoders, GPT-1): the norm follows the sub-block, so attention reads
+    the layer's input itself."""
+    model = zoo.build(model_type)
+    ids = torch.randint(0, 400, (2, 10), generator=torch.Generator().manual_seed(4))
+    result, seen = _recorded(model, ids)
+    with torch.no_grad():
+        hs = model(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(seen["layers.1.attn_in"], hs[1], rtol=0, atol=0)
