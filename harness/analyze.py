@@ -13,11 +13,11 @@ import torch
 
 from .capture import Batch, Capture, Observer, base_forward, input_device, is_oom
 from .errors import HarnessError
-from .outliers import Criteria, evaluate
+from .outliers import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
 from .params import count_model
 from .result import AnalysisResult
 from .sites import find_sites, parse_site_set, verify_sites
-from .statistics import make_grid
+from .statistics import DEFAULT_GRID, make_grid
 
 # Tokens of the site self-check's forward pass (harness.sites.verify_sites).
 SELF_CHECK_TOKENS = 16
@@ -44,6 +44,25 @@ def _as_ids(windows) -> tuple[torch.Tensor, dict]:
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise HarnessError("there are no token windows to analyse; check --num-seqs and --seq-len.")
     return ids.to(torch.long).cpu(), info
+
+
+def _as_original(stats, criteria: Criteria, threshold: float | None) -> dict:
+    """The seed-compatible figures as the original study computed them (bf16 rounding)."""
+    why = (
+        "the original cast every activation to bfloat16 before comparing with the magnitude "
+        "(also for float32 runs); that equals comparing the unrounded values with "
+        "the smallest float32 whose bfloat16 rounding reaches the magnitude"
+    )
+    if threshold is None:
+        return {
+            "threshold": criteria.magnitude,
+            "same_as_exact": True,
+            "why": "the activations are bfloat16 already: the original's rounding changes nothing",
+        }
+    sc = seed_compatible(
+        stats, Criteria(threshold, criteria.layer_frac, criteria.seq_frac), with_pairs=False
+    )
+    return {"threshold": threshold, "same_as_exact": False, "why": why, **sc}
 
 
 def model_info(model: torch.nn.Module, sitemap=None, **extra) -> dict:
@@ -110,10 +129,19 @@ def analyze(
             f"token id {int(ids.max())} is outside the model's vocabulary of {vocab}; the windows "
             "were made with another tokenizer."
         )
+    grid = tuple(grid) if grid is not None else None
+    # the original study's rounding (every activation cast to bf16 before the test): one more
+    # grid level gives its figures beside the exact ones, in the same pass
+    model_dtype = next(model.parameters()).dtype
+    as_original = None
+    if model_dtype != torch.bfloat16:
+        as_original = bf16_rounding_threshold(criteria.magnitude)
+        if as_original != criteria.magnitude:
+            grid = (grid if grid is not None else DEFAULT_GRID) + (as_original,)
     sitemap = find_sites(model, sites)
     # the sites are checked on this very model before anything is measured (a few tokens)
     sitemap = verify_sites(model, sitemap, ids[:1, : min(T, SELF_CHECK_TOKENS)])
-    grid_values = make_grid(criteria.magnitude, tuple(grid) if grid is not None else None)
+    grid_values = make_grid(criteria.magnitude, grid)
     device = input_device(model)
     if batch_size is None:
         batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
@@ -180,7 +208,8 @@ def analyze(
     timing["batch_size"] = batch_size
     t_analysis = time.perf_counter()
     figures = evaluate(stats, criteria)
-    sections = {}
+    sections_first = {"seed_compatible_as_original": _as_original(stats, criteria, as_original)}
+    sections = dict(sections_first)
     for obs in observers:
         summary = getattr(obs, "summary", None)
         if callable(summary):

@@ -15,3 +15,7 @@ class UnsupportedArchitecture(HarnessError):
 
 class NonFiniteActivations(HarnessError):
     """A site produced NaN or inf values."""
+
+
+class WeightsUnavailable(HarnessError):
+    """The weights are neither cached nor downloadable from here (a test skips, not fails)."""

@@ -18,14 +18,10 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import HarnessError
+from .errors import HarnessError, WeightsUnavailable
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class WeightsUnavailable(HarnessError):
-    """The weights are neither cached nor downloadable from here."""
 
 
 class NoGpu(HarnessError):
@@ -34,7 +30,7 @@ class NoGpu(HarnessError):
 
 @dataclass
 class ModelSource:
-    """Where a model spec points: ``kind`` is registry-hub, hub, local or tiny."""
+    """Where a model spec points: ``kind`` is registry-hub, hub, local, gguf or tiny."""
 
     spec: str
     kind: str
@@ -46,6 +42,8 @@ class ModelSource:
     def id(self) -> str:
         if self.entry is not None:
             return self.entry.id
+        if self.kind == "gguf":
+            return Path(self.location).stem
         return Path(self.location).name if self.kind == "local" else self.location
 
 
@@ -85,8 +83,14 @@ def resolve(spec, revision: str | None = None) -> ModelSource:
             from .tiny import build_tiny
 
             return ModelSource(spec, "tiny", str(build_tiny(entry.id)), entry)
+        if entry.gguf is not None:
+            from .gguf_files import packaged_file
+
+            return ModelSource(spec, "gguf", str(packaged_file(*entry.gguf)), entry)
         return ModelSource(spec, "registry-hub", entry.hub_id, entry, revision or entry.revision)
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return ModelSource(spec, "gguf", str(path.resolve()))
     if path.exists():
         if not (path / "config.json").is_file():
             raise HarnessError(f"{path} has no config.json; point to a saved model directory.")
@@ -233,9 +237,15 @@ def load(
     token = os.environ.get("HF_TOKEN") or None
     trust = bool(getattr(source.entry, "trust_remote_code", False))
     common = dict(revision=source.revision, token=token, trust_remote_code=trust)
+    location = source.location
+    if source.kind == "gguf":  # transformers reads and dequantizes the file itself
+        from .gguf_files import load_kwargs
+
+        location, gguf_kwargs = load_kwargs(Path(source.location))
+        common.update(gguf_kwargs)
     t0 = time.perf_counter()
     try:
-        config = AutoConfig.from_pretrained(source.location, **common)
+        config = AutoConfig.from_pretrained(location, **common)
         torch_dtype = resolve_dtype(dtype, source, config)
         kwargs = dict(common, dtype=torch_dtype)
         kwargs.update(dict(getattr(source.entry, "load_kwargs", ()) or ()))
@@ -245,8 +255,8 @@ def load(
             kwargs["device_map"] = "auto"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except HarnessError:
         raise
     except Exception as err:
@@ -270,7 +280,7 @@ def load(
         "source": {
             "kind": source.kind,
             "hub_id": source.location if "hub" in source.kind else None,
-            "path": source.location if source.kind in ("local", "tiny") else None,
+            "path": source.location if source.kind in ("local", "tiny", "gguf") else None,
             "revision": source.revision,
             "commit": getattr(config, "_commit_hash", None),
         },
@@ -283,6 +293,15 @@ def load(
     if source.entry is not None:
         meta["family"] = source.entry.family
     _record_kernel_path(meta, model, preflight, source)
+    if source.kind == "gguf":
+        from .gguf_files import describe
+
+        gguf = describe(Path(source.location))
+        meta["source"]["gguf"] = gguf
+        meta["weight_format"] = (
+            f"gguf {gguf['quantization']} (dequantized to {meta['requested_dtype']})"
+        )
+        meta["quantization"] = {"quant_method": "gguf", "file_type": gguf["quantization"]}
     return LoadedModel(model, tokenizer, source, meta)
 
 

@@ -60,6 +60,31 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
+def to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest, ties to even, as ``tensor.to(torch.bfloat16)``),
+    returned as float32; finite values."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def bf16_rounding_threshold(magnitude: float) -> float:
+    """The smallest float32 value v with bf16(v) >= bf16(magnitude): the threshold the original
+    study applied, in effect, to every activation. It cast activations to bfloat16 (also in
+    float32 runs) and compared ``abs(x) >= magnitude`` in bfloat16 (METHOD.md section 4), so an
+    fp32 value in [5.984375, 6) counted as reaching 6. Comparing fp32 values with this threshold
+    gives exactly its decisions."""
+    target = to_bfloat16(np.float32(magnitude))
+    lo, hi = 0, int(np.float32(np.inf).view(np.uint32))  # positive floats sort as their bits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if to_bfloat16(np.uint32(mid).view(np.float32)) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(np.uint32(lo).view(np.float32))
+
+
 def _median(values: np.ndarray) -> float | None:
     return float(np.median(values)) if len(values) else None
 

@@ -62,7 +62,7 @@ def pytest_generate_tests(metafunc):
     params = []
     for entry in models.ENTRIES:
         marks = [getattr(pytest.mark, entry.family)]
-        if not entry.is_tiny:
+        if not entry.offline:
             marks.append(pytest.mark.gpu)
         params.append(pytest.param(entry, id=entry.id, marks=marks))
     # module scope: one load per model, shared by every test of the module

@@ -95,6 +95,7 @@ CAPABILITY = (
 
 # A package probe imports module, looks up what transformers looks up, reads dist's version.
 PROBES = {
+    "gguf": ("gguf", ("GGUFReader",), "gguf"),
     "triton": ("triton", (), "triton"),
     "kernels": ("kernels", (), "kernels"),
     "fla": (
@@ -399,7 +400,9 @@ def preflight(
     from .loading import ModelSource, resolve, resolve_dtype
 
     entry = model if hasattr(model, "hub_id") else models.REGISTRY.get(model)
-    if entry is not None:
+    if entry is not None and entry.gguf is not None:
+        source = resolve(entry)  # the packaged file, or one sentence naming the package
+    elif entry is not None:
         kind = "tiny" if entry.is_tiny else "registry-hub"
         source = ModelSource(entry.id, kind, entry.hub_id, entry, revision or entry.revision)
     else:
@@ -452,7 +455,19 @@ def preflight(
     mxfp4_params = _mxfp4_params(meta_model) if packed else 0
     report.facts.update(weight_format=quant or "dense", kernel_path="torch")
     report.facts["loaded_dtype"] = load_dtype
-    if packed:
+    if source.kind == "gguf":
+        report.facts["weight_format"] = "gguf"
+        report.add(
+            "weights",
+            OK,
+            f"a GGUF file, which transformers dequantizes to {load_dtype} at load time "
+            "(needs the package gguf).",
+        )
+        if pkg("gguf") is None:
+            report.add(
+                "weights", REFUSE, "reading .gguf files needs the package gguf: pip install gguf."
+            )
+    elif packed:
         packed, why = _mxfp4_path(target, qcfg, pkg, hub)
         if why and not target.local and packages is None and "environment" in why:
             why += " (the packages of this machine, where the preflight ran)"
@@ -536,6 +551,14 @@ def _config_source(entry, source, configs, config) -> tuple[dict | None, object,
         paths.append(Path(config) / "config.json" if Path(config).is_dir() else Path(config))
     if source.kind == "local":
         paths.append(Path(source.location) / "config.json")
+    if source.kind == "gguf":  # the config is in the file's metadata
+        from transformers import AutoConfig
+
+        from .gguf_files import load_kwargs
+
+        location, kwargs = load_kwargs(Path(source.location))
+        built = AutoConfig.from_pretrained(location, **kwargs)
+        return built.to_dict(), built, source.location
     folder = configs_dir(configs)
     if entry is not None and folder is not None:
         paths += [
@@ -669,7 +692,7 @@ def _target(gpus, device, source, total, dtype, config) -> Target | None:
         raise HarnessError(f"gpus must be a Target, a GpuPlan or 'NAME:GB,...' (got {gpus!r}).")
     if device == "cpu" or torch.cuda.is_available():
         return local_target(device)
-    if source.kind in ("tiny", "local"):
+    if source.kind in ("tiny", "local", "gguf"):
         return local_target("cpu" if device == "auto" else device)
     if device == "cuda":
         return None
@@ -1024,7 +1047,7 @@ def _disk_row(report, raw, total, mxfp4, source, target) -> None:
     span = None if low == high else f"{low:.0f}-{high:.0f}"
     report.facts.update(disk_gb=high, disk_free_gb=target.disk_free_gb, disk_range=span)
     size = f"{high:.0f} GB" if span is None else f"{span} GB (the config names no stored dtype)"
-    if source.kind in ("tiny", "local"):
+    if source.kind in ("tiny", "local", "gguf"):
         report.add("disk", OK, "the weights are already on disk.")
         return
     if target.local:

@@ -22,6 +22,14 @@ def is_tiny(spec) -> bool:
     return bool(entry is not None and entry.is_tiny)
 
 
+def is_offline(spec) -> bool:
+    """A registry entry that runs here without the hub (tiny replicas, packaged GGUF files)."""
+    import models
+
+    entry = models.REGISTRY.get(spec if isinstance(spec, str) else spec.id)
+    return bool(entry is not None and entry.offline)
+
+
 def provenance(result: AnalysisResult, loaded: LoadedModel, env: dict) -> dict:
     """The fields that decide whether two results were made the same way."""
     data = result.data
@@ -100,7 +108,7 @@ def run_model(
     A real model is preflighted on this machine first (``harness.preflight``): a refusal raises
     its sentence before any download; ``allow_fallback`` lets a dequantized or reference path
     run, labelled in the provenance."""
-    opts = options.validated().with_defaults_for(is_tiny(spec))
+    opts = options.validated().with_defaults_for(is_offline(spec))
     if loaded is None:
         report = None
         if not is_tiny(spec):

@@ -48,7 +48,7 @@ class OutlierSession:
 
     # -- local models --------------------------------------------------------------------
     def options_for(self, entry) -> AnalysisOptions:
-        return self.options.with_defaults_for(entry.is_tiny)
+        return self.options.with_defaults_for(entry.offline)
 
     def load(self, entry) -> LoadedModel | None:
         """The model of ``entry`` on this machine, or a skip with one sentence saying why."""
@@ -57,7 +57,7 @@ class OutlierSession:
         opts = self.options_for(entry)
         try:
             device = resolve_device(opts.device)
-            if device == "cpu" and opts.device == "auto" and not entry.is_tiny:
+            if device == "cpu" and opts.device == "auto" and not entry.offline:
                 raise NoGpu(
                     f"no usable GPU for {entry.id}; run it with --runpod, with --device cpu if it "
                     "is small enough for this machine's memory, or on a GPU machine."

