@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.analyze import AUTO_BATCH_TOKENS, analyze  # noqa: E402
 from harness.capture import base_forward  # noqa: E402
+from harness.pipeline import AUTO_BATCH_TOKENS, analyze  # noqa: E402
 from harness.sites import find_sites  # noqa: E402
 
 GIB = 1024**3

@@ -27,7 +27,7 @@ from benchmarks.workloads import (
     token_ids,
     warm_up,
 )
-from harness.analyze import AUTO_BATCH_TOKENS
+from harness.pipeline import AUTO_BATCH_TOKENS
 
 pytestmark = pytest.mark.perf
 

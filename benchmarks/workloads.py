@@ -166,11 +166,11 @@ def warm_up(model, ids: torch.Tensor, batch_size: int) -> None:
 
 
 def run_harness(model, ids: torch.Tensor, batch_size: int):
-    """Capture + criteria: ``harness.analyze.analyze`` (one forward pass per batch), with the
+    """Capture + criteria: ``harness.pipeline.analyze`` (one forward pass per batch), with the
     attribution observers when OUTLIERS_PERF_ATTRIBUTION=1 (``--perf-attribution``)."""
     import os
 
-    from harness.analyze import analyze
+    from harness.pipeline import analyze
 
     attribution = os.environ.get("OUTLIERS_PERF_ATTRIBUTION") == "1"
     return analyze(model, ids, batch_size=batch_size, attribution=attribution)

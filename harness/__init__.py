@@ -1,0 +1,51 @@
+"""outlier-harness: outlier features of any Hugging Face causal LM, by Dettmers et al.'s criteria.
+
+The notebook API (imported lazily: ``import harness`` loads neither torch nor transformers)::
+
+    import harness
+
+    loaded = harness.load("smollm2_135m")                    # registry id, hub id, dir or .gguf
+    windows = harness.load_windows(loaded.tokenizer, harness.DataSpec("builtin", num_seqs=4,
+                                                                      seq_len=128))
+    result = harness.analyze(loaded.model, windows)          # one forward pass per batch
+    result.seed_compatible["num_outliers"], result.pooled["num_dims"]
+    harness.evaluate(result.stats, harness.Criteria(4.0, 0.25, 0.06))   # re-threshold offline
+    harness.read_result("results/<model>/<run>")            # a result directory, read back
+
+``analyze`` accepts any causal LM module and an [N, T] tensor of token ids (or ``Windows``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> module that defines it
+_API = {
+    "analyze": "pipeline",
+    "AnalysisResult": "result",
+    "load": "loading",
+    "load_windows": "data",
+    "DataSpec": "data",
+    "Windows": "data",
+    "read_result": "result",
+    "read_stats": "result",
+    "evaluate": "outliers",
+    "Criteria": "outliers",
+    "find_sites": "sites",
+    "HarnessError": "errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -499,7 +499,7 @@ def preflight(
 
     _access_row(report, entry, hub_id, hub)
 
-    from .analyze import max_positions
+    from .pipeline import max_positions
 
     T = seq_len or (256 if source.kind == "tiny" else 2048)
     N = num_seqs or 16

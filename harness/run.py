@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .analyze import analyze
 from .environment import environment
 from .loading import LoadedModel, load
 from .options import AnalysisOptions
+from .pipeline import analyze
 from .result import AnalysisResult, write_result
 
 

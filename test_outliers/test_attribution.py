@@ -22,7 +22,6 @@ import torch
 from factories import random_ids, random_model, site_norm
 from scipy.stats import binomtest
 
-from harness.analyze import analyze
 from harness.attribution import (
     ROUTER_OUTPUTS,
     attribution_observers,
@@ -35,6 +34,7 @@ from harness.attribution import (
 from harness.attribution_experts import _enrichment
 from harness.attribution_tokens import position_buckets
 from harness.outliers import Criteria
+from harness.pipeline import analyze
 from harness.result import _json_default
 from harness.sites import find_sites
 from harness.statistics import CapturedStats

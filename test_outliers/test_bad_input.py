@@ -8,8 +8,8 @@ import torch
 from factories import random_ids, random_model
 from torch import nn
 
-from harness.analyze import analyze
 from harness.errors import HarnessError, NonFiniteActivations, UnsupportedArchitecture
+from harness.pipeline import analyze
 from harness.result import find_run_dirs
 
 

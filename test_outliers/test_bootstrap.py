@@ -12,7 +12,6 @@ import torch
 from factories import random_ids, random_model
 from oracle import collect_activations, stats_from_activations
 
-from harness.analyze import analyze
 from harness.bootstrap import (
     METRICS,
     bootstrap,
@@ -22,6 +21,7 @@ from harness.bootstrap import (
 )
 from harness.errors import HarnessError
 from harness.outliers import Criteria, evaluate
+from harness.pipeline import analyze
 
 CRITERIA = [
     Criteria(6.0, 0.25, 0.06),

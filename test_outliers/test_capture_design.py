@@ -17,8 +17,8 @@ from factories import random_ids, random_model
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import harness.capture as capture
-from harness.analyze import SELF_CHECK_TOKENS, analyze
 from harness.capture import Capture, Observer
+from harness.pipeline import SELF_CHECK_TOKENS, analyze
 
 HOOK_DICTS = (
     "_forward_hooks",

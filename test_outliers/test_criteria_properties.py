@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from oracle import stats_from_activations
 
-from harness.analyze import analyze
 from harness.outliers import Criteria, evaluate
+from harness.pipeline import analyze
 
 # activation values that sit on and around the thresholds that matter
 VALUES = st.sampled_from([0.0, 1.0, -2.5, 3.0, -4.0, 5.0, 5.999, 6.0, -6.0, 7.5, -10.0, 20.0, 55.0])

@@ -5,8 +5,8 @@ import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import collect_activations, oracle_figures
 
-from harness.analyze import analyze
 from harness.outliers import Criteria, evaluate
+from harness.pipeline import analyze
 
 THRESHOLDS = [(3.0, 0.25, 0.06), (4.0, 0.5, 0.1), (6.0, 0.25, 0.06), (5.0, 0.0, 0.0)]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from factories import random_ids, random_model
 
-from harness.analyze import analyze
+from harness.pipeline import analyze
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "opt", "gpt2", "olmoe"])

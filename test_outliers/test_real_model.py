@@ -20,12 +20,12 @@ import torch
 from oracle import collect_activations
 from test_engine_oracle import assert_matches_oracle
 
-from harness.analyze import analyze
 from harness.attribution import attribution_observers
 from harness.data import DataSpec, load_windows
 from harness.errors import WeightsUnavailable
 from harness.loading import load
 from harness.outliers import Criteria, evaluate
+from harness.pipeline import analyze
 
 ENGLISH = Path(__file__).parent / "data" / "english.txt"
 THRESHOLDS = [(6.0, 0.25, 0.06), (4.0, 0.25, 0.06), (3.0, 0.5, 0.2)]

@@ -19,9 +19,9 @@ import torch
 from factories import random_ids, random_model
 from matplotlib.image import imread
 
-from harness.analyze import analyze
 from harness.errors import HarnessError
 from harness.outliers import Criteria
+from harness.pipeline import analyze
 from harness.report import (
     COLUMNS,
     EXPORT_COLUMNS,

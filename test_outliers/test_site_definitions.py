@@ -12,8 +12,8 @@ import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import DEFAULT_LAYOUT, ORACLE_LAYOUT
 
-from harness.analyze import analyze
 from harness.capture import Observer
+from harness.pipeline import analyze
 
 # model_type -> (attention module name in a layer, norm kind); the norms come from the oracle's
 # own table of module names (test_outliers/oracle.py), not from the harness's discovery

@@ -205,7 +205,7 @@ def test_planted_dims_alone_reach_six_at_their_sites_and_triggers(built, model_i
 
 @pytest.mark.parametrize("model_id", PLANTED)
 def test_planted_expectations_equal_the_oracle_and_the_engine(built, model_id, planted_windows):
-    from harness.analyze import analyze
+    from harness.pipeline import analyze
 
     truth = tiny.planted_truth(model_id, built[model_id].parent)
     model, _ = _load(built[model_id])

@@ -10,7 +10,7 @@ import torch
 import zoo
 from zoo import causal_lm_types
 
-from harness.analyze import analyze
+from harness.pipeline import analyze
 
 STUDIED = (
     "llama",

@@ -380,8 +380,8 @@ def assess(model_type: str, seq: int = 12) -> dict:
 def _assess(model_type: str, seq: int, layers: int) -> dict:
     """The verdict for one model_type: correct | wrong | unsupported | refused | not built |
     not run | unverified, with the reason and what was checked."""
-    from harness.analyze import analyze
     from harness.errors import HarnessError, UnsupportedArchitecture
+    from harness.pipeline import analyze
 
     row = {"model_type": model_type, "class": causal_lm_types().get(model_type, "?")}
     try:
