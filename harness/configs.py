@@ -32,6 +32,17 @@ def entry_config(entry, *, configs: str | Path | None = None, download: bool = F
         from .tiny import build_tiny
 
         candidates.append(Path(build_tiny(entry.id)))
+    if entry.gguf is not None:  # the config is in the file's metadata
+        from .errors import WeightsUnavailable
+        from .gguf_files import load_kwargs, packaged_file
+
+        try:
+            location, kwargs = load_kwargs(packaged_file(*entry.gguf))
+        except WeightsUnavailable:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoConfig.from_pretrained(location, **kwargs)
     for c in candidates:
         if (c / "config.json").is_file():
             with warnings.catch_warnings():

@@ -100,7 +100,13 @@ def reference_series() -> dict:
 
 
 # Our reference families (id prefix) -> the table's family of the same lineage.
-FAMILY_OF_PREFIX: dict[str, str | None] = {"opt": "fairseq", "gpt2": "GPT-2", "pythia": None}
+FAMILY_OF_PREFIX: dict[str, str | None] = {
+    "opt": "fairseq",
+    "gpt2": "GPT-2",
+    "pythia": None,
+    "fairseq": "fairseq",  # fairseq_dense_<size>: the table's own fairseq rows
+    "gpt": "GPT-J",  # gpt_j_6b
+}
 # GPT-2 ids name sizes, not counts; the counts of the hub checkpoints.
 GPT2_SIZES = {
     "small": 124_439_808,
@@ -118,11 +124,12 @@ def _prefix(model_id: str) -> str | None:
 
 
 def nominal_params(model_id: str) -> int | None:
-    """The size a reference id names: 'opt_1.3b' -> 1.3e9, 'gpt2_xl' -> 1_557_611_200."""
+    """The size a reference id names: 'opt_1.3b' -> 1.3e9, 'gpt2_xl' -> 1_557_611_200,
+    'fairseq_dense_2.7b' -> 2.7e9."""
     prefix = _prefix(model_id)
     if prefix is None:
         return None
-    suffix = model_id.split("_", 1)[1]
+    suffix = model_id.rsplit("_", 1)[1]
     if prefix == "gpt2":
         return GPT2_SIZES.get(suffix)
     try:
@@ -184,6 +191,8 @@ def beside_ours(rows: Sequence[dict], ours: dict[str, str] | None = None) -> lis
             )
             if prefix == "gpt2":
                 entry["note"] = "same checkpoint (the GPT-2 paper's size)"
+            elif prefix in ("fairseq", "gpt"):
+                entry["note"] = "the table's own model"
             else:
                 entry["note"] = "fairseq dense LM, not OPT: same lineage" + (
                     ", same size" if same else f", nearest published size {p.size}"

@@ -1,9 +1,16 @@
 """The 2022 reference families: the models on which the outlier "phase transition" can be
 checked with this harness (METHOD.md, section 5; ``pytest -m reference``).
 
+- fairseq dense (``KoboldAI/fairseq-dense-*``, model_type ``xglm``): Dettmers' "fairseq" rows,
+  the dense LMs of Artetxe et al. 2021 (125M, 1.3B, 2.7B, 6.7B, 13B) as converted to the hub;
+  float16, as shipped. Pre-LN, sequential blocks: the sites are the q/k/v and fc1 inputs. The
+  2022 transition is between their 2.7B and 6.7B rows (52% -> 100% of layers).
+- GPT-J-6B (``EleutherAI/gpt-j-6b``): table 4's "GPT-J 6.0B". A parallel block: one norm output
+  feeds attention and MLP, so each layer has one site (docs/sites.md); float16 (the hub's
+  ``float16`` branch).
 - OPT (``facebook/opt-*``): float16, as shipped. Dettmers' "fairseq" rows are the fairseq dense
-  LMs (Artetxe et al. 2021), NOT OPT, so OPT entries carry no published figure; the summary
-  shows the nearest fairseq row beside them (``harness.reference.beside_ours``).
+  LMs above, NOT OPT, so OPT entries carry no published figure; the summary shows the nearest
+  fairseq row beside them (``harness.reference.beside_ours``). An extra series.
 - GPT-2 (``openai-community/gpt2*``): float32, as shipped and as Dettmers ran it. These ARE
   table 4's GPT-2 models (117M / 345M / 762M / 1.5B are the GPT-2 paper's sizes of the 124M /
   355M / 774M / 1.56B checkpoints), so they carry table 4's figures. Dettmers measured the
@@ -101,6 +108,34 @@ PYTHIA = tuple(
     for size in ("160m", "410m", "1.4b", "2.8b", "6.9b", "12b")
 )
 
-REFERENCE: tuple[ModelEntry, ...] = OPT + GPT2 + PYTHIA
+_FAIRSEQ = ("125M", "1.3B", "2.7B", "6.7B", "13B")
+FAIRSEQ = tuple(
+    ModelEntry(
+        f"fairseq_dense_{size.lower()}",
+        f"KoboldAI/fairseq-dense-{size}",
+        "reference",
+        dtype="float16",
+        published=_dettmers(f"fairseq {size}"),
+        notes="no config copy in the repository (not checked offline); parameter count and GPU "
+        "plan from the published size; Dettmers' figures are on C4",
+    )
+    for size in _FAIRSEQ
+)
+
+GPTJ = (
+    ModelEntry(
+        "gpt_j_6b",
+        "EleutherAI/gpt-j-6b",
+        "reference",
+        revision="float16",  # the fp16 branch: 12 GB instead of the main branch's 24 GB
+        dtype="float16",
+        published=_dettmers("GPT-J 6.0B"),
+        notes="parallel attention + MLP: one site per layer; no config copy in the repository "
+        "(not checked offline); Dettmers' figures are on C4",
+    ),
+)
+
+# Dettmers' table 4 row by row (GPT-2, fairseq dense, GPT-J), then the extra series
+REFERENCE: tuple[ModelEntry, ...] = GPT2 + FAIRSEQ + GPTJ + OPT + PYTHIA
 
 __all__ = ["DETTMERS_SETTINGS", "REFERENCE"]

@@ -18,7 +18,17 @@ MOE = [
     "gpt_oss_120b",
 ]
 DENSE = ["qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b", "qwen3_14b"]
-REFERENCE = [
+REFERENCE = [  # Dettmers' table 4 row by row, then the extra series
+    "gpt2_small",
+    "gpt2_medium",
+    "gpt2_large",
+    "gpt2_xl",
+    "fairseq_dense_125m",
+    "fairseq_dense_1.3b",
+    "fairseq_dense_2.7b",
+    "fairseq_dense_6.7b",
+    "fairseq_dense_13b",
+    "gpt_j_6b",
     "opt_125m",
     "opt_350m",
     "opt_1.3b",
@@ -27,10 +37,6 @@ REFERENCE = [
     "opt_13b",
     "opt_30b",
     "opt_66b",
-    "gpt2_small",
-    "gpt2_medium",
-    "gpt2_large",
-    "gpt2_xl",
     "pythia_160m",
     "pythia_410m",
     "pythia_1.4b",

@@ -45,6 +45,24 @@ EXPECTED = {
         f"pythia_{s}": f"EleutherAI/pythia-{s}"
         for s in ("160m", "410m", "1.4b", "2.8b", "6.9b", "12b")
     },
+    **{
+        f"fairseq_dense_{s.lower()}": f"KoboldAI/fairseq-dense-{s}"
+        for s in ("125M", "1.3B", "2.7B", "6.7B", "13B")
+    },
+    "gpt_j_6b": "EleutherAI/gpt-j-6b",
+}
+# Dettmers' table 4, row by row: the entries that carry its figures
+TABLE4_ROWS = {
+    "gpt2_small": "GPT-2 117M",
+    "gpt2_medium": "GPT-2 345M",
+    "gpt2_large": "GPT-2 762M",
+    "gpt2_xl": "GPT-2 1.5B",
+    "fairseq_dense_125m": "fairseq 125M",
+    "fairseq_dense_1.3b": "fairseq 1.3B",
+    "fairseq_dense_2.7b": "fairseq 2.7B",
+    "fairseq_dense_6.7b": "fairseq 6.7B",
+    "fairseq_dense_13b": "fairseq 13B",
+    "gpt_j_6b": "GPT-J 6.0B",
 }
 BY_ID = {e.id: e for e in REFERENCE}
 
@@ -52,8 +70,8 @@ BY_ID = {e.id: e for e in REFERENCE}
 # --- the registry entries ----------------------------------------------------------------------
 
 
-def test_all_18_reference_ids_with_their_hub_ids_and_family():
-    assert len(REFERENCE) == 18 and len(BY_ID) == 18
+def test_all_24_reference_ids_with_their_hub_ids_and_family():
+    assert len(REFERENCE) == 24 and len(BY_ID) == 24
     assert {e.id: e.hub_id for e in REFERENCE} == EXPECTED
     assert all(e.family == "reference" for e in REFERENCE)
 
@@ -75,18 +93,15 @@ def test_dtypes_are_the_shipped_ones():
         assert e.dtype == want, e.id
 
 
-def test_only_gpt2_carries_dettmers_figures_with_c4_and_ln_settings():
-    rows = {
-        "small": "GPT-2 117M",
-        "medium": "GPT-2 345M",
-        "large": "GPT-2 762M",
-        "xl": "GPT-2 1.5B",
-    }
+def test_every_table4_row_is_an_entry_with_its_figures_and_c4_and_ln_settings():
+    assert sorted(reference_point(r).label for r in TABLE4_ROWS.values()) == sorted(
+        p.label for p in DETTMERS_TABLE4
+    )
     for e in REFERENCE:
-        if not e.id.startswith("gpt2_"):
+        if e.id not in TABLE4_ROWS:
             assert e.published is None, e.id
             continue
-        point = reference_point(rows[e.id.split("_", 1)[1]])
+        point = reference_point(TABLE4_ROWS[e.id])
         pub = e.published
         assert pub.num_outliers is None
         assert (pub.mean_layer_pct, pub.mean_seq_pct) == (point.layer_pct, point.seq_pct)
@@ -296,9 +311,8 @@ def test_beside_ours_pairs_every_registry_size_within_the_family():
         if r["id"].startswith("pythia_"):
             assert r["dettmers"] is None
         else:
-            assert r["dettmers"].split()[0] == (
-                "GPT-2" if r["id"].startswith("gpt2_") else "fairseq"
-            )
+            family = {"gpt2": "GPT-2", "gpt": "GPT-J"}.get(r["id"].split("_")[0], "fairseq")
+            assert r["dettmers"].split()[0] == family
             assert math.isfinite(r["params"])
     gpt2 = {r["id"]: r["dettmers"] for r in beside_ours(rows) if r["id"].startswith("gpt2_")}
     assert gpt2 == {
