@@ -179,11 +179,22 @@ class ExpertRouting(Observer):
 
     def on_hits(self, site, pos, level, grid, batch) -> None:
         layer = self._mlp_in.get(site.index)
-        if layer is None or self._batch is None or tuple(grid) != self.grid:
+        if layer is None or self._batch is None or not set(self.grid) <= set(grid):
             return
+        if tuple(grid) != self.grid:  # the run captures extra levels (e.g. the as-original one)
+            level = self._level_map(tuple(grid), level.device).index_select(0, level.long())
         keep = (level >= self._floor_level).nonzero().squeeze(1)
         hits = self._part.setdefault(layer, {}).setdefault("hits", [])
         hits.append((pos.index_select(0, keep), level.index_select(0, keep)))
+
+    def _level_map(self, grid: tuple[float, ...], device) -> torch.Tensor:
+        """Engine level l (|x| >= grid[l - 1]) -> this observer's level: the number of its own
+        magnitudes <= grid[l - 1], exact because its grid is a subset of the engine's."""
+        key = ("map", grid, device)
+        if key not in self._thr:
+            levels = [0] + [sum(1 for g in self.grid if g <= m) for m in grid]
+            self._thr[key] = torch.tensor(levels, dtype=torch.int64, device=device)
+        return self._thr[key]
 
     def _router_hook(self, layer: int):
         def hook(_module, args, output):

@@ -348,26 +348,27 @@ class Capture:
     # -- batches ---------------------------------------------------------------------------
     def run(self, forward: Callable[[torch.Tensor], object], batch: Batch) -> None:
         """Run ``forward(token_ids)`` once and merge this batch's reductions."""
+        run_together([self], forward, batch)
+
+    def _begin(self, batch: Batch) -> None:
         self._batch = batch
         self._parts = {}
         self._calls[:] = 0
+        self.forward_calls += 1
         for obs in self.observers:
             obs.begin_batch(batch)
-        try:
-            self.forward_calls += 1
-            forward(batch.token_ids)
-            self._merge(batch)
-        except BaseException:
-            for obs in self.observers:
-                obs.abort_batch(batch)
-            raise
-        finally:
-            self._parts = {}
-            self._batch = None
+
+    def _end(self, batch: Batch, ok: bool) -> None:
+        self._parts = {}
+        self._batch = None
         for obs in self.observers:
-            obs.end_batch(batch)
+            (obs.end_batch if ok else obs.abort_batch)(batch)
 
     def _merge(self, batch: Batch) -> None:
+        self._merged_parts(batch)()
+
+    def _merged_parts(self, batch: Batch):
+        """Reduce this batch's device parts; returns the function that commits them."""
         wrong = [s for s in self.sites if self._calls[s.index] != 1]
         if wrong:
             s = wrong[0]
@@ -416,17 +417,21 @@ class Capture:
             d.cpu().numpy().astype(np.uint16 if H <= 65536 else np.int32),
             level.cpu().numpy().astype(np.uint8),
         )
+
         # commit (nothing above touched the run's arrays)
-        np.maximum(self.site_max, site_max, out=self.site_max)
-        self.site_counts += _at_least(site_hist)
-        self.seq_max[n0:n1] = np.maximum(self.seq_max[n0:n1], seq_max)
-        self.seq_site_count[:, n0:n1] += site_count.astype(np.int32)
-        self.site_seq_level[:, n0:n1] = site_level
-        self.seq_pos_count[:, n0:n1] += pos_ge.transpose(2, 0, 1).astype(np.int32)
-        self.seq_occ[:, n0:n1] += occ_ge.transpose(2, 0, 1)
-        self._hits.append(hits)
-        self.token_ids[n0:n1] = batch.token_ids.numpy()
-        self.done[n0:n1] = True
+        def commit() -> None:
+            np.maximum(self.site_max, site_max, out=self.site_max)
+            self.site_counts += _at_least(site_hist)
+            self.seq_max[n0:n1] = np.maximum(self.seq_max[n0:n1], seq_max)
+            self.seq_site_count[:, n0:n1] += site_count.astype(np.int32)
+            self.site_seq_level[:, n0:n1] = site_level
+            self.seq_pos_count[:, n0:n1] += pos_ge.transpose(2, 0, 1).astype(np.int32)
+            self.seq_occ[:, n0:n1] += occ_ge.transpose(2, 0, 1)
+            self._hits.append(hits)
+            self.token_ids[n0:n1] = batch.token_ids.numpy()
+            self.done[n0:n1] = True
+
+        return commit
 
     def stats(self) -> CapturedStats:
         if not self.done.all():
@@ -464,6 +469,23 @@ class Capture:
         for obs in self.observers:
             obs.finalize(stats)
         return stats
+
+
+def run_together(captures: Sequence[Capture], forward: Callable, batch: Batch) -> None:
+    """One ``forward(token_ids)`` for several captures on one model (``--sites all`` measures
+    each site kind apart in the same pass); each merges the batch only when the pass and every
+    merge before it completed, so a failed batch leaves every capture as it was."""
+    for cap in captures:
+        cap._begin(batch)
+    ok = False
+    try:
+        forward(batch.token_ids)
+        for commit in [cap._merged_parts(batch) for cap in captures]:
+            commit()
+        ok = True
+    finally:
+        for cap in captures:
+            cap._end(batch, ok)
 
 
 @contextmanager

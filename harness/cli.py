@@ -32,7 +32,12 @@ def _cmd_analyze(args) -> int:
     result, run_dir = run_model(
         args.model, opts, progress=not args.quiet, allow_fallback=args.allow_fallback
     )
-    print(_summary(result, run_dir))
+    if result.parts:  # --sites all: each site kind apart
+        dirs = result.sections["result_dirs"]
+        print("--sites all: each site kind is reported apart (one forward pass, one result each)")
+        print("\n\n".join(_summary(p, d) for p, d in zip(result.parts.values(), dirs, strict=True)))
+    else:
+        print(_summary(result, run_dir))
     return 0
 
 
@@ -59,6 +64,7 @@ def _summary(result, run_dir) -> str:
         ["systematic (seq, dim) pairs", sc["num_outliers"]],
         ["mean / median layer %", f"{pct(sc['mean_layer_pct'])} / {pct(sc['median_layer_pct'])}"],
         ["mean / median seq %", f"{pct(sc['mean_seq_pct'])} / {pct(sc['median_seq_pct'])}"],
+        *_as_original_row(result),
         ["pooled systematic dims", po["num_dims"]],
         [
             "sites / positions affected %",
@@ -68,6 +74,15 @@ def _summary(result, run_dir) -> str:
         ["result", str(run_dir)],
     ]
     return tabulate(rows, tablefmt="simple")
+
+
+def _as_original_row(result) -> list:
+    orig = result.sections.get("seed_compatible_as_original") or {}
+    if orig.get("same_as_exact", True):
+        return []
+    return [
+        [f"pairs as the original computed (|x| >= {orig['threshold']:g})", orig["num_outliers"]]
+    ]
 
 
 def _cmd_models(args) -> int:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import replace
 
 import torch
 
-from .capture import Batch, Capture, Observer, base_forward, input_device, is_oom
+from .capture import Batch, Capture, Observer, base_forward, input_device, is_oom, run_together
 from .errors import HarnessError
 from .outliers import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
 from .params import count_model
 from .result import AnalysisResult
-from .sites import find_sites, parse_site_set, verify_sites
+from .sites import SITE_SETS, find_sites, parse_site_set, verify_sites
 from .statistics import DEFAULT_GRID, make_grid
 
 # Tokens of the site self-check's forward pass (harness.sites.verify_sites).
@@ -171,14 +173,21 @@ def analyze(
 
         bar = tqdm(total=N * T, unit="tok", desc="forward", leave=False)
     t_start = time.perf_counter()
-    with torch.inference_mode(), Capture(sitemap, grid_values, N, T, observers) as cap:
+    # --sites all: each site kind is also captured on its own, in the same forward pass
+    side_maps = {k: _kind_map(sitemap, k) for k in ("ln", "residual")} if sites == "all" else {}
+    with torch.inference_mode(), ExitStack() as stack:
+        cap = stack.enter_context(Capture(sitemap, grid_values, N, T, observers))
+        sides = {
+            k: stack.enter_context(Capture(m, grid_values, N, T)) for k, m in side_maps.items()
+        }
+        captures = [cap, *sides.values()]
         start, index = 0, 0
         while start < N:
             size = min(batch_size, N - start)
             batch = Batch(start, ids[start : start + size], index)
             t0 = time.perf_counter()
             try:
-                cap.run(forward, batch)
+                run_together(captures, forward, batch)
             except Exception as err:
                 if not is_oom(err):
                     raise
@@ -201,6 +210,7 @@ def analyze(
             start += size
             index += 1
         stats = cap.stats()
+        side_stats = {k: c.stats() for k, c in sides.items()}
         timing["forward_calls"] = cap.forward_calls
         activation_dtypes = sorted(cap.activation_dtypes)
     if bar is not None:
@@ -239,11 +249,65 @@ def analyze(
         data["windows_sha256"] = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()[
             :16
         ]
-    crit = {
+    crit = _criteria_record(criteria, sitemap, grid_values)
+    timing["self_check_seconds"] = sitemap.self_check["seconds"]
+    parts = {}
+    for kind, kind_stats in side_stats.items():
+        f = evaluate(kind_stats, criteria)
+        parts[kind] = AnalysisResult(
+            model=info,
+            data=data,
+            criteria={
+                **_criteria_record(criteria, side_maps[kind], grid_values),
+                "measured_with": "--sites all: every site kind in one forward pass",
+            },
+            seed_compatible=f["seed_compatible"],
+            pooled=f["pooled"],
+            per_site=f["per_site"],
+            timing=timing,
+            stats=kind_stats,
+            sections={
+                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original)
+            },
+        )
+    if parts:
+        sections["by_site_kind"] = {
+            k: {
+                "seed_compatible": {kk: v for kk, v in p.seed_compatible.items() if kk != "pairs"},
+                "pooled": {kk: v for kk, v in p.pooled.items() if kk != "dims"}
+                | {"dims": [d["dim"] for d in p.pooled["dims"]]},
+            }
+            for k, p in parts.items()
+        }
+    return AnalysisResult(
+        model=info,
+        data=data,
+        criteria=crit,
+        seed_compatible=figures["seed_compatible"],
+        pooled=figures["pooled"],
+        per_site=figures["per_site"],
+        timing=timing,
+        stats=stats,
+        sections=sections,
+        parts=parts,
+    )
+
+
+def _kind_map(sitemap, site_set: str):
+    """The site map restricted to one site set, sites renumbered."""
+    kinds = SITE_SETS[site_set]
+    kept = [s for s in sitemap.sites if s.kind in kinds]
+    return replace(
+        sitemap, site_set=site_set, sites=tuple(replace(s, index=i) for i, s in enumerate(kept))
+    )
+
+
+def _criteria_record(criteria: Criteria, sitemap, grid_values) -> dict:
+    return {
         "magnitude": criteria.magnitude,
         "layer_fraction": criteria.layer_frac,
         "seq_fraction": criteria.seq_frac,
-        "sites": sites,
+        "sites": sitemap.site_set,
         "num_sites": len(sitemap.sites),
         "site_names": sitemap.names,
         "site_modules": sitemap.module_names,
@@ -258,15 +322,3 @@ def analyze(
         "grid": list(grid_values),
         "comparison": "inclusive (>=), fractions compared exactly in integers",
     }
-    timing["self_check_seconds"] = sitemap.self_check["seconds"]
-    return AnalysisResult(
-        model=info,
-        data=data,
-        criteria=crit,
-        seed_compatible=figures["seed_compatible"],
-        pooled=figures["pooled"],
-        per_site=figures["per_site"],
-        timing=timing,
-        stats=stats,
-        sections=sections,
-    )

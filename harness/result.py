@@ -41,6 +41,10 @@ class AnalysisResult:
     timing: dict
     stats: CapturedStats = field(repr=False)
     sections: dict = field(default_factory=dict)  # observers' summaries (attribution, ...)
+    # --sites all: one result per site kind ("ln", "residual"), measured in the same pass; a
+    # run writes these, never the pooled one (residual values are far larger than block
+    # inputs: one layer denominator over both makes almost every dim "systematic")
+    parts: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         out = {

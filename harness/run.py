@@ -132,5 +132,12 @@ def run_model(
     )
     env = environment()
     result.sections["provenance"] = provenance(result, loaded, env)
+    if result.parts:  # --sites all: one result per site kind, never the pooled one
+        dirs = []
+        for part in result.parts.values():
+            part.sections["provenance"] = provenance(part, loaded, env)
+            dirs.append(write_result(part, opts.results_dir, environment=env))
+        result.sections["result_dirs"] = [str(d) for d in dirs]
+        return result, dirs[0]
     run_dir = write_result(result, opts.results_dir, environment=env)
     return result, run_dir

@@ -79,7 +79,7 @@ def test_synthetic_stats_builder_matches_the_engine(real_run):
     stats below mean what the engine means)."""
     model, ids, result = real_run
     _, acts = collect_activations(model, ids, "ln", batch_size=1)
-    mine, theirs = stats_from_activations(acts), result.stats
+    mine, theirs = stats_from_activations(acts, grid=result.stats.grid), result.stats
     for name in (
         "site_max",
         "site_counts",

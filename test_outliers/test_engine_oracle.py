@@ -85,3 +85,33 @@ def np_arange(n):
     import numpy as np
 
     return np.arange(n)
+
+
+def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatch):
+    """``--sites all`` measures every site in one pass but reports the block inputs and the
+    residual stream apart: each part equals a run of that site set alone and the oracle, and a
+    run writes one result per kind, never the pooled one."""
+    model = random_model("qwen3", torch.float32, seed=8)
+    ids = random_ids(4, 20, seed=9)
+    both = analyze(model, ids, sites="all", batch_size=3, magnitude=4.0)
+    assert set(both.parts) == {"ln", "residual"}
+    for kind, part in both.parts.items():
+        alone = analyze(model, ids, sites=kind, batch_size=3, magnitude=4.0)
+        assert part.criteria["site_names"] == alone.criteria["site_names"]
+        assert part.seed_compatible == alone.seed_compatible and part.pooled == alone.pooled
+        names, acts = collect_activations(model, ids, kind, batch_size=3)
+        assert part.criteria["site_names"] == names
+        assert_matches_oracle(part.stats, acts, [(4.0, 0.25, 0.06), (3.0, 0.1, 0.2)])
+        summary = both.sections["by_site_kind"][kind]
+        assert summary["pooled"]["num_dims"] == alone.pooled["num_dims"]
+
+    from harness.options import AnalysisOptions
+    from harness.run import run_model
+
+    monkeypatch.setenv("OUTLIERS_TINY_CACHE", str(tiny_cache))
+    opts = AnalysisOptions(sites="all", num_seqs=2, seq_len=32, results_dir=str(tmp_path))
+    result, _ = run_model("tiny_qwen3", opts)
+    written = sorted(
+        p.parent.name.split("__")[1].split("-")[0] for p in tmp_path.rglob("result.json")
+    )
+    assert written == ["ln", "residual"]
