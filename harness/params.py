@@ -59,6 +59,7 @@ def count_model(model: torch.nn.Module) -> ParamCounts:
     num_experts, top_k = moe_shape(model.config)
     total = routed = 0
     seen: set[int] = set()
+    modules = dict(model.named_modules())
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:  # tied weights count once
             continue
@@ -66,7 +67,12 @@ def count_model(model: torch.nn.Module) -> ParamCounts:
         n = p.numel()
         total += n
         owner = name.rsplit(".", 1)[0].split(".")
-        fused = owner[-1] == "experts" and p.dim() >= 2 and p.shape[0] == num_experts
+        # fused: one [E, ...] tensor in a module named experts, or of an "...Experts" class
+        # (JetMoE's ParallelExperts under input_linear / output_linear)
+        expert_module = (
+            owner[-1] == "experts" or "Expert" in type(modules.get(".".join(owner), None)).__name__
+        )
+        fused = expert_module and p.dim() >= 2 and p.shape[0] == num_experts
         # one module per expert: ``...experts.<i>.<proj>.weight``
         listed = any(a == "experts" and b.isdigit() for a, b in zip(owner, owner[1:], strict=False))
         if num_experts > 1 and (fused or listed):

@@ -150,6 +150,11 @@ def _overrides(cls, layers: int = 2) -> dict:
     # per-layer patterns whose length must equal the layer count
     if "attention_types" in params:  # GPT-Neo
         out["attention_types"] = [[["global", "local"], 1]]
+    # hybrids: keep one attention layer among the few built (their defaults put it further)
+    if "attn_layer_indices" in params:  # Bamba
+        out["attn_layer_indices"] = [layers - 1]
+    if cls.model_type == "granitemoehybrid" and "layer_types" in params:
+        out["layer_types"] = ["mamba"] * (layers - 1) + ["attention"]
     return out
 
 
@@ -254,6 +259,7 @@ ATTN_READERS = {
     "v_linear",
     "att_proj",
     "Wq",
+    "kv_proj",
     "Wk",
     "Wv",
 }
@@ -322,6 +328,9 @@ def oracle_readers(layer):
             continue
         if any(p.isdigit() for p in parts[:-1]):
             continue
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 3:
+            continue  # fused experts ([E, out, in]) read a routed, permuted subset
         ancestors = [".".join(parts[:k]) for k in range(1, len(parts))]
         in_attn = any(
             a in (p.split(".")[-1] + type(modules[p]).__name__).lower()
@@ -336,6 +345,7 @@ def oracle_readers(layer):
         ffn_dense = len(parts) > 1 and (
             (leaf == "dense" and parts[-2] == "intermediate")  # BERT
             or (leaf == "0" and parts[-2] in ("ffn", "mlp"))  # CTRL's Sequential
+            or (leaf == "layer" and parts[-2] == "router")  # JetMoE's router
         )
         if leaf in ATTN_READERS and in_attn:
             out.append(("attn", name, module))
