@@ -106,3 +106,27 @@ def test_post_ln_blocks_read_the_residual_stream(model_type):
     with torch.no_grad():
         hs = model(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states
     torch.testing.assert_close(seen["layers.1.attn_in"], hs[1], rtol=0, atol=0)
+
+
+def test_registration_order_is_not_execution_order():
+    """Phi-3 registers o_proj before qkv_proj: the site moves to the projection that runs first,
+    and the self-check records it."""
+    model = zoo.build("phi3")
+    ids = torch.randint(0, 400, (2, 10), generator=torch.Generator().manual_seed(5))
+    result, seen = _recorded(model, ids)
+    check = result.criteria["site_self_check"]
+    assert check["passed"] and check["moved_to_first_run"] == 2
+    assert result.criteria["site_modules"][0] == "model.layers.0.self_attn.qkv_proj"
+    assert "model.layers.0.self_attn.qkv_proj" in check["readers"]["layers.0.attn_in"]
+
+
+def test_self_check_refusals_are_one_sentence_naming_the_module(zoo_rows):
+    """A model that runs a layer's projections twice per pass (looped layers) or adds positions
+    of its own is stopped before measuring, in one sentence naming the site and the module."""
+    for mt in ("dory", "hrm_text", "prophetnet", "cpmant"):
+        r = zoo_rows[mt]
+        assert r["verdict"] == "refused", r
+        reason = r["reason"]
+        assert reason.startswith("site layers.0.") and "(" in reason and reason.endswith(".")
+        assert reason.count("; ") <= 2 and "\n" not in reason
+    assert "ran 2 times" in zoo_rows["dory"]["reason"]
