@@ -343,6 +343,9 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
         "layers_with_massive": [row["layer"] for row in layers if row["has_massive"]],
         "dims": sorted(model_dims.values(), key=lambda e: -e["max_abs"]),
         "systematic_sites": kinds,
-        "massive_position_tokens": [{"id": int(uid[j]), "count": int(cnt[j])} for j in order],
+        # per token id: how many (layer, position) pairs hold a massive value there
+        "massive_position_tokens": [
+            {"id": int(uid[j]), "layer_positions": int(cnt[j])} for j in order
+        ],
         "layers": layers,
     }

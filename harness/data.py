@@ -419,7 +419,10 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
             "seq_len": T,
             "stride": stride,
             "tokens": N * T,
-            "distinct_tokens": int(distinct),
+            # stream positions the windows cover (fewer than N * T when they overlap) and the
+            # distinct token ids among them
+            "distinct_positions": int(distinct),
+            "distinct_token_ids": int(torch.unique(ids).numel()),
             "num_documents": num_docs,
             "bos": bos,
             "bos_requested": spec.bos,

@@ -166,7 +166,7 @@ def check_available(source: ModelSource) -> None:
     if not hub_reachable():
         raise WeightsUnavailable(
             f"{source.location} is not in the local Hugging Face cache and the hub cannot be "
-            "reached (offline); pre-download it with `huggingface-cli download "
+            "reached (offline); pre-download it with `hf download "
             f"{source.location}`, use --runpod, or run a model that is cached."
         )
 
@@ -194,7 +194,7 @@ def _translate_load_error(err: BaseException, source: ModelSource) -> HarnessErr
     if isinstance(err, LocalEntryNotFoundError) or "couldn't connect" in str(err).lower():
         return WeightsUnavailable(
             f"{name} is not in the local Hugging Face cache and the hub cannot be reached; "
-            f"pre-download it with `huggingface-cli download {name}` or use --runpod."
+            f"pre-download it with `hf download {name}` or use --runpod."
         )
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
         return HarnessError(

@@ -103,7 +103,7 @@ def test_windows_equal_the_bruteforce_oracle(tmp_path, tiny_tokenizer, docs, fmt
     assert info["source"] == "local" and info["config"] is None
     assert info["num_sequences"] == N and info["seq_len"] == T and info["stride"] == stride
     assert info["tokens"] == N * T
-    assert info["distinct_tokens"] == (N * T if stride == T else (N - 1) * stride + T)
+    assert info["distinct_positions"] == (N * T if stride == T else (N - 1) * stride + T)
     assert info["num_documents"] == used  # reading stopped as soon as enough tokens were there
     assert info["bos"] == "none" and info["separator"] == "eos"
 
@@ -138,7 +138,9 @@ def test_stride_above_seq_len_skips_text(tmp_path, tiny_tokenizer, docs):
     )
     want, stream, _ = _oracle(tiny_tokenizer, docs, N, T, stride, "none")
     np.testing.assert_array_equal(w.ids.numpy(), want)
-    assert w.info["distinct_tokens"] == N * T
+    assert w.info["distinct_positions"] == N * T
+    # distinct token ids, by the definition, from the oracle's own windows
+    assert w.info["distinct_token_ids"] == len(set(want.reshape(-1).tolist()))
     np.testing.assert_array_equal(w.ids.numpy()[1], stream[stride : stride + T])
 
 
@@ -155,7 +157,7 @@ def test_bos_each_starts_every_window_and_tiles_the_text(tmp_path, tiny_tokenize
     assert w.info["bos"] == "each"
     if stride == T:  # no gap, no overlap: the text parts are the stream's first N * (T - 1)
         np.testing.assert_array_equal(ids[:, 1:].reshape(-1), stream[: N * (T - 1)])
-        assert w.info["distinct_tokens"] == N * (T - 1)
+        assert w.info["distinct_positions"] == N * (T - 1)
 
 
 def test_bos_auto_follows_the_tokenizer(tmp_path, tiny_tokenizer, bos_tokenizer, docs):
@@ -218,7 +220,7 @@ def test_builtin_corpus_fills_the_default_run(tiny_tokenizer):
     )
     assert tuple(w.ids.shape) == (16, 2048)
     assert w.info["dataset"] == "builtin" and w.info["source"] == "builtin"
-    assert w.info["distinct_tokens"] == 16 * 2048
+    assert w.info["distinct_positions"] == 16 * 2048
     assert w.info["revision"].endswith(corpus_fingerprint())
     assert w.info["corpus"]["chars"] >= 1_000_000
     assert time.perf_counter() - t0 < 10

@@ -117,5 +117,5 @@ def test_real_model_offline_without_weights_is_skipped_with_one_sentence(tmp_pat
         "Qwen/Qwen3-0.6B is not in the local Hugging Face cache and the hub cannot be reached "
         "(offline)"
     ) in p.stdout
-    assert "huggingface-cli download Qwen/Qwen3-0.6B" in p.stdout and "--runpod" in p.stdout
+    assert "hf download Qwen/Qwen3-0.6B" in p.stdout and "--runpod" in p.stdout
     assert not (tmp_path / "r").exists()
