@@ -152,6 +152,9 @@ class MassiveActivations(Observer):
             torch.maximum(dim_max, rows_big, out=dim_max)
         sample = x3[:, :: self.sp, :: self.sd].abs().float().reshape(-1)
         bins = torch.floor(torch.log2(sample) * self.bpo).clamp_(self.lo, -self.lo - 1)
+        # NaN (a broken model) goes to the lowest bin: the engine stops the batch with its
+        # NaN sentence once the forward pass is over
+        bins = torch.nan_to_num_(bins, nan=float(self.lo))
         hist = torch.bincount((bins - self.lo).long(), minlength=self.nbins)
         k = min(self.P, B * T)
         # stable sorts, not topk: among equal values the lower position (then dim) wins, so

@@ -387,10 +387,15 @@ class Capture:
         bad = ~np.isfinite(site_max).all(axis=1)
         if bad.any():
             name = self.sites[int(np.flatnonzero(bad)[0])].name
+            advice = (
+                "float16 may be too narrow for this model: try --dtype bfloat16 or float32"
+                if "float16" in self.activation_dtypes
+                else "the weights are probably broken (NaN or inf in the model's parameters): "
+                "check the checkpoint"
+            )
             raise NonFiniteActivations(
                 f"the model produced NaN or inf activations at site {name} (sequences {n0}-"
-                f"{n1 - 1}); the weights may be broken or the dtype too narrow: try --dtype "
-                "float32 or bfloat16."
+                f"{n1 - 1}); {advice}."
             )
         seq_max = smax.max(axis=0)
         # number of sites at which each (sequence, dim) reaches grid[g]

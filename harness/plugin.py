@@ -49,9 +49,13 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    from .errors import HarnessError
     from .session import OutlierSession
 
-    config._outliers = OutlierSession(config)
+    try:
+        config._outliers = OutlierSession(config)
+    except HarnessError as err:  # a bad option value: a usage error (rc 4) with its sentence
+        raise pytest.UsageError(str(err)) from None
 
 
 def pytest_generate_tests(metafunc):
@@ -79,9 +83,32 @@ def pytest_collection_finish(session):
     config._outliers.prepare(entries)
 
 
+def _model_skips(terminalreporter) -> list[str]:
+    """'<model id>: <reason>' for every skipped model test, once per model (the README promises
+    one sentence, which pytest shows only with -rs)."""
+    import models
+
+    seen: dict[str, str] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        model_id = rep.nodeid.rsplit("[", 1)[-1].rstrip("]") if "[" in rep.nodeid else None
+        if model_id not in models.REGISTRY or model_id in seen:
+            continue
+        longrepr = rep.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        seen[model_id] = reason.removeprefix("Skipped: ")
+    return [f"{m}: {r}" for m, r in seen.items()]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     sess = getattr(config, "_outliers", None)
-    if sess is None or not sess.outcomes:
+    if sess is None:
+        return
+    skips = _model_skips(terminalreporter)
+    if skips:
+        terminalreporter.write_sep("=", f"{len(skips)} model(s) skipped")
+        for line in skips:
+            terminalreporter.write_line(line)
+    if not sess.outcomes:
         return
     paths, text = sess.write_reports()
     if text:

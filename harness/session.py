@@ -23,7 +23,13 @@ class OutlierSession:
         self.options: AnalysisOptions = from_pytest(config)
         self.reports_dir = Path(config.getoption("outliers_reports_dir") or "reports")
         self.expect_published = bool(config.getoption("outliers_expect_published"))
-        self.tolerance = float(config.getoption("outliers_published_tolerance") or 0.25)
+        tolerance = config.getoption("outliers_published_tolerance") or 0.25
+        try:
+            self.tolerance = float(tolerance)
+        except ValueError:
+            raise HarnessError(
+                f"--published-tolerance expects a number (got {tolerance!r})."
+            ) from None
         self.outcomes: dict[str, RunOutcome] = {}
         self.messages: list[str] = []
         self._windows: dict[tuple, object] = {}

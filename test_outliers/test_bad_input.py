@@ -74,6 +74,22 @@ def test_nan_activations_name_the_site():
     assert "NaN or inf" in msg and "layers.1.mlp_in" in msg and one_sentence(msg)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_nan_weights_under_the_default_options_end_in_the_nan_sentence(dtype):
+    """With attribution on (the default), as without; the dtype advice only where it helps."""
+    model = random_model("qwen3", dtype, seed=2)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteActivations) as err:
+        analyze(model, random_ids(2, 8), attribution=True)
+    msg = str(err.value)
+    assert "NaN or inf" in msg and "layers.2." in msg and one_sentence(msg)
+    if dtype == torch.float32:
+        assert "--dtype" not in msg and "checkpoint" in msg
+    else:
+        assert "--dtype bfloat16 or float32" in msg
+
+
 def test_inf_activations():
     model = random_model("gpt2", seed=3)
     with torch.no_grad():

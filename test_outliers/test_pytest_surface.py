@@ -119,3 +119,37 @@ def test_real_model_offline_without_weights_is_skipped_with_one_sentence(tmp_pat
     ) in p.stdout
     assert "hf download Qwen/Qwen3-0.6B" in p.stdout and "--runpod" in p.stdout
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--seq-len", "0"),
+        ("--magnitude", "nan"),
+        ("--sites", "bogus"),
+        ("-o", "outliers_magnitude=abc"),
+    ],
+    ids=["seq-len", "magnitude-nan", "sites", "ini"],
+)
+def test_a_bad_option_value_is_a_usage_error_with_one_sentence(args):
+    p = pytest_run("--collect-only", "-q", "test_outliers/test_models.py", *args)
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and errors[0].endswith(".") and "--" in errors[0], out
+
+
+def test_skip_reasons_are_printed_without_rs(tmp_path):
+    p = pytest_run(
+        "-k",
+        "qwen3_0.6b",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--reports-dir",
+        str(tmp_path / "rep"),
+        "test_outliers/test_models.py",
+    )
+    assert p.returncode == 0, p.stdout
+    assert "1 model(s) skipped" in p.stdout
+    assert "qwen3_0.6b: no usable GPU for qwen3_0.6b; run it with --runpod" in p.stdout
