@@ -912,7 +912,12 @@ def add_report_command(sub) -> None:
     )
     p.add_argument("--layer-frac", type=float, default=None, help=helps["layer_frac"])
     p.add_argument("--seq-frac", type=float, default=None, help=helps["seq_frac"])
-    p.add_argument("--out", default="reports", help="where reports are written (default: reports)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write the reports (tables, exports, plots) into this directory; without it "
+        "nothing is written",
+    )
     p.add_argument(
         "--resamples",
         type=int,
@@ -947,12 +952,15 @@ def run_report_command(args) -> int:
             f"no result directories under {args.results}; run `pytest -m tiny` or "
             "`outliers analyze MODEL` first, or pass --results DIR."
         )
-    paths = write_reports(rows, args.out, plots=not args.no_plots)
+    # files only when asked for (--out): a stdout format has no side effects
+    paths = write_reports(rows, args.out, plots=not args.no_plots) if args.out else {}
     if args.format is None:
         print(summary_for_terminal(rows, paths))
     else:
         print(render(rows, args.format), end="" if args.format == "csv" else "\n")
-        print(f"reports written to {args.out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        if args.out:
+            took = time.perf_counter() - t0
+            print(f"reports written to {args.out} ({took:.1f} s)", file=sys.stderr)
     return 0
 
 

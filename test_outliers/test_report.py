@@ -168,6 +168,16 @@ def test_outliers_report_command_prints_the_csv(sweep, tmp_path, capsys):
     check_csv_against_result_files((out / "summary.csv").read_text(), sweep["root"])
 
 
+def test_a_stdout_format_writes_no_file(sweep, tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["report", "--results", str(sweep["root"]), "--format", "csv", "--resamples", "50"])
+    assert code == 0
+    check_csv_against_result_files(capsys.readouterr().out, sweep["root"])
+    assert list(tmp_path.iterdir()) == []  # no reports/, no PNG in the working directory
+
+
 def test_published_figure_is_shown_only_for_matching_settings(sweep):
     row = next(r for r in collect(sweep["root"], resamples=0) if r.model_name == "qwen3_0.6b")
     assert row.family == "dense"  # from the registry, not guessed
