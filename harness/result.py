@@ -81,6 +81,27 @@ def run_dir_name(result: dict) -> str:
     return f"{data}__{crit}__{dtype}"
 
 
+def ensure_writable(path: str | Path, flag: str) -> Path:
+    """Prove that files can be written in ``path`` (creating it for the test, then removing what
+    was created), before any model is loaded: an unwritable output directory must not cost a
+    whole run."""
+    path = Path(path).expanduser()
+    created = [p for p in (path, *path.parents) if not p.exists()]  # nearest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        for p in created:  # leave no trace: the run creates what it writes
+            p.rmdir()
+    except OSError as err:
+        raise HarnessError(
+            f"{flag} {path} is not writable ({err.strerror or type(err).__name__}); choose a "
+            f"directory you can write to with {flag}."
+        ) from None
+    return path
+
+
 def _fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)

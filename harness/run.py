@@ -109,6 +109,9 @@ def run_model(
     its sentence before any download; ``allow_fallback`` lets a dequantized or reference path
     run, labelled in the provenance."""
     opts = options.validated().with_defaults_for(is_offline(spec))
+    from .result import ensure_writable
+
+    ensure_writable(opts.results_dir, "--results-dir")  # before any download or forward pass
     if loaded is None:
         report = None
         if not is_tiny(spec):

@@ -22,6 +22,12 @@ class OutlierSession:
         self.config = config
         self.options: AnalysisOptions = from_pytest(config)
         self.reports_dir = Path(config.getoption("outliers_reports_dir") or "reports")
+        if not getattr(config.option, "collectonly", False):
+            from .result import ensure_writable
+
+            # before any model is loaded: a whole GPU run must not be lost to a bad folder
+            ensure_writable(self.options.results_dir, "--results-dir")
+            ensure_writable(self.reports_dir, "--reports-dir")
         self.expect_published = bool(config.getoption("outliers_expect_published"))
         tolerance = config.getoption("outliers_published_tolerance") or 0.25
         try:

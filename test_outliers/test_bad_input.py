@@ -161,3 +161,16 @@ def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkey
         result_mod.write_result(r, tmp_path)
     assert find_run_dirs(tmp_path) == []
     assert not any(p.name.startswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_unwritable_results_dir_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import harness.run as run
+    from harness.options import AnalysisOptions
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(run, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    opts = AnalysisOptions(results_dir=str(blocker / "results"), num_seqs=2, seq_len=16)
+    with pytest.raises(HarnessError, match="--results-dir .* is not writable") as err:
+        run.run_model("tiny_qwen3", opts)
+    assert one_sentence(str(err.value))

@@ -153,3 +153,12 @@ def test_skip_reasons_are_printed_without_rs(tmp_path):
     assert p.returncode == 0, p.stdout
     assert "1 model(s) skipped" in p.stdout
     assert "qwen3_0.6b: no usable GPU for qwen3_0.6b; run it with --runpod" in p.stdout
+
+
+def test_unwritable_reports_dir_is_a_usage_error_before_any_model(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    p = pytest_run("-m", "tiny", "--reports-dir", str(blocker / "reports"), "-q")
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out
+    assert "ERROR: --reports-dir" in out and "is not writable" in out and "Traceback" not in out
