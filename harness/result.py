@@ -11,6 +11,7 @@ leaves a directory that looks complete; readers skip hidden directories.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -131,7 +132,8 @@ def write_result(
     final = parent / run_dir_name(payload)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        clean_stale(parent)
+        tmp = parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as err:
         raise HarnessError(
@@ -141,17 +143,85 @@ def write_result(
         _fsync_write(tmp / STATS_FILE, stats.to_npz_bytes())
         text = json.dumps(payload, indent=1, allow_nan=False, default=_json_default)
         _fsync_write(tmp / RESULT_FILE, text.encode())
-        if final.exists():
-            old = parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
+        _replace(tmp, final)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise HarnessError(
+                f"no space left on the device of {parent} while writing the result (nothing was "
+                "written); free some space or pass another --results-dir."
+            ) from None
         raise
     return final
+
+
+def _replace(tmp: Path, final: Path, attempts: int = 5) -> None:
+    """Move ``tmp`` to ``final``, replacing a previous result; another writer finishing the same
+    run directory in between (ENOTEMPTY / EEXIST on the rename) makes us try again."""
+    olds: list[Path] = []  # previous results moved aside, removed once ours is in place
+    for _ in range(attempts):
+        try:
+            if final.exists():
+                old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+                olds.append(old)
+            os.rename(tmp, final)
+            for old in olds:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        except FileNotFoundError:
+            continue  # the other writer moved final away first: look again
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    raise HarnessError(
+        f"another run kept replacing {final} while this one wrote it; run one writer per "
+        "results directory at a time."
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+QUIET_S = 600  # seconds a dead writer's directory must be untouched before it is removed
+
+
+def clean_stale(parent: Path, max_age_s: float = 24 * 3600) -> None:
+    """Remove the half-written ``.tmp-*`` directories of runs that died (their process is gone,
+    or they are older than a day), and put back a previous result whose replacement was
+    interrupted between its two renames (``.old-*`` with no final directory)."""
+    import time
+
+    now = time.time()
+    for p in parent.glob(".*-*"):
+        if not p.is_dir() or not p.name.startswith((".tmp-", ".old-")):
+            continue
+        pid = p.name.rsplit("-", 2)[-2]
+        dead = not (pid.isdigit() and _pid_alive(int(pid)))
+        try:
+            age = now - p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        # a pid means something on this host only (results folders can be shared): a dead
+        # writer's directory must also be quiet for a while
+        if not ((dead and age > QUIET_S) or age > max_age_s):
+            continue
+        if p.name.startswith(".old-"):
+            final = parent / p.name[len(".old-") :].rsplit("-", 2)[0]
+            if not final.exists():
+                try:
+                    os.rename(p, final)
+                    continue
+                except OSError:
+                    pass
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _json_default(obj):

@@ -1,0 +1,80 @@
+"""Result files under faults: a killed writer's leftovers are cleaned, an interrupted replace
+puts the previous result back, a full disk and a racing writer end in one sentence."""
+
+import errno
+import os
+import subprocess
+
+import pytest
+import torch
+from factories import random_ids, random_model
+
+import harness.result as result_mod
+from harness.errors import HarnessError
+from harness.pipeline import analyze
+from harness.result import clean_stale, find_run_dirs, read_result, write_result
+
+
+@pytest.fixture(scope="module")
+def result():
+    return analyze(random_model("qwen3", torch.float32, seed=1), random_ids(2, 8, seed=2))
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_dead_writers_tmp_dir_is_removed_and_a_live_ones_kept(result, tmp_path):
+    final = write_result(result, tmp_path)
+    parent = final.parent
+    dead = parent / f".tmp-{final.name}-{dead_pid()}-deadbeef"
+    live = parent / f".tmp-{final.name}-{os.getpid()}-cafebabe"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "stats.npz").write_bytes(b"half")
+        os.utime(d, (os.path.getmtime(d) - 3600,) * 2)  # killed an hour ago
+    write_result(result, tmp_path)
+    assert not dead.exists() and live.exists()
+    assert find_run_dirs(tmp_path) == [final]
+
+
+def test_an_interrupted_replace_puts_the_previous_result_back(result, tmp_path):
+    final = write_result(result, tmp_path)
+    want = read_result(final)
+    # killed between "final -> .old" and ".tmp -> final": only .old holds the result
+    old = final.parent / f".old-{final.name}-{dead_pid()}-0123abcd"
+    os.rename(final, old)
+    os.utime(old, (os.path.getmtime(old) - 3600,) * 2)
+    assert find_run_dirs(tmp_path) == []
+    clean_stale(final.parent)
+    assert not old.exists() and read_result(final) == want
+
+
+def test_disk_full_is_one_sentence_and_leaves_nothing(result, tmp_path, monkeypatch):
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(result_mod, "_fsync_write", full)
+    with pytest.raises(HarnessError, match="no space left on the device") as err:
+        write_result(result, tmp_path)
+    assert "Traceback" not in str(err.value) and str(err.value).endswith("--results-dir.")
+    assert [p for p in tmp_path.rglob("*") if p.is_dir() and p.name.startswith(".")] == []
+
+
+def test_a_writer_racing_on_the_final_rename_is_retried(result, tmp_path, monkeypatch):
+    write_result(result, tmp_path)
+    real, calls = os.rename, {"n": 0}
+
+    def racing(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the other writer put its own result in place first
+            raise OSError(errno.ENOTEMPTY, "Directory not empty")
+        return real(src, dst)
+
+    monkeypatch.setattr(result_mod.os, "rename", racing)
+    final = write_result(result, tmp_path)
+    monkeypatch.setattr(result_mod.os, "rename", real)
+    assert read_result(final)["seed_compatible"] == result.seed_compatible
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
