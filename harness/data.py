@@ -372,7 +372,13 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
     needed = (N - 1) * step + W
 
     rows, info, excs = _open_source(spec)
-    stream = np.empty(needed, dtype=np.int64)
+    try:
+        stream = np.empty(needed, dtype=np.int64)
+    except MemoryError:
+        raise HarnessError(
+            f"{N} windows x {T} tokens ({needed:,} token ids) do not fit in this machine's "
+            "memory; use a smaller --seq-len or --num-seqs."
+        ) from None
     filled = 0
     num_docs = 0
     bar = None

@@ -201,6 +201,15 @@ def _translate_load_error(err: BaseException, source: ModelSource) -> HarnessErr
             f"{name} does not fit in memory here; use more or larger GPUs (--runpod) or a "
             "smaller --dtype."
         )
+    if isinstance(err, OSError) and "no file named" in str(err).lower():
+        return HarnessError(
+            f"{name} has a config.json but no weights (model.safetensors or pytorch_model.bin); "
+            "point to a directory saved with its weights."
+        )
+    if isinstance(err, ValueError) and "json" in type(err).__name__.lower() + str(err).lower():
+        return HarnessError(
+            f"the config of {name} is not valid JSON; fix it or download the model again."
+        )
     if isinstance(err, ValueError) and "model type" in str(err).lower():
         return HarnessError(
             f"this transformers ({_tf_version()}) does not know the architecture of {name}; "

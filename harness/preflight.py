@@ -572,7 +572,13 @@ def _config_source(entry, source, configs, config) -> tuple[dict | None, object,
         paths.append(Path(build_tiny(entry.id)) / "config.json")
     for p in paths:
         if p.is_file():
-            return json.loads(p.read_text()), None, str(p.parent)
+            try:
+                return json.loads(p.read_text()), None, str(p.parent)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise HarnessError(
+                    f"{p} is not valid JSON ({getattr(err, 'msg', type(err).__name__)}); "
+                    "fix it or download the model's config.json again."
+                ) from None
     if "hub" in source.kind and (path := _hub_config(source.location, source.revision)):
         return json.loads(Path(path).read_text()), None, "hub"
     return None, None, "not at hand"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .environment import environment
+from .errors import HarnessError
 from .loading import LoadedModel, load
 from .options import AnalysisOptions
 from .pipeline import analyze
@@ -118,6 +119,15 @@ def run_model(
             report = preflight_here(spec, opts, allow_fallback=allow_fallback).raise_if_refused()
         loaded = load(spec, device=opts.device, dtype=opts.dtype, preflight=report)
     if windows is None:
+        from .pipeline import max_positions
+        from .sites import text_config
+
+        limit = max_positions(text_config(loaded.model.config))
+        if limit is not None and opts.seq_len > limit:  # before building the windows
+            raise HarnessError(
+                f"--seq-len {opts.seq_len} is above this model's maximum of {limit} positions; "
+                f"use --seq-len {limit} or less."
+            )
         windows = load_data(loaded, opts, progress=progress)
     result = analyze(
         loaded.model,

@@ -157,7 +157,7 @@ def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkey
         real(path, data)
 
     monkeypatch.setattr(result_mod, "_fsync_write", crash_on_second)
-    with pytest.raises(OSError):
+    with pytest.raises(HarnessError, match="no space left on the device"):  # one sentence
         result_mod.write_result(r, tmp_path)
     assert find_run_dirs(tmp_path) == []
     assert not any(p.name.startswith(".tmp") for p in tmp_path.rglob("*"))
@@ -174,3 +174,43 @@ def test_unwritable_results_dir_is_refused_before_the_model_loads(tmp_path, monk
     with pytest.raises(HarnessError, match="--results-dir .* is not writable") as err:
         run.run_model("tiny_qwen3", opts)
     assert one_sentence(str(err.value))
+
+
+def test_a_garbage_config_json_is_one_sentence(tmp_path):
+    from harness.preflight import preflight
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="config.json is not valid JSON") as err:
+        preflight(str(tmp_path), device="cpu")
+    assert one_sentence(str(err.value))
+
+
+def test_a_config_without_weights_is_one_sentence(tmp_path):
+    from transformers import AutoConfig
+
+    from harness.loading import load
+
+    AutoConfig.for_model(
+        "llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+    ).save_pretrained(tmp_path)
+    with pytest.raises(HarnessError, match="has a config.json but no weights") as err:
+        load(str(tmp_path), device="cpu")
+    assert one_sentence(str(err.value))
+
+
+def test_an_absurd_seq_len_names_the_models_limit(tmp_path, tiny_cache, monkeypatch):
+    from harness.options import AnalysisOptions
+    from harness.run import run_model
+
+    monkeypatch.setenv("OUTLIERS_TINY_CACHE", str(tiny_cache))
+    opts = AnalysisOptions(seq_len=10**14, num_seqs=16, results_dir=str(tmp_path / "r"))
+    with pytest.raises(HarnessError, match=r"--seq-len 100000000000000 is above this model's") as e:
+        run_model("tiny_qwen3", opts)
+    assert one_sentence(str(e.value))
+
+
+def test_windows_that_cannot_fit_in_memory_are_one_sentence(tiny_tokenizer):
+    from harness.data import DataSpec, load_windows
+
+    with pytest.raises(HarnessError, match="do not fit in this machine's memory"):
+        load_windows(tiny_tokenizer, DataSpec(dataset="builtin", num_seqs=16, seq_len=10**14))
