@@ -85,9 +85,9 @@ class OutlierSession:
                 report.raise_if_refused()
             return load(entry, device=opts.device, dtype=opts.dtype, preflight=report)
         except (NoGpu, WeightsUnavailable) as err:
-            pytest.skip(str(err))
+            _skip(err)
         except HarnessError as err:
-            pytest.fail(str(err), pytrace=False)
+            _fail(err)
 
     def windows(self, entry, loaded: LoadedModel | None):
         """Token windows, tokenized once per tokenizer and data settings."""
@@ -112,9 +112,7 @@ class OutlierSession:
             try:
                 self._windows[key] = load_data(loaded, opts, progress=True)
             except HarnessError as err:
-                pytest.skip(str(err)) if "offline" in str(err).lower() else pytest.fail(
-                    str(err), pytrace=False
-                )
+                _skip(err) if "offline" in str(err).lower() else _fail(err)
         return self._windows[key]
 
     def free(self, loaded: LoadedModel | None) -> None:
@@ -127,9 +125,9 @@ class OutlierSession:
             try:
                 outcome = benchmark.pedantic(self.remote.run, args=(entry,), rounds=1, iterations=1)
             except RunSkipped as err:
-                pytest.skip(str(err))
+                _skip(err)
             except RunFailed as err:
-                pytest.fail(str(err), pytrace=False)
+                _fail(err)
         else:
             from .run import run_model
 
@@ -141,7 +139,7 @@ class OutlierSession:
             try:
                 result, run_dir = benchmark.pedantic(measured, rounds=1, iterations=1)
             except HarnessError as err:
-                pytest.fail(str(err), pytrace=False)
+                _fail(err)
             outcome = RunOutcome(entry.id, run_dir, result.to_dict() | {"environment": None})
             outcome.extra["stats"] = result.stats
         self.outcomes[entry.id] = outcome
@@ -244,3 +242,13 @@ class OutlierSession:
     def close(self) -> None:
         if self.remote is not None:
             self.remote.close()
+
+
+def _fail(err: BaseException):
+    """Fail the model test with the error's sentence, once (no "During handling of the above
+    exception": the chained context is dropped)."""
+    raise pytest.fail.Exception(str(err), pytrace=False) from None
+
+
+def _skip(err: BaseException):
+    raise pytest.skip.Exception(str(err)) from None

@@ -162,3 +162,22 @@ def test_unwritable_reports_dir_is_a_usage_error_before_any_model(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 4, out
     assert "ERROR: --reports-dir" in out and "is not writable" in out and "Traceback" not in out
+
+
+def test_an_error_inside_a_model_test_is_printed_once(tmp_path):
+    p = pytest_run(
+        "-m",
+        "tiny",
+        "-k",
+        "tiny_opt",
+        "--seq-len",
+        "4096",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--reports-dir",
+        str(tmp_path / "rep"),
+    )
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    assert "--seq-len 4096 is above this model's maximum of 2048 positions" in out
+    assert "During handling of the above exception" not in out and "Traceback" not in out
