@@ -321,13 +321,20 @@ def trend(
 
 
 def format_params(n: float, digits: int = 3) -> str:
-    """6.7e9 -> '6.7B', 3.5e8 -> '350M' (``digits`` significant digits)."""
+    """6.7e9 -> '6.7B', 3.5e8 -> '350M' (at least ``digits`` significant digits, never an
+    exponent: 2.98e5 -> '298K', not '3e+02K')."""
     if not math.isfinite(n):
         return "?"
-    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.{digits}g}{unit}"
-    return f"{n:.{digits}g}"
+    units = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1.0, ""))
+    for i, (scale, unit) in enumerate(units):
+        if abs(n) >= scale or scale == 1.0:
+            v = n / scale
+            decimals = max(0, digits - len(str(int(abs(v)))))
+            text = f"{v:.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{v:.0f}"
+            if text == "1000" and i > 0:  # 999,999 rounds up into the next unit
+                return f"1{units[i - 1][1]}"
+            return text + unit
+    return f"{n:g}"
 
 
 def metric_label(metric: str) -> str:
@@ -373,11 +380,27 @@ def describe(metric_name: str, x_name: str, result: TrendResult) -> str:
     stats_text = (
         f"rho = {_num(c.rho)}, p = {_p(c.p_value)}, 95% CI {_num(c.ci_low)} to {_num(c.ci_high)}"
     )
-    if c.p_value < P_THRESHOLD:
+    # two methods answer one question: the permutation test (is rho far from 0 under
+    # shuffling?) and the bootstrap interval (where is rho over resampled models?); a claim
+    # needs both, and a disagreement is said as such
+    significant = c.p_value < P_THRESHOLD
+    excludes_zero = (
+        c.ci_low is not None
+        and c.ci_high is not None
+        and math.isfinite(c.ci_low)
+        and math.isfinite(c.ci_high)
+        and (c.ci_low > 0 or c.ci_high < 0)
+    )
+    if significant and excludes_zero:
         direction = "increases" if c.rho > 0 else "decreases"
         head = f"{metric_name}: {direction} with {x_name} ({stats_text})"
-    else:
+    elif not significant and not excludes_zero:
         head = f"{metric_name}: no monotonic relation with {x_name} ({stats_text})"
+    else:
+        head = (
+            f"{metric_name} vs {x_name}: inconclusive ({stats_text}): the permutation test and "
+            "the bootstrap interval disagree, as they can with few models or tied values"
+        )
     if cp is None:
         tail = "no step test (no split leaves 2 models on each side)"
     elif cp.delta_bic > BIC_WEAK and math.isfinite(cp.delta_bic):

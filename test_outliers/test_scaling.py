@@ -267,3 +267,31 @@ def test_describe_claims_nothing_on_degenerate_series(x, y, words):
     res = trend(x, y)
     assert words in res.verdict
     assert "increases" not in res.verdict and "favoured" not in res.verdict
+
+
+def test_format_params_never_prints_an_exponent():
+    from harness.scaling import format_params
+
+    assert [format_params(v, 2) for v in (2.98e5, 2.8e5, 1.25e8, 1.3e9, 999_999, 950)] == [
+        "298K",
+        "280K",
+        "125M",
+        "1.3B",
+        "1M",
+        "950",
+    ]
+
+
+def test_a_permutation_test_and_interval_that_disagree_claim_nothing():
+    from types import SimpleNamespace
+
+    from harness.scaling import describe
+
+    def result(p, lo, hi):
+        corr = SimpleNamespace(rho=-0.4, p_value=p, ci_low=lo, ci_high=hi, p_method="exact")
+        return SimpleNamespace(n=13, correlation=corr, change_point=None)
+
+    mixed = describe("pairs", "total params", result(0.19, -0.75, -0.08))
+    assert "inconclusive" in mixed and "no monotonic relation" not in mixed
+    assert "decreases" in describe("pairs", "total params", result(0.01, -0.75, -0.08))
+    assert "no monotonic relation" in describe("pairs", "total params", result(0.19, -0.75, 0.2))
