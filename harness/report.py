@@ -93,6 +93,13 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 COLUMNS: tuple[str, ...] = EXPORT_COLUMNS + EXTRA_COLUMNS
 FORMATS = ("table", "csv", "json", "md")
 NOT_COMPARABLE_SETTINGS = "n/a (different settings)"
+# What the table's less obvious columns mean (printed under it, terminal and summary.md)
+LEGEND = (
+    "published = the figure the original study (or Dettmers' table 4) reported for this model; "
+    "dev = our pairs relative to it, shown only when the run used the published settings; "
+    "cmp = yes when the row was made like the reference configuration (dtype, data, sites, "
+    "criteria), else it is not comparable and drawn hollow."
+)
 MIN_TREND_MODELS = 4
 TABLE_WIDTH = 150  # notes under the terminal table are wrapped to this width
 
@@ -758,6 +765,8 @@ def summary_markdown(
         "",
         render(rows, "md"),
         "",
+        LEGEND,
+        "",
         "## Rows that are not comparable",
         "",
     ]
@@ -870,7 +879,7 @@ def summary_for_terminal(
             star = r.model_name in session_models
             shown.append(_renamed(r, f"{r.model_name}*" if star else r.model_name))
     text = render(shown, "table")
-    lines = [text]
+    lines = [text, LEGEND]
     if session_models and any(r.model_name not in session_models for r in rows):
         lines.append("* = run in this session; the others are earlier results in the same folder.")
     if paths:

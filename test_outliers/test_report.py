@@ -430,3 +430,11 @@ def test_heatmap_shows_systematic_dims_first(written, tmp_path):
     assert data["values"].shape == (row.stats.num_sites, 32)
     assert math.isclose(data["values"][:, 0].max(), float(row.stats.site_max[:, 7].max()))
     _assert_real_image(tmp_path / "h.png", size=None)
+
+
+def test_the_tables_explain_their_columns(sweep):
+    from harness.report import summary_for_terminal, summary_markdown
+
+    rows = collect(sweep["root"], resamples=0)
+    for text in (summary_for_terminal(rows), summary_markdown(rows)):
+        assert "published = " in text and "dev = " in text and "cmp = yes when" in text
