@@ -827,16 +827,17 @@ def attribution_section_md(rows: list[Row]) -> list[str]:
 
 
 def write_reports(
-    rows: list[Row], out_dir: str | Path = "reports", *, plots: bool = True
+    rows: list[Row], out_dir: str | Path = "reports", *, plots: bool = True, flag: str = "--out"
 ) -> dict[str, Path]:
     """Write summary.md, summary.csv, summary.json and plots/*.png under ``out_dir``, each
-    atomically; returns {name: path}."""
+    atomically; returns {name: path}. ``flag`` names the option that chose ``out_dir`` in the
+    error sentence (``--reports-dir`` for pytest)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise HarnessError(
-            f"cannot write reports under {out} ({err.strerror}); pass a writable --out."
+            f"cannot write reports under {out} ({err.strerror}); pass a writable {flag}."
         ) from None
     paths: dict[str, Path] = {}
     plot_paths: dict[str, Path] = {}

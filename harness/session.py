@@ -209,7 +209,7 @@ class OutlierSession:
         rows = collect(self.options.results_dir)
         if not rows:
             return {}, ""
-        paths = write_reports(rows, self.reports_dir)
+        paths = write_reports(rows, self.reports_dir, flag="--reports-dir")
         text = summary_for_terminal(rows, paths=paths, session_models=set(self.outcomes))
         pods = self.pod_summary()
         return paths, text + ("\n" + pods if pods else "")
