@@ -364,9 +364,6 @@ class Capture:
         for obs in self.observers:
             (obs.end_batch if ok else obs.abort_batch)(batch)
 
-    def _merge(self, batch: Batch) -> None:
-        self._merged_parts(batch)()
-
     def _merged_parts(self, batch: Batch):
         """Reduce this batch's device parts; returns the function that commits them."""
         wrong = [s for s in self.sites if self._calls[s.index] != 1]

@@ -34,15 +34,12 @@ def entry_config(entry, *, configs: str | Path | None = None, download: bool = F
         candidates.append(Path(build_tiny(entry.id)))
     if entry.gguf is not None:  # the config is in the file's metadata
         from .errors import WeightsUnavailable
-        from .gguf_files import load_kwargs, packaged_file
+        from .gguf_files import packaged_file, read_config
 
         try:
-            location, kwargs = load_kwargs(packaged_file(*entry.gguf))
+            return read_config(packaged_file(*entry.gguf))
         except WeightsUnavailable:
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return AutoConfig.from_pretrained(location, **kwargs)
     for c in candidates:
         if (c / "config.json").is_file():
             with warnings.catch_warnings():

@@ -80,6 +80,18 @@ def describe(path: Path) -> dict:
     }
 
 
+def read_config(path: Path):
+    """The transformers config stored in a GGUF file's metadata."""
+    import warnings
+
+    from transformers import AutoConfig
+
+    location, kwargs = load_kwargs(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoConfig.from_pretrained(location, **kwargs)
+
+
 def load_kwargs(path: Path) -> tuple[str, dict]:
     """(directory, extra from_pretrained kwargs) for transformers' GGUF path."""
     require_gguf()

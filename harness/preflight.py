@@ -552,12 +552,9 @@ def _config_source(entry, source, configs, config) -> tuple[dict | None, object,
     if source.kind == "local":
         paths.append(Path(source.location) / "config.json")
     if source.kind == "gguf":  # the config is in the file's metadata
-        from transformers import AutoConfig
+        from .gguf_files import read_config
 
-        from .gguf_files import load_kwargs
-
-        location, kwargs = load_kwargs(Path(source.location))
-        built = AutoConfig.from_pretrained(location, **kwargs)
+        built = read_config(Path(source.location))
         return built.to_dict(), built, source.location
     folder = configs_dir(configs)
     if entry is not None and folder is not None:

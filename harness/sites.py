@@ -470,7 +470,7 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
     t0 = time.perf_counter()
     modules = dict(model.named_modules())
     seen: dict[int, list] = {}  # site index -> tensors its module received / returned
-    first: dict[str, tuple[str, torch.Tensor]] = {}  # block key -> (projection, input)
+    # block key -> (projection, input) of every projection call, in execution order
     readers: dict[str, list[tuple[str, torch.Tensor]]] = {}
     layer_in: dict[int, torch.Tensor] = {}
     handles = []
@@ -485,7 +485,6 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
             x = input_of(a, k)
             if x is None:
                 return
-            first.setdefault(key, (name, x))
             readers.setdefault(key, []).append((name, x))
 
         return hook
@@ -527,7 +526,7 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
             )
         x = got[0]
         if site.kind != "resid_out":
-            name, want = first.get(_block_key(site), (None, None))
+            name, want = (readers.get(_block_key(site)) or [(None, None)])[0]
             if name is not None and name != site.module_name:
                 # registration order is not execution order (Phi-3 registers o_proj before
                 # qkv_proj): the site moves to the projection that runs first

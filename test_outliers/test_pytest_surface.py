@@ -79,17 +79,22 @@ def test_selection_by_mark_and_id(args, expected):
     assert collected_ids(*args) == expected
 
 
-def test_real_model_without_gpu_is_skipped_with_one_sentence(tmp_path):
-    p = pytest_run(
+def run_qwen3_0_6b(tmp_path, *extra):
+    """`pytest -k qwen3_0.6b` here (no GPU), results and reports in tmp_path."""
+    return pytest_run(
         "-k",
         "qwen3_0.6b",
-        "-rs",
+        *extra,
         "--results-dir",
         str(tmp_path / "r"),
         "--reports-dir",
         str(tmp_path / "rep"),
         "test_outliers/test_models.py",
     )
+
+
+def test_real_model_without_gpu_is_skipped_with_one_sentence(tmp_path):
+    p = run_qwen3_0_6b(tmp_path, "-rs")
     assert p.returncode == 0, p.stdout
     assert "1 skipped" in p.stdout
     assert (
@@ -141,15 +146,7 @@ def test_a_bad_option_value_is_a_usage_error_with_one_sentence(args):
 
 
 def test_skip_reasons_are_printed_without_rs(tmp_path):
-    p = pytest_run(
-        "-k",
-        "qwen3_0.6b",
-        "--results-dir",
-        str(tmp_path / "r"),
-        "--reports-dir",
-        str(tmp_path / "rep"),
-        "test_outliers/test_models.py",
-    )
+    p = run_qwen3_0_6b(tmp_path)
     assert p.returncode == 0, p.stdout
     assert "1 model(s) skipped" in p.stdout
     assert "qwen3_0.6b: no usable GPU for qwen3_0.6b; run it with --runpod" in p.stdout
