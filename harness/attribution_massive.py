@@ -9,27 +9,27 @@ keeps, per layer and on the layer's device, only small running tables:
 - the top ``top_positions`` positions by max_d |x| (value, arg-max dim, signed value, position);
 - the exact top ``top`` values by |x| (signed value, dim, position): the top values lie in at
   most ``top`` distinct positions, each of which is among the top positions by max_d |x|;
-- a histogram of |x| in fixed log2 bins (``bins_per_octave`` per octave, 2^-24 .. 2^24; zeros
-  and anything below in the first bin, anything above in the last) over a fixed grid sample of
-  every window: every ``sp``-th position and every ``sd``-th dim, with sp * sd ~ ceil(T * H /
-  sample_per_seq) split evenly (sp = ceil(sqrt(stride)), sd = ceil(stride / sp)); sp = sd = 1,
-  i.e. every value, when T * H <= sample_per_seq (16384). Sampling both axes keeps many
-  positions AND many dims in the sample (dims differ in scale; position 0 is special).
+- a histogram of |x| over EVERY value (2^15 bins), keyed by the bit pattern of |x| as a 16-bit
+  float (``abs_keys``): the value itself in bf16 and fp16 runs, the bf16 truncation (the upper
+  half-word) in fp32 runs. Bit patterns of non-negative floats sort as their values, so the
+  rank of a key is the rank of a value. Only the median's key leaves the device (stats.npz).
 
-Median estimator (documented choice): the median |x| of layer l = the lower median (the value
-of rank ceil(n / 2)) of the pooled sampled values of the WHOLE corpus, read from the histogram:
-reported as the bin's geometric midpoint with the bin's edges, so it is exact to within one bin
-(factor 2^(1/16), +-2.2% about the midpoint) for the sampled values. With the default
-16384 values per window, Qwen3-30B at 16 x 2048 samples 2048 positions x 128 dims per layer.
-Unlike "the mean of per-batch medians" it is one median over the corpus; the histogram merges
-exactly across batches and devices.
+Median (documented choice): the median |x| of layer l = the lower median (the value of rank
+ceil(n / 2)) of all |x| of the layer's output over the WHOLE corpus (every window, position and
+dim), counted, never sampled. In bf16 and fp16 runs it is exact; in fp32 runs it lies in one
+bf16 bin [lo, hi), hi / lo <= 1 + 2^-7, and both bounds are reported. Unlike "the mean of
+per-batch medians" it is one median over the corpus; the counts merge exactly across batches
+and devices.
 
-A value is *massive* when |x| > 100 and |x| > 1000 x the layer's median |x| (Sun et al.).
+A value is *massive* when |x| > 100 and |x| > 1000 x the layer's median |x| (Sun et al.). When the
+median is only bounded, a value is massive when it passes at the upper bound, and *borderline*
+(labelled, never counted as massive) when it passes at the lower bound only.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -43,7 +43,9 @@ from .statistics import CapturedStats
 
 ABS_THRESHOLD = 100.0
 REL_THRESHOLD = 1000.0
-LOG2_RANGE = 24  # histogram covers 2^-24 .. 2^24
+KEYS = 1 << 15  # 16-bit float bit patterns without the sign
+EXACT_BF16, EXACT_FP16, BF16_OF_FP32 = 0, 1, 2  # what a key is (``key_kind``)
+_HIGH_HALF = 1 if sys.byteorder == "little" else 0  # the int16 holding an fp32's sign/exponent
 JSON_POSITIONS = 16  # massive positions listed per layer in result.json (all are in stats.npz)
 PREFIX = "attr_massive_"
 
@@ -56,6 +58,28 @@ def decoder_layers(sitemap: SiteMap) -> list[torch.nn.Module] | None:
         return list(layers)
     resid = [s.module for s in sitemap.sites if s.kind == "resid_out"]
     return resid if len(resid) == sitemap.num_layers else None
+
+
+def abs_keys(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """|x| as 15-bit keys (int16, flat) and the key kind: the bit pattern of |x| when x is bf16 or
+    fp16, else of |x| truncated to bf16 (the upper half-word of each fp32)."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        kind = EXACT_BF16 if x.dtype == torch.bfloat16 else EXACT_FP16
+        bits = x.reshape(-1).view(torch.int16)
+    else:
+        kind = BF16_OF_FP32
+        bits = x.reshape(-1).float().view(torch.int16)[_HIGH_HALF::2]
+    return bits & 0x7FFF, kind
+
+
+def key_bounds(key: int, kind: int) -> tuple[float, float]:
+    """[lo, hi] of the |x| that map to ``key``: lo == hi for exact kinds, else the bf16 bin
+    [lo, hi) (hi exclusive)."""
+    if kind == EXACT_FP16:
+        v = float(np.array([key], np.uint16).view(np.float16)[0])
+        return v, v
+    lo, hi = (float(v) for v in (np.array([key, key + 1], np.uint32) << 16).view(np.float32))
+    return (lo, lo) if kind == EXACT_BF16 else (lo, hi)
 
 
 def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,22 +97,16 @@ class MassiveActivations(Observer):
         *,
         top: int = 8,
         top_positions: int = 64,
-        sample_per_seq: int = 1 << 14,
-        bins_per_octave: int = 16,
     ):
         if top > top_positions:
             raise ValueError("top must not exceed top_positions (the exact top-k needs it)")
         self.layers = list(layers) if layers is not None else None
         self.top, self.P = int(top), int(top_positions)
-        self.sample_per_seq = int(sample_per_seq)
-        self.bpo = int(bins_per_octave)
-        self.lo = -LOG2_RANGE * self.bpo
-        self.nbins = 2 * LOG2_RANGE * self.bpo
         self._batch: Batch | None = None
         self._part: dict[int, dict] = {}
         self._state: dict[int, dict] = {}
+        self._kind: dict[int, int] = {}
         self.H = 0
-        self.sp = self.sd = 1
 
     # -- observer API --------------------------------------------------------------------
     def attach(self, sitemap: SiteMap, register: Callable) -> None:
@@ -105,9 +123,6 @@ class MassiveActivations(Observer):
 
     def begin_batch(self, batch: Batch) -> None:
         self._batch, self._part = batch, {}
-        stride = max(1, math.ceil(batch.seq_len * self.H / self.sample_per_seq))
-        self.sp = math.ceil(math.sqrt(stride))
-        self.sd = math.ceil(stride / self.sp)
 
     def end_batch(self, batch: Batch) -> None:
         for i, part in self._part.items():
@@ -126,20 +141,20 @@ class MassiveActivations(Observer):
             if self._batch is None or not isinstance(x, torch.Tensor):
                 return
             with hook_threads(x.device):
-                part = self._reduce(x, self._batch)
+                part = self._reduce(x, self._batch, layer)
             prev = self._part.get(layer)
             self._part[layer] = part if prev is None else self._merge(prev, part)
 
         return fn
 
-    def _reduce(self, x: torch.Tensor, batch: Batch) -> dict:
+    def _reduce(self, x: torch.Tensor, batch: Batch, layer: int) -> dict:
         B, T, H = batch.size, batch.seq_len, self.H
         if x.shape[-1] != H or x.numel() != B * T * H:
             raise HarnessError(
                 f"a decoder layer returned shape {tuple(x.shape)}, not [{B}, {T}, {H}]; the "
                 "layer list given to MassiveActivations does not fit this model."
             )
-        x3, x2 = x.reshape(B, T, H), x.reshape(B * T, H)
+        x2 = x.reshape(B * T, H)
         # max_d |x| per position from amax / amin along the contiguous dim: no |x| copy of the
         # activation (abs + amax costs ~3x more, linalg.vector_norm(ord=inf) ~30x on the CPU)
         pmax = torch.maximum(x2.amax(dim=1), x2.amin(dim=1).neg_()).float()  # [BT]
@@ -150,12 +165,9 @@ class MassiveActivations(Observer):
         for r0 in range(0, big.numel(), step):
             rows_big = x2.index_select(0, big[r0 : r0 + step]).abs().amax(dim=0).float()
             torch.maximum(dim_max, rows_big, out=dim_max)
-        sample = x3[:, :: self.sp, :: self.sd].abs().float().reshape(-1)
-        bins = torch.floor(torch.log2(sample) * self.bpo).clamp_(self.lo, -self.lo - 1)
-        # NaN (a broken model) goes to the lowest bin: the engine stops the batch with its
-        # NaN sentence once the forward pass is over
-        bins = torch.nan_to_num_(bins, nan=float(self.lo))
-        hist = torch.bincount((bins - self.lo).long(), minlength=self.nbins)
+        # every value counted (NaN keys sort above inf: the engine stops a NaN batch anyway)
+        keys, self._kind[layer] = abs_keys(x)
+        hist = torch.bincount(keys, minlength=KEYS)
         k = min(self.P, B * T)
         # stable sorts, not topk: among equal values the lower position (then dim) wins, so
         # the tables do not depend on the batch size
@@ -216,12 +228,21 @@ class MassiveActivations(Observer):
             "val_signed": np.zeros((L, K), np.float32),
             "val_pos": np.full((L, K), -1, np.int64),
             "val_dim": np.full((L, K), -1, np.int32),
-            "hist": np.zeros((L, self.nbins), np.int64),
+            "median_key": np.full(L, -1, np.int64),
+            "key_kind": np.full(L, -1, np.int8),
+            "values": np.zeros(L, np.int64),
             "over100": np.zeros(L, np.int64),
-            "meta": np.array([self.bpo, self.lo, self.sp, self.sd], np.int64),
         }
         for i, st in self._state.items():
+            # the lower median's key: the first key whose cumulative count reaches ceil(n / 2)
+            cum = torch.cumsum(st["hist"], 0)
+            n = int(cum[-1])
+            out["values"][i] = n
+            out["median_key"][i] = int(torch.searchsorted(cum, (n + 1) // 2)) if n else -1
+            out["key_kind"][i] = self._kind[i]
             for key, value in st.items():
+                if key == "hist":
+                    continue
                 v = value.detach().cpu().numpy()
                 if v.ndim == 0:
                     out[key][i] = v
@@ -231,15 +252,13 @@ class MassiveActivations(Observer):
 
 
 # -- the section of result.json ------------------------------------------------------------
-def _median_from_hist(hist: np.ndarray, bpo: int, lo: int) -> tuple[float, float, float] | None:
-    n = int(hist.sum())
-    if n == 0:
+def _median(x: dict, i: int) -> tuple[float, float, bool] | None:
+    """(lo, hi, exact) bounds of layer i's median |x|, None when nothing was counted."""
+    key, kind = int(x["median_key"][i]), int(x["key_kind"][i])
+    if key < 0:
         return None
-    b = int(np.searchsorted(np.cumsum(hist), (n + 1) // 2))
-    lo_edge = 0.0 if b == 0 else 2.0 ** ((b + lo) / bpo)
-    hi_edge = math.inf if b == len(hist) - 1 else 2.0 ** ((b + lo + 1) / bpo)
-    mid = 2.0 ** ((b + lo + 0.5) / bpo)
-    return mid, lo_edge, hi_edge
+    lo, hi = key_bounds(key, kind)
+    return lo, hi, kind != BF16_OF_FP32
 
 
 def _r(x: float, digits: int = 6) -> float:
@@ -251,7 +270,8 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
 
     Guarantees: ``layers[l].top`` holds the exact top values by |x| of layer l's output over
     the corpus with their dim, window, position and token id; ``massive`` flags |x| > 100 and
-    |x| > 1000 x ``median_abs`` (the histogram estimate, see the module docstring);
+    |x| > 1000 x the layer's median |x|, counted over every value (exact in bf16/fp16 runs;
+    in fp32 runs a value passing at the median's lower bound only is ``borderline``, not massive);
     ``massive_dims`` lists every dim whose max |x| at that layer is massive (exact, from the
     per-dim max); ``dims`` summarises them per model with ``systematic`` = the dim is a pooled
     Dettmers-systematic dim at the run's sites (``systematic_sites``) at ``criteria``.
@@ -259,7 +279,6 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
     x = {k[len(PREFIX) :]: v for k, v in stats.extra.items() if k.startswith(PREFIX)}
     if "dim_max" not in x:
         return None
-    bpo, lo, sp, sd = (int(v) for v in x["meta"])
     T = stats.seq_len
     flat_ids = np.asarray(stats.token_ids).reshape(-1)
     sys_dims = set(int(d) for d in pooled_dims(stats, criteria)[0])
@@ -270,27 +289,41 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
 
     layers, model_dims, massive_pos_ids = [], {}, []
     for i in range(len(x["layers"])):
-        med = _median_from_hist(x["hist"][i], bpo, lo)
-        median = med[0] if med else None
-        limit = max(ABS_THRESHOLD, REL_THRESHOLD * median) if median else math.inf
+        med = _median(x, i)
+        # a value is massive when it passes at the median's upper bound; borderline when only
+        # at the lower bound (the bounds are equal in bf16 / fp16 runs)
+        lo, hi, exact = med if med else (math.inf, math.inf, True)
+        median = (lo + hi) / 2 if med and hi > 0 else None
+
+        def verdict(v, lo=lo, hi=hi, exact=exact):
+            """(massive, borderline) for values |x| ``v`` (arrays)."""
+            v = np.asarray(v, np.float64)
+            # the median is < hi when inexact, so v >= 1000 * hi is enough
+            over = (v > REL_THRESHOLD * hi) | (not exact and v >= REL_THRESHOLD * hi)
+            massive = (v > ABS_THRESHOLD) & over
+            return massive, (v > ABS_THRESHOLD) & (v > REL_THRESHOLD * lo) & ~massive
+
         top = []
         for v, s, p, d in zip(
             x["val_abs"][i], x["val_signed"][i], x["val_pos"][i], x["val_dim"][i], strict=True
         ):
             if p < 0:
                 continue
+            massive, borderline = (bool(f) for f in verdict(v))
             top.append(
                 {
                     "value": _r(s),
                     "dim": int(d),
                     **where(p),
                     "ratio_to_median": _r(v / median, 4) if median else None,
-                    "massive": bool(v > limit),
+                    "massive": massive,
+                    **({"borderline": True} if borderline else {}),
                 }
             )
         dmax = x["dim_max"][i]
         layer_max = float(max(x["pos_val"][i].max(), 0.0))
-        mdims = np.flatnonzero(dmax > limit)
+        dim_massive, dim_borderline = verdict(dmax)
+        mdims, bdims = np.flatnonzero(dim_massive), np.flatnonzero(dim_borderline)
         for d in mdims:
             entry = model_dims.setdefault(int(d), {"dim": int(d), "layers": [], "max_abs": 0.0})
             entry["layers"].append(i)
@@ -300,18 +333,18 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
             for v, p, d, s in zip(
                 x["pos_val"][i], x["pos_pos"][i], x["pos_dim"][i], x["pos_signed"][i], strict=True
             )
-            if p >= 0 and v > limit
-        ]
+            if p >= 0 and verdict(v)[0]
+        ]  # positions are ranked by max_d |x|: a position past the table's size is not listed
         massive_pos_ids.extend(int(flat_ids[p]) for _, p, _, _ in mpos)
         layers.append(
             {
                 "layer": i,
                 "max_abs": _r(layer_max),
-                "median_abs": _r(median) if median else None,
-                "median_abs_bounds": [_r(med[1]), None if math.isinf(med[2]) else _r(med[2])]
-                if med
-                else None,
-                "median_sample_values": int(x["hist"][i].sum()),
+                # full precision: the bounds are exact statements about the data
+                "median_abs": median,
+                "median_abs_bounds": [lo, hi] if med else None,
+                "median_exact": exact if med else None,
+                "median_values": int(x["values"][i]),
                 "max_over_median": _r(layer_max / median, 4) if median else None,
                 "has_massive": bool(len(mdims)),
                 "massive_dims": [
@@ -322,6 +355,7 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
                     }
                     for d in mdims
                 ],
+                "borderline_dims": [int(d) for d in bdims],
                 "positions_over_100": int(x["over100"][i]),
                 "massive_positions": [
                     {"value": _r(s), "dim": d, **where(p)} for _, p, d, s in mpos[:positions]
@@ -340,9 +374,10 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
         "site": "decoder layer output (residual stream)",
         "criterion": f"|x| > {ABS_THRESHOLD:g} and |x| > {REL_THRESHOLD:g} x median |x| of the "
         "layer's output",
-        "median_estimator": f"lower median of a log2 histogram ({bpo} bins per octave) of |x| "
-        f"over every {sp}-th position x every {sd}-th dim of every window (the whole corpus); "
-        "value = bin midpoint",
+        "median": "lower median of |x| over every value of the layer's output in the corpus, "
+        "counted by 16-bit float bit pattern: exact in bf16 / fp16 runs; in fp32 runs it lies in "
+        "median_abs_bounds (one bf16 bin, relative width <= 2^-7), median_abs is their midpoint, "
+        "and a value massive at the lower bound only is labelled borderline",
         "layers_with_massive": [row["layer"] for row in layers if row["has_massive"]],
         "dims": sorted(model_dims.values(), key=lambda e: -e["max_abs"]),
         "systematic_sites": kinds,

@@ -26,6 +26,7 @@ from harness.errors import WeightsUnavailable
 from harness.loading import load
 from harness.outliers import Criteria, evaluate
 from harness.pipeline import analyze
+from harness.sites import find_sites
 
 ENGLISH = Path(__file__).parent / "data" / "english.txt"
 THRESHOLDS = [(6.0, 0.25, 0.06), (4.0, 0.25, 0.06), (3.0, 0.5, 0.2)]
@@ -73,12 +74,91 @@ def test_gguf_provenance(smollm2):
     assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("llama", 30, 576)
 
 
+class LayerOutputs:
+    """The oracle of the massive-activation tables: plain forward hooks on the decoder layers that
+    keep |x| of every output of ``seq_len`` tokens (the engine's 16-token self-check is not
+    corpus), then the exact lower median and per-dim max per layer, by numpy."""
+
+    def __init__(self, model, seq_len: int):
+        self.seq_len, self.outs = seq_len, defaultdict(list)
+        layers = [s.module for s in find_sites(model, "residual").sites]
+        self.hooks = [
+            m.register_forward_hook(lambda _m, _a, o, i=i: self._keep(i, o))
+            for i, m in enumerate(layers)
+        ]
+
+    def _keep(self, i, out):
+        out = out[0] if isinstance(out, tuple) else out
+        if out.shape[1] == self.seq_len:
+            self.outs[i].append(out.detach().abs().float().reshape(-1, out.shape[-1]).numpy())
+
+    def close(self) -> dict[int, tuple[float, np.ndarray]]:
+        for h in self.hooks:
+            h.remove()
+        exact = {}
+        for i, parts in self.outs.items():
+            a = np.concatenate(parts)
+            flat = np.sort(a.reshape(-1))
+            exact[i] = (float(flat[(flat.size + 1) // 2 - 1]), a.max(axis=0), flat.size)
+        return exact
+
+
 @pytest.fixture(scope="module")
 def main_job_run(smollm2):
-    """The offline default's windows (16 x 256 of the built-in corpus), with attribution."""
+    """The offline default's windows (16 x 256 of the built-in corpus), with attribution; the
+    layer outputs' exact medians from the same forward pass, by plain hooks."""
     w = windows(smollm2, "builtin", 16, 256)
     obs = attribution_observers(smollm2.model, 6.0)
-    return analyze(smollm2.model, w, observers=obs, attribution=False)
+    oracle = LayerOutputs(smollm2.model, 256)
+    try:
+        result = analyze(smollm2.model, w, observers=obs, attribution=False)
+    finally:
+        exact = oracle.close()
+    result.exact_layers = exact
+    return result
+
+
+def assert_massive_is_decided_by_the_true_median(massive, exact, *, exact_median: bool):
+    """Every layer's median bounds hold the exact lower median of all its |x| (equal to it when
+    ``exact_median``); every massive / borderline flag and every massive dim is the definition
+    (|x| > 100 and |x| > 1000 x median) applied with the exact median, a borderline flag only
+    where the bounds cannot tell."""
+    assert len(massive["layers"]) == len(exact)
+    for row in massive["layers"]:
+        med, dim_max, n = exact[row["layer"]]
+        lo, hi = row["median_abs_bounds"]
+        assert row["median_values"] == n and row["median_exact"] is exact_median
+        if exact_median:
+            assert lo == hi == row["median_abs"] == med
+        else:
+            assert lo <= med < hi and hi / lo <= 1 + 2**-7
+        truth = (dim_max > 100) & (dim_max > 1000 * med)
+        assert set(np.flatnonzero(truth)) - set(row["borderline_dims"]) == {
+            d["dim"] for d in row["massive_dims"]
+        }
+        for t in row["top"]:
+            v = abs(t["value"])
+            if not t.get("borderline"):
+                assert t["massive"] == (v > 100 and v > 1000 * med)
+
+
+def test_massive_activations_use_the_exact_median_fp32(main_job_run):
+    massive = main_job_run.sections["attribution"]["massive"]
+    assert_massive_is_decided_by_the_true_median(
+        massive, main_job_run.exact_layers, exact_median=False
+    )
+
+
+def test_massive_activations_use_the_exact_median_bf16(smollm2, smollm2_bf16):
+    w = windows(smollm2, str(ENGLISH), 2, 64)
+    oracle = LayerOutputs(smollm2_bf16, 64)
+    try:
+        result = analyze(smollm2_bf16, w, observers=attribution_observers(smollm2_bf16))
+    finally:
+        exact = oracle.close()
+    massive = result.sections["attribution"]["massive"]
+    assert massive["layers_with_massive"], "SmolLM2's dim 507 is massive in bf16 too"
+    assert_massive_is_decided_by_the_true_median(massive, exact, exact_median=True)
 
 
 def test_massive_activations_at_the_first_position(main_job_run):
