@@ -277,7 +277,7 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
     Dettmers-systematic dim at the run's sites (``systematic_sites``) at ``criteria``.
     """
     x = {k[len(PREFIX) :]: v for k, v in stats.extra.items() if k.startswith(PREFIX)}
-    if "dim_max" not in x:
+    if "median_key" not in x:  # not captured, or stats.npz from before the counted median
         return None
     T = stats.seq_len
     flat_ids = np.asarray(stats.token_ids).reshape(-1)

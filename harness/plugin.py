@@ -108,6 +108,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", f"{len(skips)} model(s) skipped")
         for line in skips:
             terminalreporter.write_line(line)
+    if sess.reused:
+        terminalreporter.write_sep("=", f"{len(sess.reused)} model(s) reused")
+        for model_id, kept in sess.reused.items():
+            terminalreporter.write_line(
+                f"{model_id}: kept {kept.result_dir} (same revision, data, criteria and dtype; "
+                "--rerun runs it again)"
+            )
     if not sess.outcomes:
         return
     paths, text = sess.write_reports()

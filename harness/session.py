@@ -42,6 +42,8 @@ class OutlierSession:
         self.allow_fallback = bool(config.getoption("outliers_allow_fallback", default=False))
         self.preflights: dict[str, object] = {}  # model id -> harness.preflight.PreflightReport
         self.remote = None  # a harness.runpod runner when --runpod is given
+        self.rerun = bool(config.getoption("rerun", default=False))
+        self.reused: dict[str, RunOutcome] = {}  # model id -> the result kept (local resume)
         self.started = time.time()
 
     def prepare(self, entries) -> None:
@@ -64,7 +66,7 @@ class OutlierSession:
 
     def load(self, entry) -> LoadedModel | None:
         """The model of ``entry`` on this machine, or a skip with one sentence saying why."""
-        if self.remote is not None:
+        if self.remote is not None or self._reuse(entry) is not None:
             return None
         opts = self.options_for(entry)
         try:
@@ -88,6 +90,24 @@ class OutlierSession:
             _skip(err)
         except HarnessError as err:
             _fail(err)
+
+    def _reuse(self, entry) -> RunOutcome | None:
+        """The existing result that answers this run (same revision, data, criteria, dtype and
+        sections), unless ``--rerun``; the RunPod runner decides the same way."""
+        if self.rerun:
+            return None
+        if entry.id not in self.reused:
+            from .result import RESULT_FILE
+            from .resume import expected_run, find_existing, read_json
+
+            found = find_existing(
+                self.options.results_dir, expected_run(self.options_for(entry), entry)
+            )
+            if found is None:
+                return None
+            data = read_json(found / RESULT_FILE) or {}
+            self.reused[entry.id] = RunOutcome(entry.id, found, data, where="local", reused=True)
+        return self.reused[entry.id]
 
     def windows(self, entry, loaded: LoadedModel | None):
         """Token windows, tokenized once per tokenizer and data settings."""
@@ -128,6 +148,8 @@ class OutlierSession:
                 _skip(err)
             except RunFailed as err:
                 _fail(err)
+        elif (kept := self._reuse(entry)) is not None:
+            outcome = benchmark.pedantic(lambda: kept, rounds=1, iterations=1)
         else:
             from .run import run_model
 
@@ -165,6 +187,7 @@ class OutlierSession:
             "tokens_per_second": r["timing"].get("tokens_per_second"),
             "result_dir": str(outcome.result_dir),
             "where": outcome.where,
+            "reused": outcome.reused,
         }
         if outcome.pod:
             info["pod"] = outcome.pod

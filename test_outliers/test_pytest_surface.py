@@ -178,3 +178,38 @@ def test_an_error_inside_a_model_test_is_printed_once(tmp_path):
     assert p.returncode == 1, out
     assert "--seq-len 4096 is above this model's maximum of 2048 positions" in out
     assert "During handling of the above exception" not in out and "Traceback" not in out
+
+
+def test_a_local_result_is_reused_unless_rerun(tmp_path):
+    """Local runs resume as RunPod runs do: same revision, data, criteria and dtype -> the result
+    is kept and named in the output; ``--rerun`` runs it; another dtype is another run."""
+
+    def run(*extra):
+        p = pytest_run(
+            "-m",
+            "tiny",
+            "-k",
+            "tiny_llama",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--reports-dir",
+            str(tmp_path / "rep"),
+            *extra,
+            "test_outliers/test_models.py",
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    def written():
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("result.json")}
+
+    assert "model(s) reused" not in run()
+    (first,) = written()
+    before = written()
+    out = run()
+    assert "1 model(s) reused" in out and f"tiny_llama: kept {first.parent}" in out
+    assert written() == before
+    out = run("--rerun")
+    assert "model(s) reused" not in out and written()[first] > before[first]
+    out = run("--dtype", "bfloat16")
+    assert "model(s) reused" not in out and len(written()) == 2

@@ -80,7 +80,11 @@ def test_options_are_declared_once_for_pytest_and_argparse():
 
 
 RESULT = {
-    "model": {"id": "m", "source": {"hub_id": "org/m", "revision": "abc"}},
+    "model": {
+        "id": "m",
+        "source": {"hub_id": "org/m", "revision": "abc"},
+        "requested_dtype": "bfloat16",
+    },
     "data": {
         "dataset": "d",
         "num_sequences": 16,
@@ -126,11 +130,40 @@ def _changed(path: str, value):
         ("criteria.magnitude", 6, True),
         ("criteria.sites", "all", False),
         ("criteria.site_names", None, True),
+        ("model.requested_dtype", "float32", False),
+        ("model.requested_dtype", None, True),
     ],
 )
 def test_same_run_compares_revision_data_and_criteria(path, value, same):
     assert same_run(RESULT, _changed(path, value)) is same
     assert same_run(_changed(path, value), RESULT) is same
+
+
+@pytest.mark.parametrize(
+    ("wants", "has", "reused"),
+    [
+        ([], [], True),
+        (["attribution"], ["attribution"], True),
+        (["attribution"], [], False),  # a --no-attribution result does not answer a full run
+        ([], ["attribution", "perplexity"], True),  # extra sections do no harm
+        (["attribution", "perplexity"], ["attribution"], False),
+    ],
+)
+def test_a_kept_result_holds_every_section_the_run_asks_for(tmp_path, wants, has, reused):
+    from harness.result import SCHEMA_VERSION
+    from harness.resume import covers, find_existing
+
+    result = json.loads(json.dumps(RESULT)) | {k: {"x": 1} for k in has}
+    expected = _changed("data.windows_sha256", None) | {"wants": wants}
+    assert covers(result, expected) is reused
+    run = tmp_path / "m" / "run"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(result | {"schema_version": SCHEMA_VERSION}))
+    assert find_existing(tmp_path, expected) is None  # no stats.npz: not a complete result
+    (run / "stats.npz").write_bytes(b"")
+    assert find_existing(tmp_path, expected) == (run if reused else None)
+    (run / "result.json").write_text(json.dumps(result | {"schema_version": SCHEMA_VERSION + 1}))
+    assert find_existing(tmp_path, expected) is None  # another schema is never kept
 
 
 def test_remote_benchmark_records_replace_local_ones_of_the_same_test():

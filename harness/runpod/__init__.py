@@ -11,7 +11,8 @@ Public surface (the pytest plugin and the ``outliers`` CLI use these):
 Importing this package does not import the ``runpod`` SDK or paramiko; they load on first use.
 """
 
-from .collect import merge_benchmark_json, same_run
+from ..resume import same_run
+from .collect import merge_benchmark_json
 from .options import (
     DEFAULT_IMAGE,
     RunpodOptions,

@@ -177,7 +177,8 @@ def add_runpod_options(group) -> None:
         "--rerun",
         action="store_true",
         default=False,
-        help="run a model even when a result with the same revision, data and criteria exists",
+        help="run a model even when a result with the same revision, data, criteria and dtype "
+        "exists (local runs and --runpod)",
     )
 
 

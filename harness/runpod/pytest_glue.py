@@ -6,7 +6,7 @@ prepared ``RunpodRunner``:
 - each pod runs exactly the tests that were selected here for its model: their node ids, plus
   every option of this invocation except the selection (paths, ``-k``, ``-m``), our ``--runpod*``
   / ``--rerun`` options and the paths the pod sets itself (results dir, benchmark JSON);
-- a model whose result (same revision, data spec and criteria) is already in the results
+- a model whose result (same revision, data spec, criteria and dtype) is already in the results
   directory is not run again unless ``--rerun`` (``expected_run``);
 - progress lines go to pytest's terminal reporter.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..resume import expected_run
 from .options import options_from_config, strip_forwarded_args
 from .ship import project_root
 
@@ -57,38 +58,6 @@ def node_ids_by_entry(config, project_dir: Path) -> dict[str, list[str]]:
         rest = item.nodeid.split("::", 1)[1] if "::" in item.nodeid else ""
         by.setdefault(entry.id, []).append(f"{rel}::{rest}" if rest else rel)
     return by
-
-
-def expected_run(opts, entry) -> dict:
-    """The part of a result that is known before running (see ``collect.same_run``)."""
-    data = {
-        "dataset": opts.dataset,
-        "num_sequences": opts.num_seqs,
-        "seq_len": opts.seq_len,
-        "stride": opts.stride or opts.seq_len,
-    }
-    if opts.dataset_config:
-        data["config"] = opts.dataset_config
-    if opts.dataset_revision:
-        data["revision"] = opts.dataset_revision
-    if opts.bos != "auto":
-        data["bos"] = opts.bos
-    return {
-        "model": {
-            "id": entry.id,
-            "source": {
-                "hub_id": None if entry.is_tiny else entry.hub_id,
-                "revision": entry.revision,
-            },
-        },
-        "data": data,
-        "criteria": {
-            "sites": opts.sites,
-            "magnitude": opts.magnitude,
-            "layer_fraction": opts.layer_frac,
-            "seq_fraction": opts.seq_frac,
-        },
-    }
 
 
 class TerminalLines:

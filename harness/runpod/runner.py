@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.runners import RunFailed, RunOutcome, RunSkipped
 
+from .. import resume
 from . import collect
 from .api import ApiError, RunpodApi
 from .credentials import Credentials, Redactor, load_credentials, load_private_key
@@ -171,7 +172,7 @@ class RunpodRunner:
             if reused is not None:
                 self._reused[e.id] = reused
                 self._say(
-                    f"{e.id}: keeping {reused.result_dir} (same revision, data and criteria; "
+                    f"{e.id}: keeping {reused.result_dir} (same revision, data, criteria and dtype; "
                     "--rerun runs it again)"
                 )
             else:
@@ -276,10 +277,10 @@ class RunpodRunner:
         expected = self.expected_for(entry)
         if not expected:
             return None
-        found = collect.find_existing(self.results_dir, expected)
+        found = resume.find_existing(self.results_dir, expected)
         if found is None:
             return None
-        data = collect.read_json(found / collect.RESULT_FILE) or {}
+        data = resume.read_json(found / resume.RESULT_FILE) or {}
         return RunOutcome(entry.id, found, data, where="local", reused=True)
 
     # -- one pod, start to end -----------------------------------------------------------------
@@ -594,7 +595,7 @@ class RunpodRunner:
             for e in task.plan.entries:
                 label = safe_label(e.id)
                 bench_path = stage / "out" / f"bench-{label}.json"
-                bench = collect.read_json(bench_path) if bench_path.is_file() else None
+                bench = resume.read_json(bench_path) if bench_path.is_file() else None
                 if bench is not None:
                     (logs / f"benchmark-{label}.json").write_text(self.redact(json.dumps(bench)))
                 record = collect.pick_benchmark(collect.benchmark_records(bench), e.id)
