@@ -185,19 +185,26 @@ def attribution_tables(result: dict, tokenizer=None, fmt: str = "github") -> dic
     }
 
 
+def no_enrichment(result: dict) -> bool:
+    """True when a MoE result's expert section exists but has no outlier position at any layer."""
+    ex = (_section(result) or {}).get("experts") or {}
+    layers = ex.get("layers") or []
+    return bool(layers) and not any(r.get("outlier_positions") for r in layers)
+
+
 def plot_expert_enrichment(result: dict, path: str | Path) -> Path | None:
     """Layer x expert heatmap of log2(enrichment) for one MoE model, written to ``path``
-    (PNG); None (nothing written) when the result has no expert attribution."""
+    (PNG); None (nothing written) when the result has no expert attribution or no outlier
+    position (every enrichment undefined: a blank grid says nothing; see ``no_enrichment``)."""
     section = _section(result) or {}
     ex = section.get("experts")
-    if not ex or "layers" not in ex or not ex["layers"]:
+    if not ex or "layers" not in ex or not ex["layers"] or no_enrichment(result):
         return None
-    import matplotlib
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import colormaps
+
+    from .plots import new_figure, save_figure
 
     E = max(len(r["enrichment"]) for r in ex["layers"])
     grid = np.full((len(ex["layers"]), E), np.nan)  # NaN: undefined (expert never selected)
@@ -208,8 +215,9 @@ def plot_expert_enrichment(result: dict, path: str | Path) -> Path | None:
     finite = grid[np.isfinite(grid)]
     lim = max(1.0, float(np.abs(finite).max()) if len(finite) else 1.0)
     grid = np.where(np.isneginf(grid), -lim, grid)  # never selected at outlier positions
-    fig, ax = plt.subplots(figsize=(min(18, 4 + 0.1 * E), min(14, 2 + 0.25 * len(grid))))
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
+    fig = new_figure((min(18, 4 + 0.1 * E), min(14, 2 + 0.25 * len(grid))))
+    ax = fig.add_subplot()
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#dddddd")
     im = ax.imshow(
         np.ma.masked_invalid(grid),
         aspect="auto",
@@ -229,8 +237,4 @@ def plot_expert_enrichment(result: dict, path: str | Path) -> Path | None:
     ax.set_title(f"{model}\nenrichment at outlier positions (o: outlier experts)", fontsize=10)
     fig.colorbar(im, ax=ax, label="log2 enrichment")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

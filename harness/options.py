@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, replace
 
 from .errors import HarnessError
 
+STUDY_DATASET = "HuggingFaceFW/fineweb-edu"  # the original study's corpus, the real-model default
+
 
 @dataclass(frozen=True)
 class Option:
@@ -136,9 +138,9 @@ class AnalysisOptions:
                 num_seqs=self.num_seqs or 16,
                 seq_len=self.seq_len or 256,
             )
-        dataset = self.dataset or "HuggingFaceFW/fineweb-edu"
+        dataset = self.dataset or STUDY_DATASET
         config = self.dataset_config
-        if config is None and dataset == "HuggingFaceFW/fineweb-edu":
+        if config is None and dataset == STUDY_DATASET:
             config = "sample-10BT"
         return replace(
             self,

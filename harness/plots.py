@@ -19,7 +19,6 @@ tests can check what is on a figure without reading pixels.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from .outliers import Criteria, pooled_dims, seed_compatible
+from .result import slug
 
 FIGSIZE = (8.0, 6.0)
 DPI = 120
@@ -55,15 +55,13 @@ Y_AXES = {
     "sites_affected_pct": "% of sites touched by a pooled systematic dim",
     "positions_affected_pct": "% of positions touched by a pooled systematic dim",
 }
-# Which column of table 4 goes on which y axis.
+# Which column of table 4 goes on which y axis: only the pooled figures are Dettmers' quantities
+# (the seed-compatible pair statistics are the original study's own, not his).
 REFERENCE_COLUMN = {
-    "mean_layer_pct": "layer_pct",
-    "median_layer_pct": "layer_pct",
-    "mean_seq_pct": "seq_pct",
-    "median_seq_pct": "seq_pct",
     "sites_affected_pct": "layer_pct",
     "positions_affected_pct": "seq_pct",
 }
+SEED_COMPATIBLE_Y = ("mean_layer_pct", "median_layer_pct", "mean_seq_pct", "median_seq_pct")
 TITLES = {
     "mean_layer_pct": "Mean layer %",
     "median_layer_pct": "Median layer %",
@@ -76,7 +74,8 @@ STUDY_PLOTS = tuple((x, y) for x in X_AXES for y in list(Y_AXES)[:4])  # the ori
 POOLED_PLOTS = (("total_params", "sites_affected_pct"), ("total_params", "positions_affected_pct"))
 
 
-def _figure(figsize=FIGSIZE) -> Figure:
+def new_figure(figsize=FIGSIZE) -> Figure:
+    """A figure on an Agg canvas (no pyplot state, safe in threads)."""
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -96,10 +95,6 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "model"
-
-
 def _reference_series() -> dict | None:
     try:
         from .reference import reference_series
@@ -117,33 +112,31 @@ def style_key(row) -> str:
 
 
 def _place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> None:
-    """Annotate points, moving a label up or down when it would overlap one already placed."""
-    fig = ax.figure
-    scale = fig.dpi / 72.0
-    size = text_kw.get("fontsize", 7)
-    placed: list[tuple[float, float, float, float]] = []
-    offsets = [(5, 4)] + [(5, 4 + sign * k * 11) for k in range(1, 7) for sign in (-1, 1)]
-    for xv, yv, text in sorted(points, key=lambda p: (p[0], p[1])):
-        px, py = ax.transData.transform((xv, yv))
-        w, h = 0.6 * size * len(text) * scale, size * 1.2 * scale
+    """Label every point, moved off each other and off the points by adjustText; a label that
+    had to move is joined to its point by a thin leader line, so each value stays where it is."""
+    if not points:
+        return
+    from adjustText import adjust_text
 
-        def clashes(dx, dy, px=px, py=py, w=w, h=h):
-            x0, y0 = px + dx * scale, py + dy * scale
-            return sum(
-                x0 < b[0] + b[2] and b[0] < x0 + w and y0 < b[1] + b[3] and b[1] < y0 + h
-                for b in placed
-            )
-
-        choice = min(offsets, key=lambda o: (clashes(*o) > 0, clashes(*o), offsets.index(o)))
-        placed.append((px + choice[0] * scale, py + choice[1] * scale, w, h))
-        ax.annotate(text, (xv, yv), xytext=choice, textcoords="offset points", **text_kw)
+    texts = [ax.text(xv, yv, text, **text_kw) for xv, yv, text in points]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    adjust_text(
+        texts,
+        x=xs,
+        y=ys,
+        target_x=xs,
+        target_y=ys,
+        ax=ax,
+        arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6},
+        time_lim=2.0,
+    )
 
 
 def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = True) -> dict:
     """One point per model with params (``x``) on a log axis against ``y``; returns
     ``{"path", "x", "y", "series": {label: {"x", "y", "labels", "low", "high", "hollow"}}}``
     (the reference overlay, when drawn, is the series ``REFERENCE_LABEL``)."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     series: dict[str, dict] = {}
     labels: list[tuple[float, float, str]] = []
@@ -159,7 +152,7 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             iv = r.ci.get(y)
             s["x"].append(float(getattr(r, x)))
             s["y"].append(float(getattr(r, y)))
-            s["labels"].append(r.model_name)
+            s["labels"].append(r.label)
             s["low"].append(None if iv is None else iv.low)
             s["high"].append(None if iv is None else iv.high)
             s["hollow"].append(not r.comparable)
@@ -228,6 +221,20 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(-3.0, lo), min(108.0, max(hi, 10.0)))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
+    without = [r.label for r in rows if y in SEED_COMPATIBLE_Y and r.num_outliers == 0]
+    if without:  # no systematic pair: no percentage to draw; say who, not a silent gap
+        shown = ", ".join(without[:6]) + (
+            f" and {len(without) - 6} more" if len(without) > 6 else ""
+        )
+        ax.text(
+            0.01,
+            0.01,
+            f"{len(without)} model(s) with no systematic pairs, not drawn: {shown}",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="0.3",
+            va="bottom",
+        )
     _place_labels(ax, labels, fontsize=7)
     if ref is not None:
         _place_labels(ax, list(zip(rx, ry, ref["labels"], strict=True)), fontsize=6, color="0.35")
@@ -243,7 +250,7 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             transform=ax.transAxes,
         )
     save_figure(fig, path)
-    return {"path": Path(path), "x": x, "y": y, "series": series}
+    return {"path": Path(path), "x": x, "y": y, "series": series, "without_pairs": without}
 
 
 # -- heatmap ----------------------------------------------------------------------------------
@@ -258,6 +265,17 @@ def heatmap_dims(stats, criteria: Criteria, limit: int = HEATMAP_DIMS) -> tuple[
     return np.concatenate([sys_sorted, others]).astype(np.int64), len(sys_sorted)
 
 
+def colorbar_ticks(vmin: float, vmax: float, magnitude: float) -> list[float]:
+    """Ticks of a log colour bar over [vmin, vmax]: 1-2-5 steps, the magnitude, and both ends
+    (3 significant digits) unless a tick is already within 20% of that end."""
+    nice = [v * 10.0**e for e in range(-8, 9) for v in (1, 2, 5)]
+    ticks = {v for v in (*nice, float(magnitude)) if vmin <= v <= vmax}
+    for end in (vmin, vmax):
+        if not any(abs(np.log10(t / end)) < np.log10(1.2) for t in ticks):
+            ticks.add(min(max(float(f"{end:.3g}"), vmin), vmax))
+    return sorted(ticks)
+
+
 def heatmap(row, path: str | Path) -> dict:
     """Sites x top dims of ``row`` (max |x| per site, log colour); returns the drawn data."""
     stats, criteria = row.stats, row.criteria
@@ -269,7 +287,7 @@ def heatmap(row, path: str | Path) -> dict:
     vmin = float(positive.min()) if positive.size else 1e-3
     vmin = min(max(vmin, vmax * 1e-4), criteria.magnitude * 0.5)
     height = float(np.clip(2.0 + 0.14 * S, 4.5, 12.0))
-    fig = _figure((9.0, height))
+    fig = new_figure((9.0, height))
     label_in = 0.08 * max(len(n) for n in stats.site_names) + 0.35  # site names on the left
     fig.subplots_adjust(
         left=label_in / 9.0, right=0.93, bottom=0.75 / height, top=1 - 0.45 / height
@@ -299,13 +317,12 @@ def heatmap(row, path: str | Path) -> dict:
     ax.set_xlabel(f"dim (red: the {n_sys} pooled systematic dims; then the largest others)")
     ax.set_ylabel("site")
     ax.set_title(
-        f"{row.model_name}: max |x| per site and dim (dots: >= {criteria.magnitude:g})",
+        f"{row.label}: max |x| per site and dim (dots: >= {criteria.magnitude:g})",
         fontsize=10,
     )
     cbar = fig.colorbar(im, ax=ax)
     cbar.set_label("max |x| (log scale; red line: the magnitude)")
-    nice = [v * 10.0**e for e in range(-4, 6) for v in (1, 2, 5)]
-    ticks = sorted({v for v in nice if vmin <= v <= vmax} | {float(criteria.magnitude)})
+    ticks = colorbar_ticks(vmin, vmax, criteria.magnitude)
     cbar.set_ticks(ticks)
     cbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     cbar.ax.yaxis.set_minor_formatter(NullFormatter())
@@ -318,6 +335,7 @@ def heatmap(row, path: str | Path) -> dict:
         "sites": list(stats.site_names),
         "values": values,
         "magnitude": criteria.magnitude,
+        "colorbar_ticks": ticks,
     }
 
 
@@ -337,7 +355,7 @@ def sensitivity_curves(stats, criteria: Criteria) -> dict:
 def sensitivity_plot(rows, path: str | Path) -> dict:
     """Two panels, one line per model: pooled systematic dims and seed-compatible pairs vs the
     magnitude (log x, symlog y). Returns ``{"path", "dims": {model: {"x", "y"}}, "pairs": ...}``."""
-    fig = _figure((12.0, 5.5))
+    fig = new_figure((12.0, 5.5))
     ax_dims, ax_pairs = fig.subplots(1, 2)
     from matplotlib import colormaps
 
@@ -348,7 +366,7 @@ def sensitivity_plot(rows, path: str | Path) -> dict:
     for i, r in enumerate(drawn):
         curves = sensitivity_curves(r.stats, r.criteria)
         colour, ls = colours[i % 20], styles[(i // 20) % len(styles)]
-        label = r.model_name + ("" if r.comparable else " (not comparable)")
+        label = r.label + ("" if r.comparable else " (not comparable)")
         for ax, key in ((ax_dims, "dims"), (ax_pairs, "pairs")):
             ax.plot(
                 curves["magnitude"],
@@ -360,7 +378,7 @@ def sensitivity_plot(rows, path: str | Path) -> dict:
                 mfc=colour if r.comparable else "none",
                 label=label,
             )
-            out[key][r.model_name] = {"x": curves["magnitude"], "y": curves[key]}
+            out[key][r.label] = {"x": curves["magnitude"], "y": curves[key]}
     magnitudes = sorted({r.criteria.magnitude for r in drawn})
     for ax, key, title in (
         (ax_dims, "dims", "pooled systematic dims"),
@@ -400,12 +418,8 @@ def plot_all(rows, out_dir: str | Path) -> dict[str, dict]:
     with_stats = [r for r in rows if r.stats is not None]
     if with_stats:
         drawn["sensitivity.png"] = sensitivity_plot(with_stats, out / "sensitivity.png")
-    names = [r.model_name for r in with_stats]
-    for r in with_stats:
-        stem = _slug(r.model_name)
-        if names.count(r.model_name) > 1:  # same model in two configurations
-            stem += f"_{_slug(r.activation_dtype)}_{_slug(Path(r.run_dir).name)[:40]}"
-        name = f"heatmap_{stem}.png"
+    for r in with_stats:  # labels are unique (report.label_runs): one file per run, never cut
+        name = f"heatmap_{slug(r.label)}.png"
         drawn[name] = heatmap(r, out / name)
     return drawn
 
@@ -422,7 +436,9 @@ __all__ = [
     "REFERENCE_LABEL",
     "STUDY_PLOTS",
     "heatmap",
+    "colorbar_ticks",
     "heatmap_dims",
+    "new_figure",
     "plot_all",
     "save_figure",
     "scatter_plot",

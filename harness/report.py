@@ -30,8 +30,9 @@ from pathlib import Path
 
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, Interval, bootstrap
 from .errors import HarnessError
+from .options import STUDY_DATASET
 from .outliers import Criteria, evaluate
-from .result import find_run_dirs, read_result, read_stats, run_dir_name
+from .result import find_run_dirs, read_result, read_stats, run_dir_name, slug
 from .statistics import CapturedStats
 
 # The original study's export (generate_comparison_plots.py --format csv), in its order.
@@ -58,6 +59,7 @@ CI_METRICS: tuple[str, ...] = (
     "positions_affected_pct",
 )
 EXTRA_COLUMNS: tuple[str, ...] = (
+    "label",
     "family",
     "total_params_no_emb_b",
     "active_params_no_emb_b",
@@ -147,6 +149,10 @@ class Row:
     stats: CapturedStats | None = field(default=None, repr=False, compare=False)
     attribution: dict | None = field(default=None, repr=False, compare=False)
     tokenizer_name: str | None = field(default=None, repr=False, compare=False)
+    label: str = ""  # the model id, plus what differs when one model has several runs
+
+    def __post_init__(self):
+        self.label = self.label or self.model_name
 
     @property
     def is_moe(self) -> bool:
@@ -157,6 +163,7 @@ class Row:
         """The flat record of ``COLUMNS``, in order (None where a value is missing)."""
         out = {
             "model_name": self.model_name,
+            "label": self.label,
             "total_params_b": _billions(self.total_params),
             "active_params_b": _billions(self.active_params),
             "num_outliers": self.num_outliers,
@@ -336,6 +343,7 @@ def collect(
     ]
     rows.sort(key=lambda r: (r.total_params or 0, r.active_params or 0, r.model_name))
     mark_comparability(rows)
+    label_runs(rows)
     return rows
 
 
@@ -448,13 +456,35 @@ def _criteria_text(c: Criteria) -> str:
     return f"|x|>={c.magnitude:g}, {c.layer_frac:g} sites, {c.seq_frac:g} positions"
 
 
+def is_study_default(row: Row) -> bool:
+    """Whether ``row`` was made at the study's settings: FineWeb-Edu, 16 windows of 2048 tokens,
+    the norm-output sites, Dettmers' criteria (any stride, dtype or BOS policy)."""
+    d = row.data
+    return (
+        d.get("dataset") == STUDY_DATASET
+        and (d.get("num_sequences"), d.get("seq_len")) == (16, 2048)
+        and row.sites == "ln"
+        and row.criteria == Criteria(6.0, 0.25, 0.06)
+    )
+
+
 def mark_comparability(rows: list[Row]) -> Row | None:
-    """Pick the configuration most rows share (ties: the first row in report order) and mark
-    every row made differently ``comparable=False`` with its reasons. Returns the reference."""
+    """Pick the reference configuration and mark every row made differently
+    ``comparable=False`` with its reasons. Returns the reference row.
+
+    The reference is the configuration of the study's settings (``is_study_default``) when a
+    row has them, else the one most rows share; ties go to Dettmers' sites and criteria, then
+    to the run in the bf16 the study used, then to the first row in report order."""
     if not rows:
         return None
     support = [sum(not differences(other, r) for other in rows) for r in rows]
-    ref = rows[max(range(len(rows)), key=lambda i: (support[i], -i))]
+
+    def rank(i):
+        r = rows[i]
+        dettmers = r.sites == "ln" and r.criteria == Criteria(6.0, 0.25, 0.06)
+        return (is_study_default(r), support[i], dettmers, r.activation_dtype == "bfloat16", -i)
+
+    ref = rows[max(range(len(rows)), key=rank)]
     for r in rows:
         reasons = differences(r, ref)
         r.comparable = not reasons
@@ -462,6 +492,49 @@ def mark_comparability(rows: list[Row]) -> Row | None:
             "reference configuration" if not reasons else "not comparable: " + "; ".join(reasons)
         )
     return ref
+
+
+_LABEL_PARTS = {
+    "dataset": "{}",
+    "config": "config {}",
+    "revision": "revision {}",
+    "num_sequences": "{} windows",
+    "seq_len": "length {}",
+    "stride": "stride {}",
+    "bos": "BOS {}",
+}
+
+
+def _label_parts(r: Row) -> list[tuple[str, str]]:
+    c = r.criteria
+    return [
+        ("dtype", r.activation_dtype),
+        *((k, fmt.format(r.data.get(k))) for k, fmt in _LABEL_PARTS.items()),
+        ("sites", f"sites {r.sites}"),
+        ("criteria", f"|x|>={c.magnitude:g} {c.layer_frac:g}/{c.seq_frac:g}"),
+        ("windows", f"windows {str(r.data.get('windows_sha256'))[:8]}"),
+    ]
+
+
+def label_runs(rows: list[Row]) -> None:
+    """Give each row a label unique in ``rows``: the model id, and when the model has several
+    runs, what tells them apart (e.g. ``tiny_llama (bfloat16, stride 128)``)."""
+    by_model: dict[str, list[Row]] = {}
+    for r in rows:
+        by_model.setdefault(r.model_name, []).append(r)
+    for name, group in by_model.items():
+        if len(group) == 1:
+            group[0].label = name
+            continue
+        parts = [_label_parts(r) for r in group]
+        varying = [i for i in range(len(parts[0])) if len({p[i][1] for p in parts}) > 1]
+        for r, p in zip(group, parts, strict=True):
+            r.label = f"{name} ({', '.join(p[i][1] for i in varying) or 'same settings'})"
+        seen: dict[str, int] = {}
+        for r in group:  # same settings twice (results copied side by side): number them
+            seen[r.label] = seen.get(r.label, 0) + 1
+            if seen[r.label] > 1:
+                r.label += f" #{seen[r.label]}"
 
 
 def reference_configuration(rows: list[Row]) -> str:
@@ -532,11 +605,11 @@ def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
     for r in rows:
         mark = "yes"
         if not r.comparable:
-            notes.append(f"[{len(notes) + 1}] {r.model_name}: {r.comparability}")
+            notes.append(f"[{len(notes) + 1}] {r.label}: {r.comparability}")
             mark = f"NO [{len(notes)}]"
         body.append(
             [
-                r.model_name,
+                r.label,
                 r.family,
                 _params(r.total_params),
                 _params(r.active_params),
@@ -747,7 +820,10 @@ def _reference_section(rows: list[Row]) -> list[str]:
 
 
 def summary_markdown(
-    rows: list[Row], plot_paths: dict[str, Path] | None = None, out_dir: Path | None = None
+    rows: list[Row],
+    plot_paths: dict[str, Path] | None = None,
+    out_dir: Path | None = None,
+    plot_notes: list[str] | None = None,
 ) -> str:
     """summary.md: the table, notes, trend statistics, Dettmers beside ours, plot links."""
     crit = rows[0].criteria if rows else Criteria()
@@ -772,7 +848,7 @@ def summary_markdown(
     ]
     bad = [r for r in rows if not r.comparable]
     if bad:
-        lines += [f"- **{r.model_name}**: {r.comparability}." for r in bad]
+        lines += [f"- **{r.label}**: {r.comparability}." for r in bad]
         lines += ["", "They are drawn hollow in the plots and left out of the trend statistics."]
     else:
         lines.append("None: every row was made the same way.")
@@ -787,6 +863,7 @@ def summary_markdown(
         for name, path in plot_paths.items():
             rel = os.path.relpath(path, out_dir) if out_dir else str(path)
             lines.append(f"- [{name}]({rel})")
+        lines += [f"- {note}" for note in plot_notes or ()]
     return "\n".join(lines) + "\n"
 
 
@@ -820,7 +897,7 @@ def attribution_section_md(rows: list[Row]) -> list[str]:
         shown = [(k, t) for k, t in tables.items() if t and t.strip()]
         if not shown:
             continue
-        lines += [f"### {r.model_name}", ""]
+        lines += [f"### {r.label}", ""]
         for key, text in shown:
             lines += [f"**{titles.get(key, key)}**", "", text, ""]
     return lines or ["No result carries attribution (run without --no-attribution)."]
@@ -841,24 +918,30 @@ def write_reports(
         ) from None
     paths: dict[str, Path] = {}
     plot_paths: dict[str, Path] = {}
+    plot_notes: list[str] = []
     if plots and rows:
         from .plots import write_plots
 
         plot_paths = write_plots(rows, out / "plots")
-        from .attribution_report import plot_expert_enrichment
+        from .attribution_report import no_enrichment, plot_expert_enrichment
 
         for r in rows:
-            if r.attribution and r.is_moe:
-                slug = r.model_name.replace("/", "_")
+            if r.attribution and r.is_moe and no_enrichment({"attribution": r.attribution}):
+                plot_notes.append(
+                    f"{r.label}: no expert-enrichment plot, as no position holds an outlier "
+                    "(no pooled systematic dim)."
+                )
+            elif r.attribution and r.is_moe:
+                stem = slug(r.label)
                 path = plot_expert_enrichment(
-                    {"attribution": r.attribution}, out / "plots" / f"{slug}-expert-enrichment.png"
+                    {"attribution": r.attribution}, out / "plots" / f"{stem}-expert-enrichment.png"
                 )
                 if path is not None:
-                    plot_paths[f"{slug}-expert-enrichment"] = Path(path)
+                    plot_paths[f"{stem}-expert-enrichment"] = Path(path)
     for name, text in (
         ("summary.csv", render(rows, "csv")),
         ("summary.json", render(rows, "json")),
-        ("summary.md", summary_markdown(rows, plot_paths, out)),
+        ("summary.md", summary_markdown(rows, plot_paths, out, plot_notes)),
     ):
         atomic_write_bytes(out / name, text.encode())
         paths[name] = out / name
@@ -878,7 +961,7 @@ def summary_for_terminal(
         shown = []
         for r in rows:
             star = r.model_name in session_models
-            shown.append(_renamed(r, f"{r.model_name}*" if star else r.model_name))
+            shown.append(_renamed(r, f"{r.label}*" if star else r.label))
     text = render(shown, "table")
     lines = [text, LEGEND]
     if session_models and any(r.model_name not in session_models for r in rows):
@@ -895,7 +978,7 @@ def summary_for_terminal(
 def _renamed(row: Row, name: str) -> Row:
     from dataclasses import replace
 
-    return replace(row, model_name=name)
+    return replace(row, label=name)
 
 
 # -- the `outliers report` command --------------------------------------------------------------

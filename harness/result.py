@@ -62,8 +62,13 @@ class AnalysisResult:
         return out
 
 
+def slug(text: str, limit: int | None = None) -> str:
+    """``text`` as a file-name part: runs of other characters become one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:limit] or "x"
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
+    return slug(text, 60)
 
 
 def run_dir_name(result: dict) -> str:

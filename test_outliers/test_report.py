@@ -390,18 +390,39 @@ def test_scatter_plot_data_has_families_labels_intervals_and_the_reference(writt
     from harness.reference import reference_series
 
     rows = written[0]
-    for y in ("mean_layer_pct", "median_seq_pct"):
+    for y, col in (("sites_affected_pct", "layer_pct"), ("positions_affected_pct", "seq_pct")):
         data = scatter_plot(rows, "active_params", y, tmp_path / f"{y}.png")
         ref = data["series"][REFERENCE_LABEL]
         want = reference_series()
         assert ref["x"] == [float(p) for p in want["params"]]
-        assert ref["y"] == [float(v) for v in want["layer_pct" if "layer" in y else "seq_pct"]]
+        assert ref["y"] == [float(v) for v in want[col]]
         assert set(data["series"]) >= {"MoE", "dense", REFERENCE_LABEL}
+    for y in ("mean_layer_pct", "median_seq_pct"):
+        data = scatter_plot(rows, "active_params", y, tmp_path / f"{y}.png")
+        # Dettmers' pooled figures are not the original study's pair statistics
+        assert REFERENCE_LABEL not in data["series"]
         ours = [lab for s in data["series"].values() if "hollow" in s for lab in s["labels"]]
-        assert sorted(ours) == sorted(r.model_name for r in rows if getattr(r, y) is not None)
+        assert sorted(ours) == sorted(r.label for r in rows if getattr(r, y) is not None)
+        # the models with no pair are named on the figure, not silently absent
+        assert data["without_pairs"] == [r.label for r in rows if r.num_outliers == 0]
+        assert set(ours).isdisjoint(data["without_pairs"])
         moe = data["series"]["MoE"]
         for yv, lo, hi in zip(moe["y"], moe["low"], moe["high"], strict=True):
             assert lo <= yv <= hi
+
+
+@pytest.mark.parametrize(
+    ("vmin", "vmax", "magnitude"),
+    [(0.01, 40.0, 6.0), (2.7, 8.3, 6.0), (3.1, 3.4, 3.0), (1e-3, 2e4, 6.0)],
+)
+def test_colour_bar_ticks_cover_the_range(vmin, vmax, magnitude):
+    from harness.plots import colorbar_ticks
+
+    ticks = colorbar_ticks(vmin, vmax, magnitude)
+    assert ticks == sorted(ticks) and vmin * 0.999 <= ticks[0] and ticks[-1] <= vmax * 1.001
+    # both ends within 20% of a tick (log scale), the magnitude when it is in range
+    assert ticks[0] <= vmin * 1.2 and ticks[-1] >= vmax / 1.2
+    assert magnitude in ticks or not vmin <= magnitude <= vmax
 
 
 def test_sensitivity_plot_has_one_line_per_model(written, tmp_path):
@@ -410,9 +431,9 @@ def test_sensitivity_plot_has_one_line_per_model(written, tmp_path):
     rows = written[0]
     data = sensitivity_plot(rows, tmp_path / "sens.png")
     for key in ("dims", "pairs"):
-        assert list(data[key]) == [r.model_name for r in rows]
+        assert list(data[key]) == [r.label for r in rows]
         for r in rows:
-            curve = data[key][r.model_name]
+            curve = data[key][r.label]
             assert curve["x"] == list(r.stats.grid)
             assert (np.diff(curve["y"]) <= 0).all()  # fewer as M grows
     planted = next(r for r in rows if r.model_name == "planted_q")
@@ -438,3 +459,58 @@ def test_the_tables_explain_their_columns(sweep):
     rows = collect(sweep["root"], resamples=0)
     for text in (summary_for_terminal(rows), summary_markdown(rows)):
         assert "published = " in text and "dev = " in text and "cmp = yes when" in text
+
+
+def test_runs_of_one_model_are_labelled_by_what_differs(sweep, tmp_path):
+    """Four runs of one model (dtype, sites, magnitude differ): four labels naming the
+    difference, four rows in the table, four heatmap files (no name cut, none overwritten)."""
+    model, ids = sweep["models"]["dense_q"], sweep["ids"]
+    meta = {"id": "dense_q"}
+    bf16 = random_model("qwen3", torch.bfloat16, seed=1)
+    for result in (
+        analyze(model, ids, model_meta=meta),
+        analyze(bf16, ids, model_meta=meta),
+        analyze(model, ids, sites="residual", model_meta=meta),
+        analyze(model, ids, magnitude=5.0, model_meta=meta),
+    ):
+        write_result(result, tmp_path / "r", environment=ENV)
+    rows = collect(tmp_path / "r", resamples=0)
+    labels = sorted(r.label for r in rows)
+    assert len(rows) == 4 and len(set(labels)) == 4
+    assert labels == sorted(
+        [
+            "dense_q (float32, sites ln, |x|>=6 0.25/0.06)",
+            "dense_q (bfloat16, sites ln, |x|>=6 0.25/0.06)",
+            "dense_q (float32, sites residual, |x|>=6 0.25/0.06)",
+            "dense_q (float32, sites ln, |x|>=5 0.25/0.06)",
+        ]
+    )
+    table = render(rows, "table")
+    assert all(label in table for label in labels)
+    paths = write_reports(rows, tmp_path / "rep")
+    heatmaps = [p for n, p in paths.items() if n.startswith("plots/heatmap_")]
+    assert len(heatmaps) == 4 and all(p.is_file() for p in heatmaps)
+
+
+def test_the_reference_configuration_is_the_study_default_else_the_most_common(sweep, tmp_path):
+    ids = sweep["ids"]
+    root = tmp_path / "r"
+    for name in ("dense_q", "moe_o"):  # two rows at magnitude 5
+        write_result(
+            analyze(sweep["models"][name], ids, magnitude=5.0, model_meta={"id": name}),
+            root,
+            environment=ENV,
+        )
+    run = write_result(
+        analyze(sweep["models"]["moe_m"], ids, model_meta={"id": "moe_m"}), root, environment=ENV
+    )
+    rows = {r.model_name: r for r in collect(root, resamples=0)}
+    assert rows["dense_q"].comparable and rows["moe_o"].comparable  # the most common
+    assert not rows["moe_m"].comparable
+    # the same three rows, but moe_m made at the study's settings: its configuration wins
+    data = json.loads((run / "result.json").read_text())
+    data["data"].update(dataset="HuggingFaceFW/fineweb-edu", num_sequences=16, seq_len=2048)
+    (run / "result.json").write_text(json.dumps(data))
+    rows = {r.model_name: r for r in collect(root, resamples=0)}
+    assert rows["moe_m"].comparable and rows["moe_m"].comparability == "reference configuration"
+    assert not rows["dense_q"].comparable and not rows["moe_o"].comparable
