@@ -18,7 +18,9 @@ tests can check what is on a figure without reading pixels.
 
 from __future__ import annotations
 
+import math
 import os
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from .outliers import Criteria, pooled_dims, seed_compatible
 from .result import slug
@@ -37,6 +39,7 @@ DPI = 120
 HEATMAP_DIMS = 32
 REFERENCE_LABEL = "Dettmers et al. 2022 (table 4)"
 HOLLOW_NOTE = "hollow: not comparable (see summary.md)"
+CLUSTER_PX = 9.0  # points this close on the canvas share one label
 
 # style key (``style_key``) -> (marker, colour, legend label)
 FAMILY_STYLE = {
@@ -103,6 +106,14 @@ def _reference_series() -> dict | None:
     return reference_series()
 
 
+def _params_text(n: float) -> str:
+    """Parameter counts as tick labels: 300K, 1.3B (never an exponent)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
 # -- scatter plots ----------------------------------------------------------------------------
 def style_key(row) -> str:
     """The marker group of a row: its family, with the tiny replicas split by MoE / dense."""
@@ -112,23 +123,38 @@ def style_key(row) -> str:
 
 
 def _place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> None:
-    """Label every point, moved off each other and off the points by adjustText; a label that
-    had to move is joined to its point by a thin leader line, so each value stays where it is."""
+    """Label every point. Points closer than ``CLUSTER_PX`` on the canvas share one label (the
+    names, wrapped); labels are moved off each other and off the points by adjustText and joined
+    to their point by a thin leader line, so every marker stays where its value is."""
     if not points:
         return
     from adjustText import adjust_text
 
-    texts = [ax.text(xv, yv, text, **text_kw) for xv, yv, text in points]
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ax.figure.canvas.draw()  # the final limits: clusters are measured in display pixels
+    clusters: list[list[tuple[float, float, str]]] = []
+    anchors: list[np.ndarray] = []
+    for p in sorted(points, key=lambda p: (p[0], p[1])):
+        xy = ax.transData.transform((p[0], p[1]))
+        near = next((i for i, a in enumerate(anchors) if np.hypot(*(xy - a)) < CLUSTER_PX), None)
+        if near is None:
+            clusters.append([p])
+            anchors.append(xy)
+        else:
+            clusters[near].append(p)
+    texts = []
+    for members in clusters:
+        names = [m[2] for m in members]
+        text = names[0] if len(names) == 1 else textwrap.fill(", ".join(names), 48)
+        texts.append(ax.text(members[0][0], members[0][1], text, **text_kw))
     adjust_text(
         texts,
-        x=xs,
-        y=ys,
-        target_x=xs,
-        target_y=ys,
+        x=[p[0] for p in points],
+        y=[p[1] for p in points],
+        target_x=[m[0][0] for m in clusters],
+        target_y=[m[0][1] for m in clusters],
         ax=ax,
         arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.6},
-        time_lim=2.0,
+        time_lim=1.0,
     )
 
 
@@ -212,24 +238,31 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             Line2D([], [], marker="o", mfc="none", color="black", ls="none", label=HOLLOW_NOTE)
         )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _params_text(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=12))
+    xs_all = [v for s in series.values() for v in s["x"] if v > 0]
+    if xs_all:  # tiny models alone span a few percent: keep at least two decades in view
+        lo, hi = min(xs_all), max(xs_all)
+        mid, half = math.sqrt(lo * hi), max(math.sqrt(hi / lo) * 1.3, 10.0)
+        ax.set_xlim(mid / half, mid * half)
     ax.set_xlabel(X_AXES.get(x, x) + " (log scale)")
     ax.set_ylabel(Y_AXES.get(y, y))
     ax.set_title(f"{TITLES.get(y, y)} vs {X_AXES.get(x, x)}")
     ax.grid(True, which="both", alpha=0.3)
     ax.autoscale_view()
-    if y.endswith("_pct"):
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(-3.0, lo), min(108.0, max(hi, 10.0)))
+    if y.endswith("_pct"):  # room under 0 for the labels of the models at 0%
+        top = min(112.0, max(ax.get_ylim()[1], 10.0))
+        ax.set_ylim(-0.1 * top, top)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     without = [r.label for r in rows if y in SEED_COMPATIBLE_Y and r.num_outliers == 0]
     if without:  # no systematic pair: no percentage to draw; say who, not a silent gap
-        shown = ", ".join(without[:6]) + (
-            f" and {len(without) - 6} more" if len(without) > 6 else ""
-        )
+        more = f" and {len(without) - 8} more" if len(without) > 8 else ""
+        note = f"{len(without)} model(s) with no systematic pairs, not drawn: "
         ax.text(
             0.01,
             0.01,
-            f"{len(without)} model(s) with no systematic pairs, not drawn: {shown}",
+            textwrap.fill(note + ", ".join(without[:8]) + more, 110),
             transform=ax.transAxes,
             fontsize=7,
             color="0.3",

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from .errors import HarnessError
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
@@ -187,6 +185,8 @@ def parse_gpus(text: str) -> Target:
 def local_target(device: str = "auto") -> Target | None:
     """The GPUs present (free memory of each), this host for ``device="cpu"``, or None when a
     GPU is asked for and there is none."""
+    import torch  # here, not at module import: the CLI builds its parser without torch
+
     if device != "cpu" and torch.cuda.is_available():
         gpus = []
         for i in range(torch.cuda.device_count()):
@@ -395,6 +395,8 @@ def preflight(
     when the hub is reachable and nothing is cached, ``config.json``. A refusal is a row, never an
     exception: see ``PreflightReport.raise_if_refused``.
     """
+    import torch
+
     import models
 
     from .loading import ModelSource, resolve, resolve_dtype
@@ -606,6 +608,7 @@ def _known_model_types():
 
 def _model_type_row(report, raw, built, entry):
     """The ``config`` / ``model_type`` rows; the model on the meta device, or None (refused)."""
+    import torch
     import transformers
 
     tf, name = transformers.__version__, report.model
@@ -683,6 +686,8 @@ def _mxfp4_params(model) -> int:
 
 
 def _target(gpus, device, source, total, dtype, config) -> Target | None:
+    import torch
+
     from models.registry import GpuPlan, derive_gpu_plan
 
     if isinstance(gpus, Target):

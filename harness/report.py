@@ -528,6 +528,9 @@ def label_runs(rows: list[Row]) -> None:
             continue
         parts = [_label_parts(r) for r in group]
         varying = [i for i in range(len(parts[0])) if len({p[i][1] for p in parts}) > 1]
+        keys = [parts[0][i][0] for i in varying]
+        if "windows" in keys and set(keys) & set(_LABEL_PARTS):  # other data: other windows
+            varying = [i for i in varying if parts[0][i][0] != "windows"]
         for r, p in zip(group, parts, strict=True):
             r.label = f"{name} ({', '.join(p[i][1] for i in varying) or 'same settings'})"
         seen: dict[str, int] = {}

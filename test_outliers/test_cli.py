@@ -69,6 +69,27 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
     assert header.startswith("model_name,total_params_b,active_params_b,num_outliers,")
     assert row.startswith("planted_qwen3,")
     assert "## Where outliers live" in (tmp_path / "reports" / "summary.md").read_text()
+    # a stdout format imports neither torch nor matplotlib (start-up in well under a second)
+    # and writes nothing
+    files = sorted(tmp_path.rglob("*"))
+    for fmt in ("csv", "table", "json", "md"):
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, contextlib, io; from harness.cli import main\n"
+                "with contextlib.redirect_stdout(io.StringIO()):\n"
+                f"    rc = main(['report', '--results', {str(tmp_path)!r}, '--format', {fmt!r}])\n"
+                "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT)),
+            timeout=120,
+        )
+        assert probe.stdout.split() == ["0", "False", "False"], probe.stdout + probe.stderr
+        assert sorted(tmp_path.rglob("*")) == files
 
 
 @pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
