@@ -25,6 +25,10 @@ def _cmd_analyze(args) -> int:
     from .run import run_model
 
     opts = from_argparse(args)
+    if args.quiet:
+        from .loading import silence_progress_bars
+
+        silence_progress_bars()
     if args.out:
         from dataclasses import replace
 
@@ -104,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry id (see `outliers models`), hub id or local directory")
     add_to_argparse(p)
     p.add_argument("--out", default=None, help="results directory (same as --results-dir)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (ours and the libraries')"
+    )
     p.add_argument(
         "--allow-fallback",
         action="store_true",

@@ -55,6 +55,23 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)  # what result.json says about loading
 
 
+def silence_progress_bars() -> None:
+    """No progress bars from the libraries either (``--quiet``): the hub's downloads,
+    transformers' weight loading and GGUF dequantization, datasets' preparation. The env
+    variable reaches libraries imported later; the calls reach those already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as tf_logging
+
+    disable_progress_bars()
+    tf_logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # optional here: only hub datasets need it
+        return
+    datasets.disable_progress_bars()
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
 

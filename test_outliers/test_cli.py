@@ -40,6 +40,7 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
         tiny_cache=tiny_cache,
     )
     assert p.returncode == 0, p.stderr
+    assert "it/s" not in p.stderr and "Loading weights" not in p.stderr  # --quiet: no bars at all
     runs = list(tmp_path.glob("planted_qwen3/*/result.json"))
     assert len(runs) == 1
     result = json.loads(runs[0].read_text())

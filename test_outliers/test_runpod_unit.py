@@ -217,7 +217,12 @@ def test_plan_table_has_prices_estimates_and_a_total():
     rows[0]["usd_per_hour"], rows[0]["est_usd"] = 1.5, 3.0
     text = plan_table(rows)
     assert "$/h" in text and "est. $" in text and "1.50" in text
-    assert "total" in text and "(partial)" in text and "n/a" in text
+    total = next(line for line in text.splitlines() if line.startswith("| total"))
+    assert "1.50 (partial)" in total and "3.00 (partial)" in total
+    # no API key: no price at all, so the totals are unknown, not 0.00
+    total = next(line for line in plan_table(plan_rows(plans)).splitlines() if "| total" in line)
+    cells = [c.strip() for c in total.strip("|").split("|")]
+    assert cells[3] == cells[5] == "n/a" and "0.00" not in total
 
 
 @pytest.mark.parametrize(

@@ -205,16 +205,24 @@ def plan_table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    known = [r["est_usd"] for r in rows if r["est_usd"] is not None]
+
+    def total(values):
+        """Their sum; "n/a" when no value is known (no API key: no prices), "(partial)" when
+        only some are."""
+        known = [v for v in values if v is not None]
+        if not known:
+            return "n/a"
+        return money(sum(known)) + ("" if len(known) == len(values) else " (partial)")
+
     hours = sum(r["est_hours"] for r in rows)
     body.append(
         [
             "total",
             f"{len(rows)} pods",
             sum(r["disk_gb"] for r in rows),
-            money(sum(r["usd_per_hour"] or 0 for r in rows)),
+            total([r["usd_per_hour"] for r in rows]),
             f"{hours:.2f}",
-            money(sum(known)) + ("" if len(known) == len(rows) else " (partial)"),
+            total([r["est_usd"] for r in rows]),
             "",
         ]
     )
