@@ -32,6 +32,9 @@ def _cmd_analyze(args) -> int:
     if args.out:
         from dataclasses import replace
 
+        from .result import ensure_writable
+
+        ensure_writable(args.out, "--out")  # the sentence names the flag the user typed
         opts = replace(opts, results_dir=args.out)
     result, run_dir = run_model(
         args.model, opts, progress=not args.quiet, allow_fallback=args.allow_fallback
