@@ -144,7 +144,7 @@ class EngineClock:
     the observers' summaries come from ``result.timing["analysis_seconds"]``. Use as a context
     manager around the runs."""
 
-    METHODS = ("_merge", "stats")
+    METHODS = ("_merged_parts", "stats")
 
     def __init__(self):
         self.seconds = 0.0

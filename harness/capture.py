@@ -121,6 +121,13 @@ class _Thresholds:
         self.grid = tuple(grid)
         self._cache: dict = {}
 
+    def floats(self, device: torch.device, dtype: torch.dtype) -> tuple[float, ...]:
+        """The thresholds of ``get`` as Python floats (exact: each is a value of ``dtype``)."""
+        key = ("floats", device, dtype)
+        if key not in self._cache:
+            self._cache[key] = tuple(float(t) for t in self.get(device, dtype)[0].cpu())
+        return self._cache[key]
+
     def get(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
         key = (device, dtype)
         if key not in self._cache:
@@ -143,14 +150,31 @@ class _DeviceBatch:
         self._ones = torch.ones(0, dtype=torch.int64, device=device)
         self.scratch: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
+        self.lev: torch.Tensor | None = None
         self._offsets: dict = {}
 
-    def buffers(self, shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def buffers(self, shape, dtype, levels: bool = False):
+        """Chunk-sized scratch: |x| in ``dtype``, a bool mask, and (``levels``) a uint8 map."""
         numel = math.prod(shape)
         if self.scratch is None or self.scratch.dtype != dtype or self.scratch.numel() < numel:
             self.scratch = torch.empty(numel, dtype=dtype, device=self.device)
             self.mask = torch.empty(numel, dtype=torch.bool, device=self.device)
-        return self.scratch[:numel].view(shape), self.mask[:numel].view(shape)
+            self.lev = None
+        out = [self.scratch[:numel].view(shape), self.mask[:numel].view(shape)]
+        if levels:
+            if self.lev is None or self.lev.numel() < numel:
+                self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
+            out.append(self.lev[:numel].view(shape))
+        return out
+
+    def level_offsets(self, b: int, H: int, G: int) -> torch.Tensor:
+        """(bi * H + d) * (G + 1) as int32 [b, 1, H]: a level map plus these is the flat index
+        of (sequence, dim, level) in ``occ``."""
+        key = ("levels", b, H, G)
+        if key not in self._offsets:
+            idx = torch.arange(b * H, dtype=torch.int32, device=self.device) * (G + 1)
+            self._offsets[key] = idx.view(b, 1, H)
+        return self._offsets[key]
 
     def ones(self, n: int) -> torch.Tensor:
         """n int64 ones (a view of one buffer that grows when needed)."""
@@ -302,6 +326,10 @@ class Capture:
             smax = bmax.amax(dim=1)  # [b, H], in x's dtype
             part.smax[s, b0:b1] = smax
             part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
+            n_cand = int((bmax >= t0).sum())
+            if n_cand * K > DENSE_FRACTION * xc.numel():  # dense hits: counts by reductions
+                self._reduce_dense(site, part, xc, thr, b0)
+                continue
             found = self._values_over(part, xc, bmax, t0, K)
             if found is None:
                 for obs in self._hit_observers:  # "no hit here" is news too
@@ -320,23 +348,47 @@ class Capture:
             level = torch.maximum(union.index_select(0, pos), level.to(torch.uint8))
             union.index_copy_(0, pos, level)  # positions are distinct within a site
 
-    def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, bmax: torch.Tensor, t0, K: int):
-        """Every value of ``xc`` with |x| >= t0 as (flat index, |x|, b * H + d), or None.
+    def _reduce_dense(self, site: Site, part: _DeviceBatch, xc: torch.Tensor, thr, b0: int):
+        """The chunk's counts when hits are dense: a grid level per value (one compare per grid
+        magnitude the chunk reaches, into a uint8 map), then the per-(sequence, dim, level)
+        counts by one bincount and the union by one elementwise max. No hit list is built
+        (unless an observer asks for the hits): at a quarter of the values or more, the index
+        arithmetic of sparse hits costs more than these few passes over the chunk."""
+        b, T, H = xc.shape
+        G, s = self.G, site.index
+        a, mask, lev = part.buffers(xc.shape, xc.dtype, levels=True)
+        torch.abs(xc, out=a)
+        top = int(part.level[s, b0 : b0 + b].max())  # levels above it are empty in this chunk
+        # bool and uint8 share a layout: views, not conversions (each a copy of the chunk);
+        # the thresholds are representable in x's dtype, so comparing with them as Python
+        # floats is exact
+        t = self.thresholds.floats(xc.device, xc.dtype)
+        torch.ge(a, t[0], out=lev.view(torch.bool))
+        for g in range(1, top):
+            torch.ge(a, t[g], out=mask)
+            lev.add_(mask.view(torch.uint8))
+        offsets = part.level_offsets(b, H, G)  # ((b * H + d) * (G + 1)), [b, 1, H]
+        counts = torch.bincount((lev + offsets).view(-1), minlength=b * H * (G + 1))
+        first = b0 * H * (G + 1)
+        part.occ[first : first + counts.numel()] += counts
+        part.hist[s] += counts.view(-1, G + 1).sum(dim=0)
+        union = part.union[b0 : b0 + b]
+        torch.maximum(union, lev, out=union)
+        if self._hit_observers:
+            bt_d = lev.view(b * T, H).nonzero()
+            pos = bt_d[:, 0] * H + bt_d[:, 1] + b0 * T * H
+            level = lev.view(-1).index_select(0, pos - b0 * T * H).long()
+            for obs in self._hit_observers:
+                obs.on_hits(site, pos, level, self.grid, self._batch)
 
-        Only the blocks whose max reaches t0 are read again (a gather of their K values); when
-        they hold more than DENSE_FRACTION of the chunk, one dense pass is cheaper."""
+    def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, bmax: torch.Tensor, t0, K: int):
+        """Every value of ``xc`` with |x| >= t0 as (flat index, |x|, b * H + d), or None: only
+        the blocks whose max reaches t0 are read again (a gather of their K values)."""
         b, T, H = xc.shape
         cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
         n = cand.numel()
         if n == 0:
             return None
-        if n * K > DENSE_FRACTION * xc.numel():
-            a, mask = part.buffers(xc.shape, xc.dtype)
-            torch.abs(xc, out=a)
-            torch.ge(a, t0, out=mask)
-            pos = mask.view(-1).nonzero().squeeze(1)
-            q = pos // H  # b * T + t
-            return pos, a.view(-1).index_select(0, pos), pos + (q // T - q) * H
         q = cand // H  # b * T/K + tb
         base = cand + q * ((K - 1) * H)  # flat index of (b, tb * K, d)
         pos = (base.unsqueeze(1) + part.offsets(K, H)).view(-1)  # the K positions of each block

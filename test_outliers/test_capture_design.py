@@ -8,6 +8,7 @@
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -203,3 +204,18 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
             got = stats_arrays(analyze(model, ids, batch_size=3))
         for key, value in want.items():
             assert np.array_equal(got[key], value, equal_nan=True), (setting, key)
+
+
+def test_dense_and_sparse_hits_give_the_same_attribution(monkeypatch):
+    """The observers that read the engine's hits (tokens, positions) see the same hits from the
+    dense path (level map) as from the sparse one (gathered blocks)."""
+    model = random_model("olmoe", torch.float32, seed=3, gain=2.5)
+    ids = random_ids(5, 24, seed=4)
+    sections = []
+    for fraction in (0.0, float("inf")):
+        with monkeypatch.context() as m:
+            m.setattr(capture, "DENSE_FRACTION", fraction)
+            result = analyze(model, ids, batch_size=3, attribution=True)
+        sections.append(json.dumps(result.sections["attribution"], sort_keys=True, default=str))
+    assert sections[0] == sections[1]
+    assert json.loads(sections[0])["tokens"]["num_dims"] > 0  # there were hits to attribute
