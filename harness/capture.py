@@ -8,10 +8,12 @@ chunk of whole sequences, on x's device and in x's dtype:
   dim (-> how many sites each dim reaches each grid magnitude at, per sequence; the site's max
   per dim; the sequence's max per dim);
 - the sparse set of values with |x| >= grid[0] and their grid level, found by re-reading only
-  the blocks whose max reaches grid[0] (or by one dense pass when those are more than a quarter
-  of the chunk), from which the occurrence counts per (sequence, dim, magnitude), the per-site
-  counts, and the per-position union over sites (a uint8 level per (position, dim), the only
-  activation-sized buffer kept for a batch).
+  the blocks whose max reaches grid[0], from which the occurrence counts per (sequence, dim,
+  magnitude), the per-site counts, and the per-position union over sites (a uint8 level per
+  (position, dim), the only activation-sized buffer kept for a batch);
+- when those blocks are more than a quarter of the chunk (dense outliers), the same counts
+  from a uint8 level map of the chunk (one compare per grid magnitude reached), one bincount
+  and one elementwise max, without hit lists.
 
 On the CPU a hook's reductions run on one thread (``HOOK_THREADS``): they are many small
 operations, and when other processes share the cores, each multi-threaded one can wait a
