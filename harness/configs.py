@@ -11,7 +11,10 @@ from pathlib import Path
 
 from .errors import HarnessError
 
-CONFIGS_ENV = "OUTLIERS_CONFIGS_DIR"  # a folder like shared/hf-configs: <org>__<name>/config.json
+CONFIGS_ENV = "OUTLIERS_CONFIGS_DIR"  # a folder of <org>__<name>/config.json files
+# The public config.json files of the studied models, shipped with the registry (see its
+# SOURCES.md): sizes, GPU plans and preflight work on a fresh clone, offline.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
 
 
 def configs_dir(explicit: str | Path | None = None) -> Path | None:
@@ -19,15 +22,19 @@ def configs_dir(explicit: str | Path | None = None) -> Path | None:
     return Path(value) if value else None
 
 
+def config_files(entry, configs: str | Path | None = None) -> list[Path]:
+    """Where a registry entry's config.json may be, in order: the folder given (or
+    ``$OUTLIERS_CONFIGS_DIR``), then the configs shipped in ``models/configs``."""
+    names = [n for n in (entry.config_dir, entry.hub_id.replace("/", "__")) if n]
+    folders = [f for f in (configs_dir(configs), SHIPPED_CONFIGS) if f is not None]
+    return [f / n / "config.json" for f in folders for n in names]
+
+
 def entry_config(entry, *, configs: str | Path | None = None, download: bool = False):
     """The ``transformers`` config of a registry entry, or None when it is not at hand."""
     from transformers import AutoConfig
 
-    folder = configs_dir(configs)
-    candidates = []
-    if folder is not None:
-        names = [entry.config_dir, entry.hub_id.replace("/", "__")]
-        candidates += [folder / n for n in names if n]
+    candidates = [] if entry.is_tiny else [p.parent for p in config_files(entry, configs)]
     if entry.is_tiny:
         from .tiny import build_tiny
 

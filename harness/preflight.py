@@ -542,7 +542,7 @@ def _config_source(entry, source, configs, config) -> tuple[dict | None, object,
     """(the raw config dict or None, a built config or None, where it came from)."""
     from transformers import PretrainedConfig
 
-    from .configs import configs_dir
+    from .configs import config_files
 
     if isinstance(config, PretrainedConfig):
         return config.to_dict(), config, "given config"
@@ -558,13 +558,8 @@ def _config_source(entry, source, configs, config) -> tuple[dict | None, object,
 
         built = read_config(Path(source.location))
         return built.to_dict(), built, source.location
-    folder = configs_dir(configs)
-    if entry is not None and folder is not None:
-        paths += [
-            folder / n / "config.json"
-            for n in (entry.config_dir, entry.hub_id.replace("/", "__"))
-            if n
-        ]
+    if entry is not None and not entry.is_tiny:
+        paths += config_files(entry, configs)
     if source.kind == "tiny":
         from .tiny import build_tiny
 

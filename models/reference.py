@@ -57,12 +57,12 @@ def _dettmers(label: str) -> Published:
     )
 
 
-_OPT_CONFIGS = {"125m", "350m", "1.3b", "6.7b", "13b", "66b"}  # in shared/hf-configs
+_OPT_CONFIGS = {"125m", "350m", "1.3b", "6.7b", "13b", "66b"}  # in models/configs
 _OPT_NOTES = {
     "350m": "post-LN (do_layer_norm_before=false) with a 512-wide embedding projection: the "
     "site table takes the self_attn / fc1 inputs instead of the norm outputs",
-    "2.7b": "no trustworthy config copy in shared/hf-configs (not checked offline)",
-    "30b": "no trustworthy config copy in shared/hf-configs (not checked offline)",
+    "2.7b": "no trustworthy config copy in models/configs (not checked offline)",
+    "30b": "no trustworthy config copy in models/configs (not checked offline)",
 }
 
 OPT = tuple(
@@ -102,7 +102,7 @@ PYTHIA = tuple(
         f"EleutherAI/pythia-{size}",
         "reference",
         dtype="float16",  # the released checkpoints are fp16 (trained in fp16 mixed precision)
-        notes="no trustworthy config copy in shared/hf-configs (not checked offline); "
+        notes="no trustworthy config copy in models/configs (not checked offline); "
         "not in Dettmers' table 4",
     )
     for size in ("160m", "410m", "1.4b", "2.8b", "6.9b", "12b")

@@ -51,7 +51,7 @@ class Published:
     # Dettmers' table 4 counts distinct dims and its percentages are pooled ("affected by any
     # outlier dim"): compare them with our pooled figures, not with the pair averages.
     outlier_dims: int | None = None
-    source: str = "original study README (shared/seed/SEED-README.md)"
+    source: str = "original study README (arb8020/research, dev/outlier-features)"
     # The settings the figure was made with; a run is comparable when it used the same.
     settings: tuple[tuple[str, object], ...] = (
         ("dataset", "HuggingFaceFW/fineweb-edu"),
@@ -76,7 +76,7 @@ class ModelEntry:
     gated: bool = False
     gpu: GpuPlan | None = None  # None: derived from the parameter count
     published: Published | None = None
-    config_dir: str | None = None  # folder name in shared/hf-configs, for offline checks
+    config_dir: str | None = None  # folder name in models/configs, for offline checks
     load_kwargs: tuple[tuple[str, object], ...] = ()
     # (pip package, file name) of a GGUF file shipped in a package: weights without the hub
     gguf: tuple[str, str] | None = None

@@ -6,10 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CONFIGS = ROOT.parent / "shared" / "hf-configs"
 
 
 def outliers(*args, tiny_cache=None):
@@ -93,9 +90,8 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
         assert sorted(tmp_path.rglob("*")) == files
 
 
-@pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
 def test_models_lists_the_registry_with_params_from_configs():
-    p = outliers("models", "--family", "moe", "--configs", str(SHARED_CONFIGS))
+    p = outliers("models", "--family", "moe")  # the configs shipped in models/configs
     assert p.returncode == 0, p.stderr
     lines = {line.split()[0]: line for line in p.stdout.splitlines()[2:] if line.strip()}
     assert set(lines) >= {
@@ -112,10 +108,9 @@ def test_models_lists_the_registry_with_params_from_configs():
     assert "?" in lines["glm_4.5_air"]  # no config at hand: not invented
 
 
-@pytest.mark.skipif(not SHARED_CONFIGS.is_dir(), reason="shared/hf-configs is absent")
 def test_preflight_refusal_exits_2_with_one_sentence():
     # 14.8B parameters in bf16 (~27.5 GiB) cannot fit one 8 GB card
-    p = outliers("preflight", "qwen3_14b", "--configs", str(SHARED_CONFIGS), "--gpus", "RTX:8")
+    p = outliers("preflight", "qwen3_14b", "--gpus", "RTX:8")
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
     assert "memory" in p.stderr.lower() or "GiB" in p.stderr

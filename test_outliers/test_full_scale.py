@@ -1,7 +1,6 @@
-"""Every real config in shared/hf-configs, built at FULL scale on the meta device: sites found and
+"""Every real config shipped in models/configs, built at FULL scale on the meta device: sites found and
 parameter counts equal to SOURCES.md (parsed here as the oracle) within 1%."""
 
-import os
 import warnings
 from pathlib import Path
 
@@ -12,9 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from harness.params import count_model
 from harness.sites import find_sites
 
-SHARED = Path(os.environ.get("OUTLIERS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-CONFIGS = SHARED / "hf-configs"
-pytestmark = pytest.mark.skipif(not CONFIGS.is_dir(), reason=f"{CONFIGS} is absent")
+CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
 
 
 def sources_table() -> dict[str, dict]:

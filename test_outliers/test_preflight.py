@@ -1,6 +1,6 @@
 """Preflight: every refusal ends in its sentence before any download; fallbacks run labelled.
 
-Configs are small ones built here (or the real ones from ../shared/hf-configs for the study
+Configs are small ones built here (or the real ones shipped in models/configs for the study
 table); the hub is never asked (HF_HUB_OFFLINE, ``hub=False``). Missing kernels are simulated by
 blocking imports (``sys.modules[name] = None``), present ones by stand-in modules.
 """
@@ -41,7 +41,7 @@ for _name in ("gpt_oss", "qwen3_next", "qwen3"):
     importlib.import_module(f"transformers.models.{_name}.modeling_{_name}")
 
 ROOT = Path(__file__).resolve().parent.parent
-HF_CONFIGS = ROOT.parent / "shared" / "hf-configs"
+HF_CONFIGS = ROOT / "models" / "configs"  # shipped with the registry
 TF = transformers.__version__
 
 SMALL = dict(
@@ -449,7 +449,6 @@ def study_reports(packages=None):
     return reports
 
 
-@pytest.mark.skipif(not HF_CONFIGS.is_dir(), reason="../shared/hf-configs is not here")
 def test_study_table_registry_plans_fit_with_kernels(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # plan for the registry GPUs
     reports = study_reports(POD_WITH_KERNELS)
@@ -476,7 +475,6 @@ def test_study_table_registry_plans_fit_with_kernels(monkeypatch):
         assert abs(by[model].facts["total_params"] / 1e9 - billions) / billions < 0.03
 
 
-@pytest.mark.skipif(not HF_CONFIGS.is_dir(), reason="../shared/hf-configs is not here")
 def test_study_table_without_kernels_labels_every_fallback(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     none = dict.fromkeys(POD_WITH_KERNELS)

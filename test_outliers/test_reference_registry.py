@@ -1,5 +1,5 @@
 """The 2022 reference families in the registry (models/reference.py) and Dettmers' table 4 as
-data (harness/reference.py): ids, hub ids, parameter counts against the shared configs, GPU
+data (harness/reference.py): ids, hub ids, parameter counts against the shipped configs, GPU
 plans, and the table against METHOD.md."""
 
 import math
@@ -23,14 +23,8 @@ from models.reference import REFERENCE
 from models.registry import DTYPE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = next(
-    (p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "METHOD.md").is_file()), None
-)
-CONFIGS = (
-    Path(os.environ["OUTLIERS_CONFIGS_DIR"])
-    if os.environ.get("OUTLIERS_CONFIGS_DIR")
-    else (SHARED / "hf-configs" if SHARED else None)
-)
+TABLE4 = Path(__file__).parent / "data" / "dettmers_table4.md"  # transcribed from the paper
+CONFIGS = Path(os.environ.get("OUTLIERS_CONFIGS_DIR") or ROOT / "models" / "configs")
 
 EXPECTED = {
     **{
@@ -138,8 +132,6 @@ def _sources_totals(text: str) -> dict[str, tuple[float, int]]:
 @pytest.fixture(scope="module")
 def counted():
     """entry id -> (counted params, SOURCES.md total in B, decimals) for entries with a config."""
-    if CONFIGS is None or not (CONFIGS / "SOURCES.md").is_file():
-        pytest.skip("shared/hf-configs is not here")
     from transformers import AutoConfig
 
     from harness.params import count_from_config
@@ -205,19 +197,16 @@ def test_checked_configs_agree_with_the_entry_dtype(counted):
 
 
 def _method_table() -> list[list[str]]:
-    text = (SHARED / "METHOD.md").read_text()
-    section = text.split("## 5.", 1)[1].split("\n## ", 1)[0]
     rows = [
         [c.strip() for c in line.strip().strip("|").split("|")]
-        for line in section.splitlines()
+        for line in TABLE4.read_text().splitlines()
         if line.startswith("|")
     ]
     assert rows[0][:3] == ["model", "params", "C4 ppl"]
     return [r for r in rows[2:]]  # header, separator
 
 
-@pytest.mark.skipif(SHARED is None, reason="shared/METHOD.md is not here")
-def test_table4_matches_method_md_exactly():
+def test_table4_matches_the_published_table_exactly():
     rows = _method_table()
     assert len(rows) == len(DETTMERS_TABLE4) == 10
     for row, p in zip(rows, DETTMERS_TABLE4, strict=True):
