@@ -82,7 +82,7 @@ class Correlation:
 @dataclass(frozen=True)
 class ChangePoint:
     split_x: float  # midway between the two sides, in x units (log10 params)
-    split_params: float  # 10 ** split_x
+    split_params: float | None  # 10 ** split_x (None past float range: x was not log10)
     left_max_x: float  # largest x of the left side
     right_min_x: float  # smallest x of the right side
     n_left: int
@@ -274,7 +274,7 @@ def change_point(x: Sequence[float], y: Sequence[float]) -> ChangePoint | None:
     split_x = float((xs[k - 1] + xs[k]) / 2.0)
     return ChangePoint(
         split_x=split_x,
-        split_params=float(10.0**split_x),
+        split_params=float(10.0**split_x) if split_x < 300 else None,
         left_max_x=float(xs[k - 1]),
         right_min_x=float(xs[k]),
         n_left=k,
@@ -320,10 +320,10 @@ def trend(
 # Words
 
 
-def format_params(n: float, digits: int = 3) -> str:
+def format_params(n: float | None, digits: int = 3) -> str:
     """6.7e9 -> '6.7B', 3.5e8 -> '350M' (at least ``digits`` significant digits, never an
     exponent: 2.98e5 -> '298K', not '3e+02K')."""
-    if not math.isfinite(n):
+    if n is None or not math.isfinite(n):
         return "?"
     units = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1.0, ""))
     for i, (scale, unit) in enumerate(units):

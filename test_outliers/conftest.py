@@ -5,6 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: in CI one fixed, derandomized set of examples (a run passes or fails by the
+# code, never by luck; .ci/run selects it); elsewhere new random examples every run, remembered
+# in the local example database when one fails. HYPOTHESIS_PROFILE picks one explicitly.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("random", deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "random")
+)
 
 
 @pytest.fixture(scope="session")

@@ -295,3 +295,12 @@ def test_a_permutation_test_and_interval_that_disagree_claim_nothing():
     assert "inconclusive" in mixed and "no monotonic relation" not in mixed
     assert "decreases" in describe("pairs", "total params", result(0.01, -0.75, -0.08))
     assert "no monotonic relation" in describe("pairs", "total params", result(0.19, -0.75, 0.2))
+
+
+def test_a_split_beyond_float_range_is_unknown_not_a_crash():
+    """Found by the derandomized profile: x given as raw counts (not log10) puts the split at
+    10 ** 617; the trend still returns a sentence and its JSON."""
+    res = trend([0.0, 0.0, 617.0, 617.0], [0.0, 0.0, 0.0, 1.0], metric="mean_layer_pct", n_perm=50)
+    assert res.change_point.split_params is None
+    assert res.verdict.endswith(".")
+    json.dumps(res.to_dict(), allow_nan=False)
