@@ -115,3 +115,22 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
         p.parent.name.split("__")[1].split("-")[0] for p in tmp_path.rglob("result.json")
     )
     assert written == ["ln", "residual"]
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
+    """The normal case at GPU sizes: a chunk holds several whole sequences and neither the batch
+    nor the run divides evenly: 7 windows in batches of 5 and 2, chunks of 2 sequences (2, 2, 1
+    and 2). Every sequence has pairs, so a dropped partial chunk cannot hide."""
+    import harness.capture as capture
+
+    model = random_model("qwen3", torch.float32, seed=3)
+    ids = random_ids(7, 24, seed=8)
+    H = model.config.hidden_size
+    monkeypatch.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 2 * 24 * H})
+    monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
+    result = analyze(model, ids, batch_size=5)
+    names, acts = collect_activations(model, ids, "ln", batch_size=5)
+    want = oracle_figures(acts, 3.0, 0.25, 0.06)
+    assert {seq for seq, _ in want["pairs"]} == set(range(7)), "every window needs pairs"
+    assert_matches_oracle(result.stats, acts, THRESHOLDS)
