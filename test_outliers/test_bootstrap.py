@@ -220,3 +220,25 @@ def test_bootstrap_is_fast_on_a_tiny_result(real_run):
     t0 = time.perf_counter()
     bootstrap(stats, Criteria(3.0, 0.25, 0.06), resamples=1000)
     assert time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95, 0.99])
+def test_interval_endpoints_are_the_percentiles_of_the_same_resamples(real_run, level):
+    """The endpoints, not just "contains the truth": rebuilt here from the same seeded draws,
+    one resample at a time (each a sample whose figures equal a fresh run on those windows),
+    then numpy's percentiles at (1 -+ level) / 2. A 90% interval reported as 95% fails."""
+    stats = real_run[2].stats
+    c = Criteria(3.0, 0.25, 0.06)
+    R, seed = 120, 9
+    counts = multiplicities(stats.num_seqs, R, seed=seed)
+    samples = [
+        figures_for_sample(stats, c, np.repeat(np.arange(stats.num_seqs), row)) for row in counts
+    ]
+    got = bootstrap(stats, c, resamples=R, seed=seed, level=level)
+    tail = 100 * (1 - level) / 2
+    for metric in ("num_outliers", "mean_layer_pct", "positions_affected_pct"):
+        values = np.array([s[metric] for s in samples if s[metric] is not None], float)
+        low, high = np.percentile(values, [tail, 100 - tail])
+        assert (got[metric].low, got[metric].high) == pytest.approx((low, high), rel=1e-12)
+    widths = {m: got[m].high - got[m].low for m in ("num_outliers",)}
+    assert widths["num_outliers"] > 0, "the run must vary between resamples to test endpoints"

@@ -304,3 +304,28 @@ def test_a_split_beyond_float_range_is_unknown_not_a_crash():
     assert res.change_point.split_params is None
     assert res.verdict.endswith(".")
     json.dumps(res.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_trend_interval_endpoints_are_quantiles_of_the_same_resamples(level):
+    """Spearman's rho recomputed by scipy on the same seeded pair resamples (draws: numpy's
+    default_rng([seed, 2]), as documented), then the (1 -+ level) / 2 quantiles."""
+    from scipy.stats import spearmanr
+
+    from harness.scaling import bootstrap_ci
+
+    x = np.log10([1.2e8, 3.5e8, 7.6e8, 1.3e9, 1.5e9, 2.7e9, 6.0e9, 6.7e9, 1.3e10])
+    y = np.array([25.0, 29, 31, 64, 41, 52, 62, 100, 100])
+    n_boot, seed = 500, 4
+    low, high, degenerate = bootstrap_ci(x, y, n_boot=n_boot, level=level, seed=seed)
+    idx = np.random.default_rng([seed, 2]).integers(0, x.size, size=(n_boot, x.size))
+    rhos = []
+    for row in idx:
+        if np.ptp(x[row]) > 0 and np.ptp(y[row]) > 0:
+            rhos.append(spearmanr(x[row], y[row]).statistic)
+    assert degenerate == n_boot - len(rhos)
+    want = np.quantile(np.clip(rhos, -1, 1), [(1 - level) / 2, (1 + level) / 2])
+    assert (low, high) == pytest.approx(tuple(want), abs=1e-12)
+    if level == 0.95:  # what trend() reports is the 95% interval of those resamples
+        corr = trend(x, y, n_perm=100, n_boot=n_boot, seed=seed).correlation
+        assert (corr.ci_low, corr.ci_high) == pytest.approx(tuple(want), abs=1e-12)
