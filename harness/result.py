@@ -170,7 +170,14 @@ def _replace(tmp: Path, final: Path, attempts: int = 5) -> None:
                 old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, old)
                 olds.append(old)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                # interrupted between the two renames (Ctrl-C, a signal): put the previous
+                # result back now; after a SIGKILL, clean_stale does it on the next write
+                if olds and not final.exists():
+                    os.rename(olds.pop(), final)
+                raise
             for old in olds:
                 shutil.rmtree(old, ignore_errors=True)
             return

@@ -78,3 +78,44 @@ def test_a_writer_racing_on_the_final_rename_is_retried(result, tmp_path, monkey
     monkeypatch.setattr(result_mod.os, "rename", real)
     assert read_result(final)["seed_compatible"] == result.seed_compatible
     assert [p.name for p in final.parent.iterdir()] == [final.name]
+
+
+@pytest.mark.parametrize("crash_at", ["stats.npz", "result.json", "rename"])
+@pytest.mark.parametrize("first", [True, False], ids=["first-write", "rewrite"])
+def test_a_crash_mid_write_leaves_the_previous_result_or_nothing(
+    result, tmp_path, monkeypatch, crash_at, first
+):
+    """Killed halfway through writing a file (half its bytes on disk) or at the final rename,
+    on a first write and on a rewrite: the listing shows the previous result, complete and
+    readable, or nothing; never a directory that cannot be read."""
+    want = None
+    if not first:
+        final = write_result(result, tmp_path)
+        want = read_result(final)
+    real_write, real_rename = result_mod._fsync_write, os.rename
+
+    def half_then_die(path, data):
+        if path.name == crash_at:
+            path.write_bytes(data[: len(data) // 2])
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    def die_on_rename(src, dst):
+        if ".tmp-" in str(src):
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    if crash_at == "rename":
+        monkeypatch.setattr(result_mod.os, "rename", die_on_rename)
+    else:
+        monkeypatch.setattr(result_mod, "_fsync_write", half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(result, tmp_path)
+    monkeypatch.undo()
+    listed = find_run_dirs(tmp_path)
+    if first:
+        assert listed == []
+    else:
+        assert len(listed) == 1 and read_result(listed[0]) == want
+    for run in listed:
+        read_result(run)  # every listed directory reads
