@@ -11,6 +11,7 @@ import json
 import threading
 import time
 
+import pytest
 from runpod_fakes.args import fake_args
 from runpod_fakes.values import HF_TOKEN, USER_KEY
 
@@ -283,3 +284,38 @@ def test_dry_run_prices_the_plan_from_the_api_and_creates_nothing(
     assert "n/a" not in text.split("total")[0]
     assert {c["op"] for c in fake_runpod.calls} == {"gpuTypes"}
     assert fake_runpod.pods == {}
+
+
+@pytest.mark.parametrize("alone", ["worker", "close", "sweep"])
+def test_each_clean_up_path_alone_ends_every_pod(runpod_env, fake_runpod, tmp_path, alone):
+    """Interrupted while two pods run (close(), as Ctrl-C does), with every clean-up path but
+    one broken: the worker's own terminate when its job ends, close()'s loop over the pods,
+    the sweep by run name. Each path alone still ends every pod."""
+    import sys
+
+    lines: list[str] = []
+    modes = {"fake_a": "sleep:60", "fake_b": "sleep:60"}
+    runner = make_runner(tmp_path, modes, lines)
+    callers = {"worker": "_finish", "close": "close"}
+    real_terminate, real_sweep = runner._terminate, runner._sweep
+
+    def terminate(task):
+        caller = sys._getframe(1).f_code.co_name
+        if caller in callers.values() and caller != callers.get(alone):
+            return False  # this path is broken
+        return real_terminate(task)
+
+    runner._terminate = terminate
+    runner._sweep = real_sweep if alone == "sweep" else (lambda: None)
+    try:
+        runner.prepare(entries_of(modes))
+        # both pods created and known to the runner (a create still in flight has no id
+        # yet: only the sweep by name can find that pod)
+        assert fake_runpod.wait(
+            lambda: len(runner.tasks) == 2 and all(t.pod_id for t in runner.tasks), timeout=60
+        )
+    finally:
+        runner.close()
+    if alone == "worker":  # the workers end after close() stops waiting for them
+        fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=30)
+    assert_nothing_left(fake_runpod)
