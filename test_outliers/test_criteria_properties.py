@@ -169,3 +169,40 @@ def test_stats_builder_agrees_with_engine():
         "hits_level",
     ):
         assert np.array_equal(getattr(r.stats, field), getattr(ref, field)), field
+
+
+def _need(frac: str, den: int) -> int:
+    """The smallest count c with c / den >= frac, in integers (the definition's inclusive >=)."""
+    from fractions import Fraction
+
+    f = Fraction(frac)
+    return -(-f.numerator * den // f.denominator)
+
+
+@pytest.mark.parametrize("S,T", [(4, 50), (5, 17), (9, 51), (6, 40), (8, 33)])
+def test_every_denominator_at_exactly_passing_and_exactly_failing_counts(S, T):
+    """Three sequences, so the per-sequence (T positions), pooled (N x T positions) and site (S)
+    denominators differ; each dim sits exactly at, or one short of, one boundary. The sizes make
+    a denominator off by one change the needed count: 25% of 4 and 6% of 50 and 150 are whole
+    (den + 1 needs one more); 25% of 5 - 1, 6% of 51 - 1 and of 3 x 17 - 1 are whole (den - 1
+    needs one fewer); 6% of 40 and 33 are not whole at all."""
+    N = 3
+    ks, kt, kp = _need("1/4", S), _need("3/50", T), _need("3/50", N * T)
+    assert kp > kt  # one sequence's worth of positions is not enough pooled
+    acts = np.zeros((S, N, T, 6))
+    acts[:ks, 0, :kt, 0] = 6.0  # seq 0: exactly kt positions at exactly ks sites: a pair
+    acts[:ks, 0, : kt - 1, 1] = 6.0  # one position short in its sequence: no pair
+    acts[: ks - 1, 0, :kt, 2] = 6.0  # one site short: no pair
+    # pooled: exactly kp positions over the corpus, never kt in one sequence
+    per_seq = [kp // N + (i < kp % N) for i in range(N)]
+    for n, k in enumerate(per_seq):
+        acts[:ks, n, :k, 3] = 6.0
+        acts[:ks, n, : k - (n == 0), 4] = 6.0  # one pooled position short
+        acts[: ks - 1, n, :k, 5] = 6.0  # one site short, pooled
+    fig = evaluate(stats_from_activations(acts), Criteria(6.0, 0.25, 0.06))
+    pairs = pair_set(fig)
+    assert (0, 0) in pairs and not pairs & {(0, 1), (0, 2)}
+    assert {p[1] for p in pairs} & {1, 2, 5} == set()
+    pooled = dim_set(fig)
+    assert 3 in pooled and not pooled & {1, 2, 4, 5}
+    assert 0 not in pooled  # kt positions of one sequence are < 6% of N x T
