@@ -199,6 +199,7 @@ def test_every_denominator_at_exactly_passing_and_exactly_failing_counts(S, T):
         acts[:ks, n, :k, 3] = 6.0
         acts[:ks, n, : k - (n == 0), 4] = 6.0  # one pooled position short
         acts[: ks - 1, n, :k, 5] = 6.0  # one site short, pooled
+        acts[:ks, n, k, 3] = 5.99  # just under: neither counted nor a position affected
     fig = evaluate(stats_from_activations(acts), Criteria(6.0, 0.25, 0.06))
     pairs = pair_set(fig)
     assert (0, 0) in pairs and not pairs & {(0, 1), (0, 2)}
@@ -206,3 +207,15 @@ def test_every_denominator_at_exactly_passing_and_exactly_failing_counts(S, T):
     pooled = dim_set(fig)
     assert 3 in pooled and not pooled & {1, 2, 4, 5}
     assert 0 not in pooled  # kt positions of one sequence are < 6% of N x T
+    # positions affected: the kp positions where the one pooled dim (exactly 6.0) reaches 6
+    assert fig["pooled"]["positions_affected_pct"] == 100.0 * kp / (N * T)
+    assert fig["pooled"]["sites_affected_pct"] == 100.0 * ks / S
+
+
+def test_a_corpus_of_one_value_over_the_magnitude():
+    """One site, one position, one dim at exactly 6: a pair, a pooled dim, one position."""
+    acts = np.zeros((1, 1, 1, 2))
+    acts[0, 0, 0, 1] = 6.0
+    fig = evaluate(stats_from_activations(acts), Criteria(6.0, 0.25, 0.06))
+    assert pair_set(fig) == {(0, 1)} and dim_set(fig) == {1}
+    assert fig["pooled"]["positions_affected_pct"] == 100.0

@@ -4,6 +4,7 @@ puts the previous result back, a full disk and a racing writer end in one senten
 import errno
 import os
 import subprocess
+import time
 
 import pytest
 import torch
@@ -119,3 +120,19 @@ def test_a_crash_mid_write_leaves_the_previous_result_or_nothing(
         assert len(listed) == 1 and read_result(listed[0]) == want
     for run in listed:
         read_result(run)  # every listed directory reads
+
+
+def test_stale_means_older_than_a_day_and_only_our_own_folders(result, tmp_path):
+    """A live writer's .tmp-* is removed only past one day (24 h - 10 s kept, 24 h + 10 s
+    removed); a hidden folder that is not ours (.cache-*) is never touched, however old."""
+    final = write_result(result, tmp_path)
+    parent = final.parent
+    young = parent / f".tmp-{final.name}-{os.getpid()}-aaaaaaaa"
+    old = parent / f".tmp-{final.name}-{os.getpid()}-bbbbbbbb"
+    other = parent / ".cache-1-cccccccc"
+    now = time.time()
+    for d, age in ((young, 24 * 3600 - 10), (old, 24 * 3600 + 10), (other, 30 * 24 * 3600)):
+        d.mkdir()
+        os.utime(d, (now - age, now - age))
+    clean_stale(parent)
+    assert young.exists() and not old.exists() and other.exists()
