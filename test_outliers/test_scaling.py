@@ -329,3 +329,17 @@ def test_trend_interval_endpoints_are_quantiles_of_the_same_resamples(level):
     if level == 0.95:  # what trend() reports is the 95% interval of those resamples
         corr = trend(x, y, n_perm=100, n_boot=n_boot, seed=seed).correlation
         assert (corr.ci_low, corr.ci_high) == pytest.approx(tuple(want), abs=1e-12)
+
+
+def test_edges_of_the_rank_statistics():
+    """Boundaries the mutation run found untested: a range of exactly 1 is not constant; two
+    points have a permutation p-value (both orders reach |rho| = 1: p = 1); exactly 100
+    usable resamples give an interval."""
+    from harness.scaling import bootstrap_ci, permutation_pvalue, spearman_rho
+
+    assert spearman_rho([0.0, 0.5, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    p, method, used = permutation_pvalue([1.0, 2.0], [3.0, 4.0])
+    assert (p, method) == (1.0, "exact")
+    x = np.arange(9.0)
+    low, high, degenerate = bootstrap_ci(x, x**2, n_boot=100, seed=1)
+    assert degenerate == 0 and math.isfinite(low) and math.isfinite(high)
