@@ -208,13 +208,17 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
 
 def test_dense_and_sparse_hits_give_the_same_attribution(monkeypatch):
     """The observers that read the engine's hits (tokens, positions) see the same hits from the
-    dense path (level map) as from the sparse one (gathered blocks)."""
+    dense path (level map) as from the sparse one (gathered blocks), chunks past the first
+    included."""
     model = random_model("olmoe", torch.float32, seed=3, gain=2.5)
     ids = random_ids(5, 24, seed=4)
     sections = []
+    H = model.config.hidden_size
     for fraction in (0.0, float("inf")):
         with monkeypatch.context() as m:
             m.setattr(capture, "DENSE_FRACTION", fraction)
+            # chunks of one sequence: hits of a chunk past the first carry its offset
+            m.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 24 * H})
             result = analyze(model, ids, batch_size=3, attribution=True)
         sections.append(json.dumps(result.sections["attribution"], sort_keys=True, default=str))
     assert sections[0] == sections[1]
