@@ -328,11 +328,11 @@ class Capture:
             smax = bmax.amax(dim=1)  # [b, H], in x's dtype
             part.smax[s, b0:b1] = smax
             part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
-            n_cand = int((bmax >= t0).sum())
-            if n_cand * K > DENSE_FRACTION * xc.numel():  # dense hits: counts by reductions
+            cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
+            if cand.numel() * K > DENSE_FRACTION * xc.numel():  # dense hits: by reductions
                 self._reduce_dense(site, part, xc, thr, b0)
                 continue
-            found = self._values_over(part, xc, bmax, t0, K)
+            found = self._values_over(part, xc, cand, t0, K)
             if found is None:
                 for obs in self._hit_observers:  # "no hit here" is news too
                     none = part.ones(0)
@@ -383,11 +383,10 @@ class Capture:
             for obs in self._hit_observers:
                 obs.on_hits(site, pos, level, self.grid, self._batch)
 
-    def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, bmax: torch.Tensor, t0, K: int):
+    def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, cand: torch.Tensor, t0, K: int):
         """Every value of ``xc`` with |x| >= t0 as (flat index, |x|, b * H + d), or None: only
-        the blocks whose max reaches t0 are read again (a gather of their K values)."""
+        the candidate blocks (``cand``: flat indices of block maxima >= t0) are read again."""
         b, T, H = xc.shape
-        cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
         n = cand.numel()
         if n == 0:
             return None
