@@ -4,6 +4,7 @@
     outliers report [--results DIR] [--format table|csv|json|md] [--magnitude M ...]
     outliers models                                the registry as a table
     outliers pods [--terminate [--all]]            the harness's RunPod pods, age and cost
+    outliers pods smoke [--gpu T] [--max-minutes M] one cheap pod checks what a sweep relies on
     outliers preflight MODEL... [--configs DIR] [--allow-fallback] [--gpus "NAME:GB,..."]
                                                    will it run here (or there), before any download
 
@@ -155,17 +156,44 @@ def _preflight_command(sub) -> None:
 
 
 def _pods_command(sub) -> None:
-    p = sub.add_parser("pods", help="list the harness's RunPod pods with age and cost")
+    p = sub.add_parser(
+        "pods",
+        help="list the harness's RunPod pods with age and cost; `pods smoke`: first-contact check",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "smoke"),
+        default="list",
+        help="list (default), or smoke: one cheap pod for a few minutes that checks every path a "
+        "sweep relies on, then is terminated",
+    )
     p.add_argument(
         "--terminate",
         action="store_true",
         help="terminate leaked pods (no live local run claims them)",
     )
     p.add_argument("--all", action="store_true", help="with --terminate: every harness pod")
+    p.add_argument("--gpu", default=None, metavar="TYPES", help="smoke: GPU type ids to try")
+    p.add_argument("--image", default=None, metavar="IMAGE", help="smoke: the pod image")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=8.0,
+        metavar="MIN",
+        help="smoke: the pod ends itself after this long at the latest (default 8, at most 30)",
+    )
 
     def run(args) -> int:
         from .runpod import pods_command
 
+        if args.action == "smoke":
+            from .runpod.options import DEFAULT_IMAGE
+            from .runpod.smoke import smoke
+
+            gpus = tuple(g.strip() for g in args.gpu.split(",") if g.strip()) if args.gpu else None
+            rows = smoke(gpus=gpus, image=args.image or DEFAULT_IMAGE, max_minutes=args.max_minutes)
+            return 1 if any(r.ok is False for r in rows) else 0
         pods_command(terminate=args.terminate, all=args.all)
         return 0
 

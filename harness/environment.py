@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import functools
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from harness import gitinfo
 
 PACKAGES = (
     "torch",
@@ -40,28 +41,8 @@ def harness_version() -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict | None:
-    """The checkout's commit and whether it has local changes (None outside a checkout)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"sha": sha, "dirty": bool(dirty)}
+    """The harness checkout's commit and whether it has local changes (None outside one)."""
+    return gitinfo.git_state(Path(__file__).resolve().parent.parent)
 
 
 def gpus() -> list[dict]:

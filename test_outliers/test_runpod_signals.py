@@ -78,3 +78,19 @@ def test_a_sigkilled_sweep_leaves_its_pods_to_their_watchdogs(runpod_env, fake_r
         assert reason in log, log
         assert pod.key not in log
     assert fake_runpod.wait(lambda: not any(map(fake_runpod.pod_processes, pods)), timeout=5)
+
+
+def test_a_closed_terminal_sighup_terminates_every_pod(runpod_env, fake_runpod, tmp_path):
+    proc = drive(tmp_path, runpod_env, {"slow": "sleep:60"})
+    try:
+        assert fake_runpod.wait(lambda: _job_running(fake_runpod, "slow"), timeout=20)
+        proc.p.send_signal(signal.SIGHUP)
+        code = proc.wait(30)
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+    assert code != 0
+    assert "terminating this run's pods" in proc.output
+    slow = _pod_of(fake_runpod, "slow")
+    assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=slow.id)} >= {"user"}
+    assert fake_runpod.live_pods() == []

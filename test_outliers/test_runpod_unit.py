@@ -4,6 +4,7 @@ classification, credentials, the shipped file list, the pod-side environment par
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -31,6 +32,9 @@ from harness.runpod.credentials import Redactor, load_credentials
 from harness.runpod.podside import _parse_exports, _parse_nul
 from harness.runpod.ship import tree_files
 from models import REGISTRY, select
+from models.registry import ModelEntry
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_our_options_and_pod_owned_paths_are_not_forwarded():
@@ -240,7 +244,8 @@ def test_plan_table_has_prices_estimates_and_a_total():
         (rp_error.QueryError("Too Many Requests", "q"), "retry"),
         (requests.exceptions.JSONDecodeError("x", "<html>", 0), "retry"),
         (requests.exceptions.ConnectionError("refused"), "retry"),
-        (KeyError("data"), "retry"),
+        (KeyError("data"), "shape"),  # the SDK met an answer it does not know: not retried
+        (TypeError("'NoneType' object is not subscriptable"), "shape"),
         (rp_error.AuthenticationError("Unauthorized"), "auth"),
         (rp_error.QueryError("pod not found", "q"), "notfound"),
         (rp_error.QueryError("Invalid image name", "q"), "fatal"),
@@ -284,7 +289,7 @@ def test_credentials_come_from_dotenv_and_never_show(tmp_path):
     assert red("key rpa_secret_from_dotenv tok hf_secret_dotenv") == "key *** tok ***"
 
 
-def test_the_shipped_tree_is_tracked_plus_untracked_not_ignored(tmp_path):
+def test_the_shipped_tree_is_tracked_files_plus_what_the_user_lists(tmp_path):
     def git(*a):
         subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
 
@@ -302,8 +307,14 @@ def test_the_shipped_tree_is_tracked_plus_untracked_not_ignored(tmp_path):
         (tmp_path / name).write_text("x")
     git("add", ".gitignore", "tracked.py")
     git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "x")
+    (tmp_path / "extra" / "data.json").parent.mkdir()
+    (tmp_path / "extra" / "data.json").write_text("{}")
     files = tree_files(tmp_path, exclude=[tmp_path / "results"])
-    assert files == [".gitignore", "tracked.py", "untracked.py"]
+    assert files == [".gitignore", "tracked.py"]  # a stray untracked file stays here
+    files = tree_files(tmp_path, exclude=[tmp_path / "results"], include=("untracked.py", "extra"))
+    assert files == [".gitignore", "extra/data.json", "tracked.py", "untracked.py"]
+    # what is asked for still never ships credentials, ignored files or results
+    assert tree_files(tmp_path, include=(".env", "ignored.txt")) == [".gitignore", "tracked.py"]
 
 
 def test_the_pod_environment_is_read_from_the_container_files():
@@ -331,12 +342,110 @@ def test_podside_uses_only_the_standard_library():
     assert mods <= set(sys.stdlib_module_names) | {"__future__"}, mods
 
 
-def test_pods_install_the_gpu_extras_only_for_models_that_need_them():
-    from harness.runpod.runner import pod_extras
+def test_pods_install_only_the_extras_their_models_need():
+    import tomllib
 
-    assert pod_extras([REGISTRY["gpt_oss_20b"]]) == "gpu"
-    assert pod_extras([REGISTRY["qwen3_next_80b"]]) == "gpu"
+    from harness.runpod.runner import pod_build_with_torch, pod_extras
+
+    assert pod_extras([REGISTRY["gpt_oss_20b"]]) == "mxfp4"
+    assert pod_build_with_torch("mxfp4") == []  # gpt-oss pods never build causal-conv1d
+    assert pod_extras([REGISTRY["qwen3_next_80b"]]) == "linear-attention"
+    assert pod_build_with_torch("linear-attention") == ["causal-conv1d"]
     assert pod_extras([REGISTRY["olmoe_1b_7b"], REGISTRY["qwen3_8b"]]) == ""
+    # the extras exist in pyproject.toml, and none holds a package built against torch
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for name in ("mxfp4", "linear-attention"):
+        assert extras[name] and not any("causal-conv1d" in r for r in extras[name])
+
+
+def test_the_install_constraints_keep_the_image_torch_triton_and_cuda_libraries(tmp_path):
+    from harness.runpod import podside
+
+    freeze = "\n".join(
+        [
+            "torch==2.8.0+cu128",
+            "triton==3.4.0",
+            "nvidia-cublas-cu12==12.8.4.1",
+            "nvidia_cudnn_cu12==9.10.2.21",
+            "numpy==2.1.2",
+            "torchvision==0.23.0+cu128",
+            "-e git+https://x/y.git@abc#egg=thing",
+            "mypkg @ file:///tmp/mypkg",
+        ]
+    )
+    assert podside.constraints(freeze) == [
+        "torch==2.8.0+cu128",
+        "triton==3.4.0",
+        "nvidia-cublas-cu12==12.8.4.1",
+        "nvidia_cudnn_cu12==9.10.2.21",
+        "torchvision==0.23.0+cu128",
+    ]
+    spec = {"extras": "linear-attention", "build_with_torch": ["causal-conv1d"]}
+    cmds = podside.install_commands(str(tmp_path), spec, dict(os.environ))
+    pinned = (tmp_path / "constraints.txt").read_text()
+    assert f"torch=={importlib.metadata.version('torch')}" in pinned  # this python's own torch
+    first, second = cmds
+    assert first[-2:] == ["-e", ".[linear-attention]"] and "-c" in first
+    assert "causal-conv1d" not in first  # never built in an isolated environment
+    assert second[-1] == "causal-conv1d" and "--no-build-isolation" in second and "-c" in second
+
+
+def test_the_kill_switch_survives_the_sdk_and_ends_the_pod_at_an_absolute_time():
+    import base64
+    import re
+
+    from runpod.api.mutations.pods import generate_pod_deployment_mutation
+
+    from harness.runpod import killswitch
+
+    args = killswitch.docker_args(1_900_000_000, "terminate")
+    # the SDK pastes docker_args between double quotes, unescaped
+    assert not set(args) & set('"\\\n')
+    q = generate_pod_deployment_mutation("n", "img", "NVIDIA L4", docker_args=args)
+    pasted = re.search(r'dockerArgs: "([^"]*)"', q).group(1)
+    assert pasted == args and killswitch.deadline_of(pasted) == 1_900_000_000
+    script = base64.b64decode(re.search(r"echo (\S+) \|", args).group(1)).decode()
+    assert "DEADLINE=1900000000" in script and "podTerminate" in script
+    assert "exec /start.sh" in script  # then the image's own start (sshd)
+    with pytest.raises(ValueError):
+        killswitch.script(1.0, "pause")
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed"),
+    [
+        ("runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404", ["12.8", "12.9", "13.0"]),
+        ("runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04", ["12.4", "12.5"]),
+        ("runpod/pytorch:0.7.0-dev-cu1241-torch240-ubuntu2004", ["12.4", "12.5"]),
+        ("myorg/custom:latest", None),
+    ],
+)
+def test_pods_ask_for_hosts_whose_cuda_driver_runs_the_image(image, allowed):
+    from harness.runpod.plan import allowed_cuda_versions
+
+    got = allowed_cuda_versions(image)
+    if allowed is None:
+        assert got is None
+    else:
+        assert got[: len(allowed)] == allowed and "12.3" not in got and "11.8" not in got
+
+
+def test_the_default_deadline_has_a_floor_and_a_volume_does_not_size_the_disk():
+    from harness.runpod.plan import MIN_DEADLINE_MINUTES, make_plans
+
+    tiny = ModelEntry("fake_a", "tiny:fake_a", "tiny", dtype="float32")
+    (p,) = make_plans([tiny], RunpodOptions(enabled=True))
+    assert p.max_minutes == MIN_DEADLINE_MINUTES == 30  # the estimate alone gives 16
+    (p,) = make_plans([tiny], RunpodOptions(enabled=True, max_minutes=7))
+    assert p.max_minutes == 7  # the user's own value is taken as it is
+    big = REGISTRY["qwen3_30b_a3b"]
+    (plain,) = make_plans([big], RunpodOptions(enabled=True))
+    (vol,) = make_plans([big], RunpodOptions(enabled=True, volume="vol1"))
+    assert plain.disk_gb > 60 and vol.disk_gb <= 40
+    # vCPUs and RAM asked for each GPU (the SDK's defaults are 1 vCPU, 1 GB)
+    assert plain.vcpus >= 4 * plain.count and plain.memory_gb >= 16 * plain.count
 
 
 @pytest.mark.parametrize(

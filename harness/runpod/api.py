@@ -51,7 +51,7 @@ class ApiError(HarnessError):
 
 
 def classify(err: BaseException) -> str:
-    """capacity | retry | notfound | auth | fatal."""
+    """capacity | retry | notfound | auth | shape | fatal."""
     import requests
     from runpod import error as rp_error
 
@@ -61,8 +61,8 @@ def classify(err: BaseException) -> str:
         return "retry"  # a gateway page (429 / 5xx) instead of JSON
     if isinstance(err, requests.exceptions.RequestException):
         return "retry"  # connection refused / reset, read timeout
-    if isinstance(err, (KeyError, TypeError)):
-        return "retry"  # JSON without "data": an error body from a proxy
+    if isinstance(err, (KeyError, TypeError, AttributeError)):
+        return "shape"  # the SDK met an answer it does not know: not a rate limit, not retried
     msg = str(err).lower()
     if any(m in msg for m in CAPACITY_MESSAGES):
         return "capacity"
@@ -120,6 +120,15 @@ class RunpodApi:
                     raise ApiError(self.redact(f"{what}: {_message(err)}"), "capacity") from None
                 if kind == "notfound" and not retry_notfound:
                     raise ApiError(self.redact(f"{what}: {_message(err)}"), "notfound") from None
+                if kind == "shape":
+                    raise ApiError(
+                        self.redact(
+                            f"{what}: the RunPod API answered in a shape the runpod SDK does not "
+                            f"expect ({type(err).__name__}: {_message(err)}); upgrade it with "
+                            "`pip install -U runpod` or report this."
+                        ),
+                        "fatal",
+                    ) from None
                 if kind == "fatal":
                     raise ApiError(self.redact(f"{what}: {_message(err)}"), "fatal") from None
                 if i + 1 < attempts:
@@ -178,13 +187,18 @@ class RunpodApi:
         cloud: str,
         env: dict,
         volume: str | None = None,
+        docker_args: str | None = None,
+        cuda_versions: list[str] | None = None,
+        vcpus: int = 1,
+        memory_gb: int = 1,
         on_try=None,
     ) -> tuple[dict, str]:
         """Create one pod, trying each GPU type in order; return (pod, gpu type).
 
         A call that failed with a retryable error may still have created the pod (RunPod has
-        been seen to answer 500 after creating it): before each retry the pod is looked up by
-        its unique name and adopted if it exists.
+        been seen to answer 500 after creating it, and its pod list lags behind): before each
+        retry the pod is looked up by its unique name several times, ``adopt_wait_s`` apart,
+        and adopted if it appears.
         """
         refusals = []
         for gpu in gpu_types:
@@ -203,12 +217,16 @@ class RunpodApi:
                         gpu_count=count,
                         container_disk_in_gb=disk_gb,
                         volume_in_gb=0,
+                        min_vcpu_count=vcpus,
+                        min_memory_in_gb=memory_gb,
                         ports="22/tcp",
                         support_public_ip=True,
                         start_ssh=True,
                         env=env,
                         network_volume_id=volume,
                         volume_mount_path="/workspace",
+                        docker_args=docker_args or "",
+                        allowed_cuda_versions=cuda_versions,
                         attempts=1,
                     )
                     return pod, gpu
@@ -235,10 +253,18 @@ class RunpodApi:
         )
 
     def _adopt(self, name: str) -> dict | None:
-        try:
-            return self.find_by_name(name)
-        except ApiError:
-            return None
+        """The pod called ``name``, if a failed create made it; the list may show it late."""
+        polls = max(1, self.t.adopt_polls)
+        for i in range(polls):
+            if i:
+                self._sleep(self.t.adopt_wait_s)
+            try:
+                pod = self.find_by_name(name)
+            except ApiError:
+                pod = None
+            if pod is not None:
+                return pod
+        return None
 
     def terminate(self, pod_id: str) -> bool:
         """Terminate ``pod_id``; True when it is gone (already gone counts)."""
@@ -256,13 +282,24 @@ class RunpodApi:
 
     # -- readiness ---------------------------------------------------------------------------
     def wait_ready(self, pod_id: str, until: float, cancelled=lambda: False, poll=None):
-        """Poll until the pod is RUNNING with a public 22/tcp mapping; return (Endpoint, pod)."""
+        """Poll until the pod is RUNNING with a public 22/tcp mapping; return (Endpoint, pod).
+
+        A pod the API does not know yet just after creation is waited for (the lists lag). On
+        a timeout the ApiError's kind says why: ``no-runtime`` when the container never started
+        (an image the host's CUDA driver cannot run, a pull that failed: another machine may
+        do), ``timeout`` otherwise.
+        """
         poll = self.t.poll_s if poll is None else poll
         pod = None
         while True:
             if cancelled():
                 raise ApiError(f"pod {pod_id}: cancelled while starting", "cancelled")
-            pod = self.get(pod_id)
+            try:
+                pod = self.call(f"get pod {pod_id}", self._rp.get_pod, pod_id, retry_notfound=True)
+            except ApiError as err:
+                if err.kind != "retry" or time.monotonic() >= until:
+                    raise
+                pod = None
             if pod is not None:
                 status = pod.get("desiredStatus")
                 if status in ("EXITED", "TERMINATED"):
@@ -271,6 +308,13 @@ class RunpodApi:
                 if status == "RUNNING" and endpoint is not None:
                     return endpoint, pod
             if time.monotonic() >= until:
+                if pod is not None and not pod.get("runtime"):
+                    raise ApiError(
+                        f"pod {pod_id}: its container never started (no runtime) within the "
+                        "wait: the image could not be pulled or the host's CUDA driver is too "
+                        "old for it",
+                        "no-runtime",
+                    )
                 raise ApiError(
                     f"pod {pod_id} was not RUNNING with an SSH port within the wait; RunPod may "
                     "be short of machines: try again or use --runpod-gpu.",

@@ -3,6 +3,10 @@
 - ``RUNPOD_API_KEY``: the environment, else ``.env`` (python-dotenv). The SDK does not read that
   variable itself; ``RunpodApi`` sets ``runpod.api_key``.
 - ``HF_TOKEN``: same sources; given to the pod as pod environment (never on a command line).
+  A pod's environment is visible in the RunPod console and API; with ``RUNPOD_HF_TOKEN_SECRET``
+  naming a RunPod secret (console: Secrets) that holds the token, the pod gets
+  ``{{ RUNPOD_SECRET_<name> }}``, which RunPod fills in inside the pod, and the token never
+  leaves this machine.
 - ``SSH_KEY_PATH`` (default ``~/.ssh/id_ed25519``): the private key used to log in; its public
   half goes to the pod as ``PUBLIC_KEY``.
 
@@ -12,6 +16,7 @@ Nothing here prints a secret; ``Redactor`` replaces their values in any text sho
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,13 @@ class Credentials:
     hf_token: str | None
     ssh_key_path: Path | None
     public_key: str | None
+    hf_secret: str | None = None  # the name of a RunPod secret holding the HF token
+
+    def pod_hf_token(self) -> str | None:
+        """What the pod's HF_TOKEN is set to: a RunPod secret reference, else the token."""
+        if self.hf_secret:
+            return "{{ RUNPOD_SECRET_" + self.hf_secret + " }}"
+        return self.hf_token
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.api_key, self.hf_token) if s)
@@ -94,7 +106,13 @@ def load_credentials(
             "using --runpod."
         )
     hf_token = value("HF_TOKEN")
-    if need_hf_for and not hf_token:
+    hf_secret = value("RUNPOD_HF_TOKEN_SECRET")
+    if hf_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", hf_secret):
+        raise HarnessError(
+            f"RUNPOD_HF_TOKEN_SECRET must be a RunPod secret name (letters, digits, _ and -), "
+            f"not {hf_secret!r}."
+        )
+    if need_hf_for and not (hf_token or hf_secret):
         raise HarnessError(
             f"{', '.join(need_hf_for)} {'is' if len(need_hf_for) == 1 else 'are'} gated and "
             "HF_TOKEN is not set: export HF_TOKEN (or put it in .env) with access granted."
@@ -103,7 +121,7 @@ def load_credentials(
     if need_ssh:
         key_path = Path(os.path.expanduser(value("SSH_KEY_PATH") or DEFAULT_SSH_KEY))
         public = public_key_of(key_path)
-    return Credentials(api_key, hf_token, key_path, public)
+    return Credentials(api_key, hf_token, key_path, public, hf_secret)
 
 
 def public_key_of(key_path: Path) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-# A runpod/pytorch image with a recent torch and Python 3.11 (pip installs into it without
-# PEP 668 complaints). This tag is in RunPod's template catalogue and in public devcontainers;
-# the newer naming scheme of github.com/runpod/containers (official-templates/pytorch/
-# docker-bake.hcl) is e.g. "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404" (Python 3.12).
-DEFAULT_IMAGE = "runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"
+# A stable release of RunPod's PyTorch image (github.com/runpod/containers, official-templates/
+# pytorch, naming <release>-cu<CUDA>-torch<version>-<os>): torch 2.8.0 built for CUDA 12.8.1.
+# The older "2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04" name is a legacy tag built with a
+# nightly torch. Its CUDA version also sets which hosts may run it (allowedCudaVersions).
+DEFAULT_IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
 CLOUDS = ("SECURE", "COMMUNITY", "ALL")
 
 # Options of ours that must never reach the pod's pytest: (name, takes a value).
@@ -31,6 +31,7 @@ RUNPOD_FLAGS = {
     "--runpod-volume": True,
     "--runpod-max-minutes": True,
     "--runpod-parallel": True,
+    "--runpod-ship": True,
     "--rerun": False,
 }
 # Options the pod run sets itself (its own paths), also removed from forwarded arguments.
@@ -57,6 +58,8 @@ class Timings:
     command_timeout_s: float = 600.0  # one SSH command (shipping the tree, fetching results)
     api_retries: int = 6  # attempts of one API call (429, 5xx, network)
     backoff_s: float = 2.0  # first back-off; doubles per retry, capped at 60 s
+    adopt_polls: int = 6  # after a failed create, look for the pod by name this many times
+    adopt_wait_s: float = 10.0  # ... this far apart (RunPod's pod list lags behind a create)
     watchdog_poll_s: float = 15.0  # the pod's watchdog checks this often
     watchdog_grace_s: float = 900.0  # after the job ends, wait this long for the fetch
     watchdog_slack_s: float = 120.0  # the pod's deadline is the local one plus this
@@ -74,7 +77,7 @@ class Timings:
                 continue
             if f.name == "ssh_user":
                 values[f.name] = raw
-            elif f.name == "api_retries":
+            elif f.name in ("api_retries", "adopt_polls"):
                 values[f.name] = int(raw)
             else:
                 values[f.name] = float(raw)
@@ -93,6 +96,7 @@ class RunpodOptions:
     volume: str | None = None  # network volume id, mounted at /workspace, holds the hub cache
     max_minutes: float | None = None  # None: twice the plan's estimate
     parallel: int = 4
+    ship: tuple[str, ...] = ()  # untracked paths to ship besides the tracked files
     rerun: bool = False
     timings: Timings = field(default_factory=Timings.from_env)
 
@@ -174,6 +178,14 @@ def add_runpod_options(group) -> None:
         help="at most N pods at a time (default 4)",
     )
     add(
+        "--runpod-ship",
+        action="store",
+        default=None,
+        metavar="PATHS",
+        help="comma-separated untracked files or folders to send to the pods besides the files "
+        "git tracks (default: none)",
+    )
+    add(
         "--rerun",
         action="store_true",
         default=False,
@@ -209,6 +221,7 @@ def options_from_config(config, timings: Timings | None = None) -> RunpodOptions
         volume=_get(config, "runpod_volume") or None,
         max_minutes=_get(config, "runpod_max_minutes"),
         parallel=max(1, parallel),
+        ship=tuple(p.strip() for p in (_get(config, "runpod_ship") or "").split(",") if p.strip()),
         rerun=bool(_get(config, "rerun")),
         timings=timings or Timings.from_env(),
     )

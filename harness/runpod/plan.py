@@ -19,6 +19,27 @@ LOAD_BYTES_PER_S = 1.0e9  # safetensors from container disk to GPU memory
 ANALYSIS_FIXED_S = 120.0
 EFFECTIVE_FLOPS_PER_GPU = 30e12  # bf16 forward with capture hooks, batch 1
 DEFAULT_TOKENS = 16 * 2048
+VOLUME_CONTAINER_DISK_GB = 40  # with a network volume: the image, the project, the logs
+# The deadline counts from the first SSH login (image pull and scheduling are not in it); a
+# default never goes below this, so a slow install on a small model is not killed mid-run.
+MIN_DEADLINE_MINUTES = 30.0
+# What RunPod's allowedCudaVersions accepts (the host driver's CUDA version), oldest first.
+RUNPOD_CUDA_VERSIONS = (
+    "11.8",
+    "12.0",
+    "12.1",
+    "12.2",
+    "12.3",
+    "12.4",
+    "12.5",
+    "12.6",
+    "12.7",
+    "12.8",
+    "12.9",
+    "13.0",
+)
+VCPUS_PER_GPU = 4
+MEMORY_GB_PER_GPU = 24  # host RAM: safetensors pages, tokenizer, the dataset; not the weights
 PACKABLE_FAMILIES = ("dense", "reference", "tiny")
 
 
@@ -46,6 +67,8 @@ class PodPlan:
     volume: str | None
     estimate: Estimate
     max_minutes: float
+    vcpus: int = VCPUS_PER_GPU
+    memory_gb: int = MEMORY_GB_PER_GPU
     price_per_gpu_hour: float | None = None  # of the first type the API prices
     priced_gpu: str | None = None
     extra: dict = field(default_factory=dict)
@@ -132,7 +155,10 @@ def make_plans(entries, options: RunpodOptions, params_for=None) -> list[PodPlan
 
 
 def _plan(label, entries, types, count, disk, est, options) -> PodPlan:
-    minutes = options.max_minutes or math.ceil(2 * est.total_s / 60)
+    minutes = options.max_minutes or max(MIN_DEADLINE_MINUTES, math.ceil(2 * est.total_s / 60))
+    if options.volume:
+        # the weights go to the network volume's hub cache, not the container disk
+        disk = min(disk, VOLUME_CONTAINER_DISK_GB)
     return PodPlan(
         safe_label(label),
         entries,
@@ -144,7 +170,30 @@ def _plan(label, entries, types, count, disk, est, options) -> PodPlan:
         options.volume,
         est,
         float(minutes),
+        vcpus=VCPUS_PER_GPU * count,
+        memory_gb=MEMORY_GB_PER_GPU * count,
     )
+
+
+def cuda_of_image(image: str) -> tuple[int, int] | None:
+    """The CUDA version an image is built for, from its tag: ``cuda12.8.1`` or ``cu1281``."""
+    tag = image.rsplit(":", 1)[-1]
+    m = re.search(r"cuda(\d+)\.(\d+)", tag)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = re.search(r"(?:^|-)cu(\d{2})(\d)\d*(?:-|$)", tag)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def allowed_cuda_versions(image: str) -> list[str] | None:
+    """Host CUDA versions able to run ``image`` (a driver is backward compatible: its version
+    or newer); None when the tag does not say, so any host may be given."""
+    need = cuda_of_image(image)
+    if need is None:
+        return None
+    return [v for v in RUNPOD_CUDA_VERSIONS if tuple(map(int, v.split("."))) >= need]
 
 
 def safe_label(label: str) -> str:

@@ -8,7 +8,11 @@ pod on its own (over SSH stdin) before anything else and runs with the image's `
         OWN identity and key, never the user's.
     python3 podside.py job ROOT        Detached: install the project, run each pytest step of
                                        ROOT/job.json, record exit codes in ROOT/state.json.
+    python3 podside.py selfcheck ROOT  One query of this pod with the pod's own key (exit 3: the
+                                       pod could not end itself).
     python3 podside.py status ROOT     One JSON line: phase, exit codes, log tail.
+    python3 podside.py probe PATH      One JSON line: python / torch / CUDA / triton, and the
+                                       download speed of hub file PATH (``outliers pods smoke``).
     python3 podside.py unpack DIR      Extract a tar.gz from stdin into DIR.
     python3 podside.py pack ROOT       Write a tar.gz of ROOT's outputs to stdout.
 
@@ -38,6 +42,11 @@ import urllib.error
 import urllib.request
 
 DEFAULT_API = "https://api.runpod.io"
+# RunPod's front end is reported to reject urllib's default "Python-urllib/3.x" agent.
+USER_AGENT = "outlier-harness/0.1 (+runpod pod watchdog)"
+# What the image's own build must keep: an install that replaced these would pull GBs of CUDA
+# libraries and break the image's kernels (constraints file from ``pip freeze``).
+IMAGE_PINNED = ("torch", "torchvision", "torchaudio", "triton", "pytorch-triton", "nvidia-")
 # Not copied from the pod environment into the job's environment.
 _SESSION_VARS = {
     "PWD",
@@ -147,7 +156,11 @@ def _graphql(base: str, key: str, query: str, timeout: float = 30.0) -> dict:
     req = urllib.request.Request(
         base.rstrip("/") + "/graphql",
         data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {key}",
+            "User-Agent": USER_AGENT,
+        },
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -158,11 +171,12 @@ def _graphql(base: str, key: str, query: str, timeout: float = 30.0) -> dict:
 
 
 def stop_self(action: str, log) -> bool:
-    """``action``: terminate (podTerminate, then podStop) or stop (podStop). True on success."""
+    """``action``: terminate (podTerminate) or stop (podStop; a pod that refuses to stop, e.g.
+    one with a network volume, is terminated instead). True on success."""
     env = pod_environment()
     pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
     base = env.get("RUNPOD_API_BASE_URL") or DEFAULT_API
-    mutations = ["podTerminate", "podStop"] if action == "terminate" else ["podStop"]
+    mutations = ["podTerminate"] if action == "terminate" else ["podStop", "podTerminate"]
     if pod_id and key:
         for m in mutations:
             fields = "" if m == "podTerminate" else " { id desiredStatus }"
@@ -177,12 +191,14 @@ def stop_self(action: str, log) -> bool:
     else:
         log("RUNPOD_POD_ID / RUNPOD_API_KEY not in the pod environment")
     ctl = shutil.which("runpodctl")
-    if ctl and pod_id:  # configured with the pod-scoped key inside RunPod pods
+    if ctl and pod_id:
+        # runpodctl reads its key from RUNPOD_API_KEY: the container's, not this SSH session's
         verb = "remove" if action == "terminate" else "stop"
         try:
             rc = subprocess.call(
                 [ctl, verb, "pod", pod_id],
                 timeout=60,
+                env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -191,6 +207,44 @@ def stop_self(action: str, log) -> bool:
         except (OSError, subprocess.SubprocessError) as err:
             log(f"runpodctl failed: {type(err).__name__}")
     return False
+
+
+def selfcheck(root: str) -> int:
+    """One harmless query of this pod with the pod's own key: the watchdog's path to the API.
+    Prints one line; exit 0 when it works, 3 when nothing on the pod could end the pod."""
+    env = pod_environment()
+    pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
+    base = env.get("RUNPOD_API_BASE_URL") or DEFAULT_API
+    why = "RUNPOD_POD_ID / RUNPOD_API_KEY are not in the pod environment"
+    if pod_id and key:
+        try:
+            body = _graphql(base, key, f'query {{ pod(input: {{ podId: "{pod_id}" }}) {{ id }} }}')
+            if ((body.get("data") or {}).get("pod") or {}).get("id") == pod_id:
+                _log(os.path.join(root, "watchdog.log"), f"API check: pod {pod_id} seen")
+                print(f"api ok: pod {pod_id}")
+                return 0
+            why = "the API does not show this pod to its own key"
+        except urllib.error.HTTPError as err:
+            why = f"HTTP {err.code} from {base}"
+        except (OSError, ValueError, RuntimeError) as err:
+            why = f"{type(err).__name__}: {str(err).replace(key, '***')[:200]}"
+    ctl = shutil.which("runpodctl")
+    if ctl and pod_id:
+        try:
+            rc = subprocess.call(
+                [ctl, "get", "pod", pod_id],
+                timeout=60,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if rc == 0:
+                print(f"api ok through runpodctl: pod {pod_id} ({why})")
+                return 0
+        except (OSError, subprocess.SubprocessError):
+            pass
+    print(f"the pod's own RunPod key cannot reach its pod ({why})", file=sys.stderr)
+    return 3
 
 
 def watchdog(
@@ -256,6 +310,10 @@ def job(root: str) -> int:
         if key not in _SESSION_VARS:
             env.setdefault(key, value)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PIP_BREAK_SYSTEM_PACKAGES"] = "1"  # images whose python is the distribution's (PEP 668)
+    if spec.get("git_sha"):
+        env["OUTLIERS_GIT_SHA"] = spec["git_sha"]  # provenance: the tree here has no .git
+        env["OUTLIERS_GIT_DIRTY"] = "1" if spec.get("git_dirty") else "0"
     env["OUTLIERS_ON_POD"] = "1"  # the harness may skip what only the local side needs (reports)
     tree = os.path.join(root, "tree")
     out = os.path.join(root, "out")
@@ -270,20 +328,19 @@ def job(root: str) -> int:
             log.write(f"[pod] {text}\n".encode())
 
         try:
+            state["image"] = image_runtime()
+            _write_json(state_path, state)
+            say("image: " + json.dumps(state["image"]))
             install = os.environ.get("OUTLIERS_POD_INSTALL")
             if install is None:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--root-user-action=ignore",
-                    "-e",
-                    ".[" + spec["extras"] + "]" if spec.get("extras") else ".",
-                ]
-                say("installing the project: " + " ".join(cmd[1:]))
-                rc = subprocess.call(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+                rc = 0
+                for cmd in install_commands(root, spec, env):
+                    say("installing: " + " ".join(cmd[1:]))
+                    rc = subprocess.call(
+                        cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                    if rc != 0:
+                        break
             elif install.strip():
                 say("installing the project (pod image command)")
                 rc = subprocess.call(
@@ -324,6 +381,100 @@ def job(root: str) -> int:
             state["phase"] = "done"
             state["finished"] = time.time()
             _write_json(state_path, state)
+
+
+def constraints(freeze: str) -> list[str]:
+    """The ``pip freeze`` lines of what the image's build pins (torch, triton, CUDA libraries):
+    an install must keep them, not resolve newer ones."""
+    keep = []
+    for line in freeze.splitlines():
+        name, sep, _ = line.strip().partition("==")
+        low = name.strip().lower().replace("_", "-")
+        if sep and any(low == p or (p.endswith("-") and low.startswith(p)) for p in IMAGE_PINNED):
+            keep.append(line.strip())
+    return keep
+
+
+def install_commands(root: str, spec: dict, env: dict) -> list[list[str]]:
+    """pip commands that install the project into the image's python, keeping its torch:
+    the project with its extras under a constraints file made from the image's ``pip freeze``,
+    then the packages whose build imports torch without build isolation."""
+    frozen = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze"], env=env, capture_output=True, text=True
+    ).stdout
+    path = os.path.join(root, "constraints.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(constraints(frozen)) + "\n")
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--root-user-action=ignore",
+        "--disable-pip-version-check",
+        "-c",
+        path,
+    ]
+    extras = spec.get("extras") or ""
+    import importlib.util
+
+    # the project's own build needs only setuptools: the image's, when it has one (no download)
+    own = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    cmds = [[*pip, *own, "-e", f".[{extras}]" if extras else "."]]
+    if spec.get("build_with_torch"):
+        cmds.append([*pip, "--no-build-isolation", *spec["build_with_torch"]])
+    return cmds
+
+
+def image_runtime(env: dict | None = None) -> dict:
+    """python / torch / CUDA / triton of this pod's image (provenance of the run), read from
+    the installed distributions without importing torch (seconds per pod otherwise)."""
+    import importlib.util
+    import platform
+    import re
+    from importlib import metadata
+
+    def version(*names):
+        for n in names:
+            try:
+                return metadata.version(n)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    out = {"python": platform.python_version(), "torch": version("torch")}
+    out["triton"] = version("triton", "pytorch-triton")
+    out["cuda"] = None
+    try:
+        spec = importlib.util.find_spec("torch")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            with open(os.path.join(folder, "version.py")) as f:
+                m = re.search(r"^cuda\s*(?::\s*\S+\s*)?=\s*['\"]([^'\"]+)['\"]", f.read(), re.M)
+            out["cuda"] = m.group(1) if m else None
+            break
+    except (OSError, ImportError, ValueError):
+        pass
+    return out
+
+
+def probe(path: str) -> int:
+    """One JSON line for ``outliers pods smoke``: the image's python / torch / CUDA / triton
+    and the download speed of ``path``, a small file on the Hugging Face hub (``HF_ENDPOINT``
+    of the pod's environment, as the hub client reads it)."""
+    out = {"runtime": image_runtime()}
+    base = pod_environment().get("HF_ENDPOINT") or "https://huggingface.co"
+    url = base.rstrip("/") + "/" + path.lstrip("/")
+    start = time.monotonic()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            n = len(resp.read())
+        out["download"] = {"bytes": n, "seconds": time.monotonic() - start}
+    except (OSError, ValueError) as err:
+        out["download"] = {"error": f"{type(err).__name__}: {str(err)[:120]}"}
+    print(json.dumps(out))
+    return 0
 
 
 def status(root: str, tail: int = 30) -> int:
@@ -388,12 +539,13 @@ def main(argv: list[str]) -> int:
     w.add_argument("--on-end", choices=("terminate", "stop", "none"), default="terminate")
     w.add_argument("--on-deadline", choices=("terminate", "stop"), default="terminate")
     w.add_argument("--start-grace", type=float, default=900.0)
-    for name in ("job", "pack"):
+    for name in ("job", "pack", "selfcheck"):
         sub.add_parser(name).add_argument("root")
     s = sub.add_parser("status")
     s.add_argument("root")
     s.add_argument("--tail", type=int, default=30)
     sub.add_parser("unpack").add_argument("dest")
+    sub.add_parser("probe").add_argument("path")
     a = p.parse_args(argv)
     if a.mode == "watchdog":
         return watchdog(
@@ -401,10 +553,14 @@ def main(argv: list[str]) -> int:
         )
     if a.mode == "job":
         return job(a.root)
+    if a.mode == "selfcheck":
+        return selfcheck(a.root)
     if a.mode == "status":
         return status(a.root, a.tail)
     if a.mode == "unpack":
         return unpack(a.dest)
+    if a.mode == "probe":
+        return probe(a.path)
     return pack(a.root)
 
 

@@ -26,17 +26,27 @@ import threading
 import time
 from pathlib import Path
 
+from harness import gitinfo
 from harness.errors import HarnessError
 from harness.runners import RunFailed, RunOutcome, RunSkipped
 
 from .. import resume
-from . import collect
+from . import collect, killswitch
 from .api import ApiError, RunpodApi
 from .credentials import Credentials, Redactor, load_credentials, load_private_key
 from .options import RunpodOptions, strip_forwarded_args
-from .plan import POD_PREFIX, PodPlan, make_plans, plan_rows, plan_table, price_plans, safe_label
+from .plan import (
+    POD_PREFIX,
+    PodPlan,
+    allowed_cuda_versions,
+    make_plans,
+    plan_rows,
+    plan_table,
+    price_plans,
+    safe_label,
+)
 from .pods import new_run_id, register_run, unregister_run
-from .ship import project_root, tree_tarball
+from .ship import project_root, tree_tarball, unshipped
 from .ssh import Ssh, SshError
 
 PODSIDE_SOURCE = (Path(__file__).with_name("podside.py")).read_bytes()
@@ -60,21 +70,45 @@ class Cancelled(RunFailed):
 def _remote(name: str) -> str:
     """Shell prologue on the pod: ``$R`` = this pod's folder, ``$PY`` = its python.
 
-    A real pod uses /workspace and the image's python3; the test pods set OUTLIERS_POD_ROOT and
-    OUTLIERS_POD_PYTHON in their sshd (SetEnv). ``name`` is [A-Za-z0-9._-] only.
+    A real pod uses /workspace and the python that imports torch (found once, by
+    ``FIND_PYTHON``, and kept in ``$R/python``: on newer images ``python3`` may be a system
+    Python without torch); the test pods set OUTLIERS_POD_ROOT and OUTLIERS_POD_PYTHON in their
+    sshd (SetEnv). ``name`` is [A-Za-z0-9._-] only.
     """
     return (
         f'B="${{OUTLIERS_POD_ROOT:-/workspace}}"; R="$B/outliers-runs/{name}"; '
-        'PY="${OUTLIERS_POD_PYTHON:-python3}"; '
+        'PY="${OUTLIERS_POD_PYTHON:-$(cat "$R/python" 2>/dev/null)}"; PY="${PY:-python3}"; '
         "if command -v setsid >/dev/null 2>&1; then S=setsid; else S=; fi; "
     )
 
 
+# Run once, first: the interpreter of the image that imports torch, written to $R/python.
+FIND_PYTHON = (
+    'mkdir -p "$R" && if [ -z "$OUTLIERS_POD_PYTHON" ]; then for c in python3 python '
+    "/opt/conda/bin/python /usr/local/bin/python3 /usr/bin/python3; do "
+    'if "$c" -c "import torch" >/dev/null 2>&1; then PY="$c"; break; fi; done; fi; '
+    'echo "$PY" > "$R/python" && '
+)
+
+
+# Packages whose build imports torch: installed with --no-build-isolation against the image's
+# torch (an isolated build would download the newest torch and pick a wheel built for it).
+BUILD_WITH_TORCH = {"linear-attention": ["causal-conv1d"]}
+
+
 def pod_extras(entries) -> str:
-    """The project extras a pod installs: ``gpu`` (MXFP4 kernels, flash-linear-attention,
-    causal-conv1d) when a model needs those fast paths (gpt-oss, Qwen3-Next)."""
-    needs = any("gpt-oss" in e.hub_id or "qwen3-next" in e.hub_id.lower() for e in entries)
-    return "gpu" if needs else ""
+    """The project extras a pod installs, only those its models need: ``mxfp4`` (the MXFP4
+    kernels of gpt-oss), ``linear-attention`` (flash-linear-attention for Qwen3-Next)."""
+    extras = []
+    if any("gpt-oss" in e.hub_id for e in entries):
+        extras.append("mxfp4")
+    if any("qwen3-next" in e.hub_id.lower() for e in entries):
+        extras.append("linear-attention")
+    return ",".join(extras)
+
+
+def pod_build_with_torch(extras: str) -> list[str]:
+    return [p for x in extras.split(",") if x for p in BUILD_WITH_TORCH.get(x, [])]
 
 
 def _fmt_seconds(s: float) -> str:
@@ -93,7 +127,10 @@ class PodTask:
         self.pod_id: str | None = None
         self.gpu: str | None = None
         self.rate: float | None = None  # $/h of the whole pod, from the API
-        self.created: float | None = None  # monotonic
+        self.created: float | None = None  # monotonic, of the pod in use
+        self.created_at: float | None = None  # monotonic, of the first pod (cost counts all)
+        self.discarded: list[str] = []  # pods given up on (their container never started)
+        self.runtime: dict | None = None  # python / torch / CUDA / triton found on the pod
         self.ended: float | None = None
         self.endpoint = None
         self.ssh: Ssh | None = None
@@ -192,7 +229,20 @@ class RunpodRunner:
         self._key = load_private_key(creds.ssh_key_path)
         steps = {e.id: strip_forwarded_args(self.pytest_args_for(e)) for e in todo}
         self._steps = steps
-        self._tarball = tree_tarball(self.project_dir, exclude=[self.results_dir, *self.exclude])
+        self._tarball = tree_tarball(
+            self.project_dir, exclude=[self.results_dir, *self.exclude], include=self.options.ship
+        )
+        left = [
+            n
+            for n in unshipped(self.project_dir)
+            if not any(n.startswith(p) for p in self.options.ship)
+        ]
+        if left:
+            self._say(
+                f"{len(left)} untracked file(s) stay here (e.g. {left[0]}); "
+                "--runpod-ship PATHS sends them too"
+            )
+        self._git = gitinfo.git_state(self.project_dir) or {}
         if self.api is None:
             self.api = RunpodApi(creds.api_key, self.t, self.redact)
         self.plans = make_plans(todo, self.options, self.params_for)
@@ -320,48 +370,86 @@ class RunpodRunner:
         if self._cancel.is_set():
             raise Cancelled(f"{task.label}: interrupted; pod {task.pod_id or '(none)'} terminated.")
 
-    def _lifecycle(self, task: PodTask) -> None:
+    def _deadline_action(self) -> str:
+        """What a pod's deadline does: terminate, or with --runpod-keep stop (a pod with a
+        network volume cannot be stopped, only terminated)."""
+        return "stop" if self.options.keep and not self.options.volume else "terminate"
+
+    def _create(self, task: PodTask, env: dict, gpu_types) -> str:
+        """Create the pod (its kill switch armed in its start command); return its GPU type."""
         plan, t = task.plan, self.t
-        self._check_cancel(task)
-        env = {"PUBLIC_KEY": self._creds.public_key, "OUTLIERS_RUN_ID": self.run_id}
-        if self._creds.hf_token:
-            env["HF_TOKEN"] = self._creds.hf_token  # pod environment, never a command line
-        if plan.volume:
-            env["HF_HOME"] = "/workspace/hf-cache"
+        # the backstop for a run that dies before the watchdog starts: every wait before the
+        # SSH login, then the deadline, then the watchdog's slack
+        backstop = t.ready_timeout_s + t.ssh_timeout_s + plan.max_minutes * 60 + t.watchdog_slack_s
         try:
             pod, gpu = self.api.create(
                 task.name,
-                gpu_types=plan.gpu_types,
+                gpu_types=tuple(gpu_types),
                 count=plan.count,
                 disk_gb=plan.disk_gb,
                 image=plan.image,
                 cloud=plan.cloud,
                 env=env,
                 volume=plan.volume,
+                docker_args=killswitch.docker_args(time.time() + backstop, self._deadline_action()),
+                cuda_versions=allowed_cuda_versions(plan.image),
+                vcpus=plan.vcpus,
+                memory_gb=plan.memory_gb,
             )
         except ApiError as err:
             raise RunFailed(self.redact(f"{task.label}: no pod was created: {err}")) from None
         with task.lock:
             task.pod_id, task.gpu, task.created = pod["id"], gpu, time.monotonic()
+            task.terminated = False
+            task.created_at = task.created_at or task.created
         with self._lock:
             self._run_info["pods"] = [x.pod_id for x in self.tasks if x.pod_id]
             register_run(self.run_id, self._run_info)
         self._say(
-            f"{task.label}: pod {task.pod_id} created ({gpu} x {plan.count}, "
-            f"deadline {plan.max_minutes:.0f} min)"
+            f"{task.label}: pod {task.pod_id} created ({gpu} x {plan.count}, kill switch at "
+            f"{backstop / 60:.0f} min, deadline {plan.max_minutes:.0f} min from SSH login)"
         )
-        self._check_cancel(task)
-        deadline = task.created + plan.max_minutes * 60
-
-        try:
-            endpoint, info = self.api.wait_ready(
-                task.pod_id,
-                min(time.monotonic() + t.ready_timeout_s, deadline),
-                self._cancel.is_set,
+        theirs = _env_value(pod.get("env"), "PUBLIC_KEY")
+        if theirs is not None and theirs.strip() != (env.get("PUBLIC_KEY") or "").strip():
+            self._terminate(task)
+            raise RunFailed(
+                f"{task.label}: RunPod replaced our PUBLIC_KEY in pod {task.pod_id} (the "
+                "account's own SSH keys were injected), so this run could not log in; the pod "
+                "was terminated. Remove the account's SSH keys in RunPod's settings or set "
+                "SSH_KEY_PATH to one of them."
             )
-        except ApiError as err:
+        return gpu
+
+    def _lifecycle(self, task: PodTask) -> None:
+        plan, t = task.plan, self.t
+        self._check_cancel(task)
+        env = {"PUBLIC_KEY": self._creds.public_key, "OUTLIERS_RUN_ID": self.run_id}
+        if self._creds.pod_hf_token():
+            env["HF_TOKEN"] = self._creds.pod_hf_token()  # pod environment, never a command line
+        if plan.volume:
+            env["HF_HOME"] = "/workspace/hf-cache"
+        types = list(plan.gpu_types)
+        while True:
+            gpu = self._create(task, env, types)
             self._check_cancel(task)
-            raise RunFailed(self.redact(f"{task.label}: {err}")) from None
+            try:
+                endpoint, info = self.api.wait_ready(
+                    task.pod_id, time.monotonic() + t.ready_timeout_s, self._cancel.is_set
+                )
+                break
+            except ApiError as err:
+                self._check_cancel(task)
+                rest = types[types.index(gpu) + 1 :] if gpu in types else []
+                if err.kind != "no-runtime" or not rest:
+                    raise RunFailed(self.redact(f"{task.label}: {err}")) from None
+                old = task.pod_id
+                if not self._terminate(task):
+                    raise RunFailed(
+                        self.redact(f"{task.label}: {err}; it could not be terminated")
+                    ) from None
+                task.discarded.append(old)
+                self._say(f"{task.label}: {err}; terminated it, trying {rest[0]}")
+                types = rest
         task.endpoint = endpoint
         task.rate = float(info.get("costPerHr") or 0) or None
         ssh = task.ssh = Ssh(
@@ -373,7 +461,7 @@ class RunpodRunner:
         )
         try:
             ssh.connect_until(
-                min(time.monotonic() + t.ssh_timeout_s, deadline),
+                time.monotonic() + t.ssh_timeout_s,
                 self._cancel.is_set,
                 pause=min(2.0, max(0.05, t.poll_s)),
             )
@@ -383,6 +471,8 @@ class RunpodRunner:
                 f"{task.label}: pod {task.pod_id} never accepted SSH at {ssh.address} within "
                 f"{t.ssh_timeout_s:.0f}s; it was terminated (check SSH_KEY_PATH, or retry)."
             ) from None
+        # the deadline counts from here: image pull and scheduling are not the run's time
+        deadline = time.monotonic() + plan.max_minutes * 60
         self._say(f"{task.label}: pod {task.pod_id} reachable at {ssh.address}")
         self._check_cancel(task)
 
@@ -390,12 +480,15 @@ class RunpodRunner:
         slack = t.watchdog_slack_s
         remaining = max(1.0, deadline - time.monotonic() + slack)
         on_end = "none" if self.options.keep else "terminate"
-        on_deadline = "stop" if self.options.keep else "terminate"
+        on_deadline = self._deadline_action()
+        # the pod's python, then the watchdog's own API path checked once with the pod's key
+        # (a pod that cannot reach the API cannot end itself: it is not kept), then the watchdog
         self._checked(
             task,
             _remote(task.name)
+            + FIND_PYTHON
             + (
-                'mkdir -p "$R" && cat > "$R/podside.py" && '
+                'cat > "$R/podside.py" && "$PY" "$R/podside.py" selfcheck "$R" && '
                 f'($S nohup "$PY" "$R/podside.py" watchdog "$R" --deadline-in {remaining:.0f} '
                 f"--grace {t.watchdog_grace_s:g} --poll {t.watchdog_poll_s:g} --on-end {on_end} "
                 f"--on-deadline {on_deadline} --start-grace {t.watchdog_start_grace_s:g} "
@@ -412,9 +505,14 @@ class RunpodRunner:
             "shipping the working tree",
         )
         # 3. the job, detached from this SSH session
+        extras = pod_extras(plan.entries)
+        git = self._git
         spec = {
             "run_id": self.run_id,
-            "extras": pod_extras(plan.entries),
+            "extras": extras,
+            "build_with_torch": pod_build_with_torch(extras),
+            "git_sha": git.get("sha"),
+            "git_dirty": bool(git.get("dirty")),
             "steps": [
                 {"label": safe_label(e.id), "model": e.id, "args": self._steps[e.id]}
                 for e in plan.entries
@@ -578,6 +676,7 @@ class RunpodRunner:
                 _extract(tar, stage)
             logs = self.results_dir / LOGS_DIR / self.run_id / task.label
             logs.mkdir(parents=True, exist_ok=True)
+            task.runtime = (resume.read_json(stage / "state.json") or {}).get("image")
             for src, dst in (
                 ("job.log", "pod.log"),
                 ("watchdog.log", "watchdog.log"),
@@ -667,7 +766,8 @@ class RunpodRunner:
             task.ended = time.monotonic()
         else:
             self._terminate(task)
-        seconds = (task.ended or time.monotonic()) - task.created
+        # from the first pod's creation: a pod given up on (no runtime) billed too
+        seconds = (task.ended or time.monotonic()) - (task.created_at or task.created)
         cost = task.rate * seconds / 3600 if task.rate else None
         share = len(task.plan.entries)
         task.pod_info = {
@@ -679,6 +779,8 @@ class RunpodRunner:
             "cost_usd": cost,
             "usd_per_hour": task.rate,
             "status": "kept" if task.kept else ("terminated" if task.terminated else "unknown"),
+            "discarded_pods": list(task.discarded),
+            "image_runtime": task.runtime,
             "models": [e.id for e in task.plan.entries],
         }
         per_model = dict(
@@ -744,7 +846,10 @@ class RunpodRunner:
         atexit.register(self.close)
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # a closed terminal (SIGHUP) ends the run like SIGTERM: its pods are terminated
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is None:
+                continue
             try:
                 self._prev_handlers[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
@@ -807,6 +912,17 @@ class RunpodRunner:
                     rep(text)
             except Exception:  # noqa: BLE001 - a broken terminal must not break the run
                 pass
+
+
+def _env_value(env, key: str) -> str | None:
+    """``key``'s value in a pod's env as the API gives it (["K=V", ...] or {K: V})."""
+    if isinstance(env, dict):
+        return env.get(key)
+    for item in env or []:
+        k, sep, v = str(item).partition("=")
+        if sep and k == key:
+            return v
+    return None
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:

@@ -1,5 +1,7 @@
-"""The working tree a pod receives: tracked files plus untracked files git does not ignore
-(``git ls-files --cached --others --exclude-standard``), so local edits go too."""
+"""The working tree a pod receives: the files git tracks (with their local edits), plus the
+untracked paths the user names (``--runpod-ship``); never ``.env`` or the local results. A stray
+untracked file (a notebook, a dataset dump) is not shipped unless asked for: the tree goes to a
+machine the user pays for and to RunPod's disks."""
 
 from __future__ import annotations
 
@@ -37,19 +39,29 @@ def project_root() -> Path:
     return Path.cwd()
 
 
-def tree_files(root: Path, exclude: list[Path] = ()) -> list[str]:
-    """Relative paths of the files to ship, sorted."""
-    root = Path(root).resolve()
+def _git_files(root: Path, *args: str) -> list[str] | None:
     try:
         out = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            ["git", "ls-files", "-z", *args],
             cwd=root,
             capture_output=True,
             check=True,
             timeout=60,
         ).stdout
-        names = [n for n in out.decode().split("\0") if n]
     except (OSError, subprocess.SubprocessError):
+        return None
+    return [n for n in out.decode().split("\0") if n]
+
+
+def tree_files(root: Path, exclude: list[Path] = (), include: tuple[str, ...] = ()) -> list[str]:
+    """Relative paths of the files to ship, sorted: tracked files plus the untracked,
+    not-ignored ones under the paths (or git pathspecs) in ``include``."""
+    root = Path(root).resolve()
+    names = _git_files(root, "--cached")
+    if names is not None:
+        if include:
+            names += _git_files(root, "--others", "--exclude-standard", "--", *include) or []
+    else:  # not a git checkout: everything but the usual build and cache folders
         names = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [
@@ -74,12 +86,17 @@ def tree_files(root: Path, exclude: list[Path] = ()) -> list[str]:
     return keep
 
 
-def tree_tarball(root: Path, exclude: list[Path] = ()) -> bytes:
+def unshipped(root: Path) -> list[str]:
+    """Untracked, not-ignored files that stay here (shown so a user can add them)."""
+    return _git_files(Path(root).resolve(), "--others", "--exclude-standard") or []
+
+
+def tree_tarball(root: Path, exclude: list[Path] = (), include: tuple[str, ...] = ()) -> bytes:
     """A gzipped tar of ``tree_files``; refuses trees above 200 MB."""
     root = Path(root).resolve()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        for n in tree_files(root, exclude):
+        for n in tree_files(root, exclude, include):
             tar.add(str(root / n), arcname=n, recursive=False)
             if buf.tell() > MAX_BYTES:
                 raise HarnessError(

@@ -12,7 +12,17 @@ pod), and a real ``sshd`` (``runpod_fakes.sshd``) mapped as its public ``22/tcp`
 or stopping a pod kills its sshd and every process running from its folder.
 
 Faults (``FakeRunpod.faults``): GPU types without capacity, create errors, HTTP 429 / 5xx for the
-next N user calls, a pod whose SSH never answers, a create that makes the pod and answers 500.
+next N user calls, a pod whose SSH never answers, a create that makes the pod and answers 500
+(and shows in the pod list only ``list_lag_s`` later), hosts whose CUDA driver is older than the
+image needs (with ``allowedCudaVersions`` such a host is not offered; without it the container
+never starts: ``runtime`` stays null), hosts whose containers never start, "pod not found" just
+after creation, the account's SSH keys injected over our ``PUBLIC_KEY``, a pod key the API
+refuses. As the real service: GraphQL errors are HTTP 200 ``{"errors": [...]}``, a 429 is plain
+text, a 502 an HTML page, urllib's default User-Agent is refused (403, as RunPod's front end),
+``podStop`` of a pod with a network volume is refused.
+
+A created pod runs its start command (``dockerArgs``, with the pod's environment, in its own
+process group: the container), as RunPod does; the image's own start is the fake's sshd.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +67,12 @@ class Faults:
     http_5xx: int = 0  # the next N user-key requests answer 502 (HTML body)
     ssh_dead: set = field(default_factory=set)  # pod-name substrings whose SSH port is closed
     create_then_500: int = 0  # the next N creates make the pod, then answer 500
+    list_lag_s: float = 0.0  # such a pod shows in the pod list only this long after
+    host_cuda: dict = field(default_factory=dict)  # GPU type id -> its hosts' CUDA (default 12.8)
+    no_runtime: set = field(default_factory=set)  # GPU type ids whose containers never start
+    notfound_gets: int = 0  # the first N pod queries after a create answer "pod not found"
+    account_keys: bool = False  # RunPod puts the account's SSH keys in PUBLIC_KEY
+    pod_key_refused: bool = False  # the API refuses pod-scoped keys (401)
 
 
 @dataclass
@@ -75,6 +93,11 @@ class FakePod:
     status: str = "RUNNING"
     gets: int = 0
     sshd: Sshd | None = None
+    fields: dict = field(default_factory=dict)  # every deploy field, as sent
+    starts: bool = True  # False: the container never starts (runtime null forever)
+    listed_after: float = 0.0  # time.time() from which the pod list shows it
+    container: subprocess.Popen | None = None
+    volume: str | None = None
 
     @property
     def price(self) -> float:
@@ -98,10 +121,14 @@ class FakeRunpod:
         self.python = python
         self.ready_after = ready_after  # get_pod answers without ports this many times
         self.pod_env = dict(pod_env or {})
+        # the pod's install command; "" runs the real one (podside.install_commands)
         self.install = install if install is not None else f'"{python}" -c "import harness, models"'
         self.faults = Faults()
         self.pods: dict[str, FakePod] = {}
         self.calls: list[dict] = []
+        self.agents: list[tuple] = []  # (who, User-Agent) of every request
+        self.download_bytes = 1_400_000  # what a GET (a hub file download) answers
+        self.secrets: dict = {}  # RunPod secrets: {{ RUNPOD_SECRET_<name> }} in a pod's env
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -113,12 +140,20 @@ class FakeRunpod:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):  # noqa: N802 - stands for the Hugging Face hub's file downloads
+                data = b"x" * fake.download_bytes
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 auth = self.headers.get("Authorization", "")
                 key = auth[7:] if auth.startswith("Bearer ") else ""
-                status, ctype, payload = fake.handle(body, key)
+                status, ctype, payload = fake.handle(body, key, self.headers.get("User-Agent", ""))
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -160,14 +195,18 @@ class FakeRunpod:
                 return f"pod:{pod.id}"
         return None
 
-    def handle(self, body: bytes, key: str):
+    def handle(self, body: bytes, key: str, agent: str = ""):
         try:
             query = json.loads(body)["query"]
         except (ValueError, KeyError):
             return 400, "application/json", {"errors": [{"message": "bad request"}]}
         op = _operation(query)
         who = self.who(key)
-        if who is None:
+        self.agents.append((who, agent))
+        if agent.startswith("Python-urllib") or not agent:
+            self.record(op=op, auth=who or "unknown", status=403, agent=agent)
+            return 403, "text/html", b"<html><body>error code: 1010</body></html>"
+        if who is None or (who.startswith("pod:") and self.faults.pod_key_refused):
             self.record(op=op, auth="unknown", status=401)
             return 401, "application/json", {"errors": [{"message": "Unauthorized"}]}
         with self.lock:
@@ -201,6 +240,10 @@ class FakeRunpod:
             pod_id = re.search(r'podId: "([^"]+)"', q).group(1)
             self._only_own(who, pod_id, op)
             pod = self.pods.get(pod_id)
+            with self.lock:
+                if who == "user" and self.faults.notfound_gets > 0:
+                    self.faults.notfound_gets -= 1
+                    raise _GqlError("pod not found", pod=pod_id)
             self.record(op=op, auth=who, status=200, pod=pod_id)
             if pod is None or pod.status == "TERMINATED":
                 return 200, "application/json", {"data": {"pod": None}}
@@ -217,7 +260,12 @@ class FakeRunpod:
                     "application/json",
                     {"data": {"myself": {"id": "user1", "pubKey": "", "networkVolumes": vols}}},
                 )
-            pods = [self._pod_json(p) for p in self.pods.values() if p.status != "TERMINATED"]
+            now = time.time()
+            pods = [
+                self._pod_json(p)
+                for p in self.pods.values()
+                if p.status != "TERMINATED" and now >= p.listed_after
+            ]
             return 200, "application/json", {"data": {"myself": {"pods": pods}}}
         if op in ("podTerminate", "podStop"):
             pod_id = re.search(r'podId: "([^"]+)"', q).group(1)
@@ -225,6 +273,8 @@ class FakeRunpod:
             pod = self.pods.get(pod_id)
             if pod is None or pod.status == "TERMINATED":
                 raise _GqlError("pod not found", pod=pod_id)
+            if op == "podStop" and pod.volume:
+                raise _GqlError("Pods with a network volume cannot be stopped", pod=pod_id)
             self.record(op=op, auth=who, status=200, pod=pod_id)
             pod.status = "TERMINATED" if op == "podTerminate" else "EXITED"
             # the container dies after the answer has left
@@ -246,18 +296,24 @@ class FakeRunpod:
     def _create(self, q: str, who: str):
         if who != "user":
             raise _GqlError("forbidden for a pod-scoped key")
-
-        def field_(name, pattern=r'"([^"]*)"'):
-            m = re.search(rf"{name}: {pattern}", q)
-            return m.group(1) if m else None
-
-        name = field_("name")
-        gpu = field_("gpuTypeId")
-        env = dict(re.findall(r'\{ key: "([^"]*)", value: "([^"]*)" \}', q))
-        info = {"op": "podFindAndDeployOnDemand", "auth": who, "name": name, "gpu": gpu}
+        fields = deploy_fields(q)
+        name = fields.get("name")
+        gpu = fields.get("gpuTypeId")
+        env = fields.get("env", {})
+        info = {
+            "op": "podFindAndDeployOnDemand",
+            "auth": who,
+            "name": name,
+            "gpu": gpu,
+            "fields": fields,
+        }
+        host_cuda = self.faults.host_cuda.get(gpu, "12.8")
+        allowed = fields.get("allowedCudaVersions")
         with self.lock:
             if gpu in self.faults.no_capacity:
                 raise _GqlError(NO_CAPACITY, **info)
+            if allowed is not None and host_cuda not in allowed:
+                raise _GqlError(NO_CAPACITY, **info)  # no host of that type has such a driver
             for part, message in list(self.faults.create_errors.items()):
                 if part in (name or ""):
                     del self.faults.create_errors[part]
@@ -266,27 +322,36 @@ class FakeRunpod:
             if then_500:
                 self.faults.create_then_500 -= 1
             pod_id = secrets.token_hex(6)
+        need = image_cuda(fields.get("imageName") or "")
+        starts = gpu not in self.faults.no_runtime and (need is None or _version(host_cuda) >= need)
         root = self.dir / "pods" / pod_id
         fs = root / "fs"
         fs.mkdir(parents=True)
-        dead = any(s in (name or "") for s in self.faults.ssh_dead)
+        (root / "tmp").mkdir()
+        dead = any(s in (name or "") for s in self.faults.ssh_dead) or not starts
+        if self.faults.account_keys:
+            env = {**env, "PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIACCOUNTKEY acct"}
         pod = FakePod(
             pod_id,
             name,
             gpu,
-            int(field_("gpuCount", r"(\d+)") or 1),
-            field_("imageName"),
-            field_("cloudType", r"(\w+)"),
-            int(field_("containerDiskInGb", r"(\d+)") or 0),
+            int(fields.get("gpuCount") or 1),
+            fields.get("imageName"),
+            fields.get("cloudType"),
+            int(fields.get("containerDiskInGb") or 0),
             env,
             "podkey-" + secrets.token_hex(12),
             root,
             fs,
             free_port(),
             time.time(),
+            fields=fields,
+            starts=starts,
+            listed_after=time.time() + (self.faults.list_lag_s if then_500 else 0.0),
+            volume=fields.get("networkVolumeId"),
         )
         environ = {
-            **env,
+            **{k: self._fill_secrets(v) for k, v in env.items()},
             **self.pod_env,
             "RUNPOD_POD_ID": pod.id,
             "RUNPOD_API_KEY": pod.key,  # pod-scoped, as RunPod sets it inside pods
@@ -296,6 +361,21 @@ class FakeRunpod:
         (root / "pod.environ").write_bytes(
             b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items())
         )
+        if starts and fields.get("dockerArgs"):
+            # the container's start command, in its own process group (killed with the pod)
+            pod.container = subprocess.Popen(
+                shlex.split(fields["dockerArgs"]),
+                env={
+                    **environ,
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "TMPDIR": str(root / "tmp"),
+                },
+                cwd=str(root),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         if not dead:
             home = root / "home"
             home.mkdir()
@@ -307,7 +387,12 @@ class FakeRunpod:
                     "OUTLIERS_POD_ROOT": str(fs),
                     "OUTLIERS_POD_PYTHON": self.python,
                     "OUTLIERS_POD_ENVIRON": str(root / "pod.environ"),
-                    "OUTLIERS_POD_INSTALL": self.install.replace('"', "'"),
+                    "TMPDIR": str(root / "tmp"),  # the container's /tmp
+                    **(
+                        {"OUTLIERS_POD_INSTALL": self.install.replace('"', "'")}
+                        if self.install
+                        else {}
+                    ),
                 },
                 port=pod.port,
             ).start()
@@ -332,8 +417,16 @@ class FakeRunpod:
             },
         )
 
+    def _fill_secrets(self, value: str) -> str:
+        """What RunPod does to ``{{ RUNPOD_SECRET_name }}`` in a pod's env, inside the pod."""
+        return re.sub(
+            r"\{\{ RUNPOD_SECRET_([A-Za-z0-9_-]+) \}\}",
+            lambda m: self.secrets.get(m.group(1), ""),
+            value,
+        )
+
     def _pod_json(self, pod: FakePod) -> dict:
-        ready = pod.status == "RUNNING" and pod.gets > self.ready_after
+        ready = pod.status == "RUNNING" and pod.starts and pod.gets > self.ready_after
         return {
             "id": pod.id,
             "name": pod.name,
@@ -364,6 +457,12 @@ class FakeRunpod:
     def _kill_pod(self, pod: FakePod) -> None:
         if pod.sshd is not None:
             pod.sshd.stop()
+        if pod.container is not None:
+            try:
+                os.killpg(pod.container.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            pod.container.wait()
         needle = str(pod.fs).encode()
         for d in os.listdir("/proc"):
             if not d.isdigit() or int(d) == os.getpid():
@@ -413,6 +512,39 @@ class FakeRunpod:
                 return got
             time.sleep(every)
         return predicate()
+
+
+def deploy_fields(q: str) -> dict:
+    """The input fields of a podFindAndDeployOnDemand mutation, parsed from the GraphQL text."""
+    body = q[q.index("input:") :]
+    out: dict = {}
+    for m in re.finditer(r'(\w+): "([^"]*)"', body):
+        out.setdefault(m.group(1), m.group(2))
+    for m in re.finditer(r"(\w+): (true|false|null|\d+|[A-Z]+)(?=[,\s}])", body):
+        v = m.group(2)
+        out.setdefault(
+            m.group(1),
+            {"true": True, "false": False, "null": None}.get(v, int(v) if v.isdigit() else v),
+        )
+    cuda = re.search(r"allowedCudaVersions: \[([^\]]*)\]", body)
+    if cuda:
+        out["allowedCudaVersions"] = re.findall(r'"([^"]+)"', cuda.group(1))
+    out["env"] = dict(re.findall(r'\{ key: "([^"]*)", value: "([^"]*)" \}', body))
+    out.pop("key", None)
+    out.pop("value", None)
+    return out
+
+
+def image_cuda(image: str) -> tuple | None:
+    """The CUDA an image needs, from its tag (the fake's own reading, not the harness's)."""
+    m = re.search(r"cuda(\d+)\.(\d+)|cu(\d\d)(\d)", image.rsplit(":", 1)[-1])
+    if not m:
+        return None
+    return (int(m.group(1) or m.group(3)), int(m.group(2) or m.group(4)))
+
+
+def _version(v: str) -> tuple:
+    return tuple(int(x) for x in v.split(".")[:2])
 
 
 class _GqlError(Exception):

@@ -17,6 +17,8 @@ FAST = {  # OUTLIERS_RUNPOD_<NAME>: keeps the whole RunPod test set quick
     "command_timeout_s": "30",
     "api_retries": "4",
     "backoff_s": "0.05",
+    "adopt_polls": "3",
+    "adopt_wait_s": "0.3",
     "watchdog_poll_s": "0.2",
     "watchdog_grace_s": "60",
     "watchdog_slack_s": "0",

@@ -1,0 +1,319 @@
+"""RunPod as the real service behaves (issue: kill switch, CUDA filter, lagging lists...).
+
+Each test puts the fake API into one behaviour of the real service and checks that the run
+still ends every pod and does what a paying user expects. Each would fail without its fix: the
+fake refuses urllib's default User-Agent, never starts a container on an old driver, lists a
+created-then-500 pod late, refuses ``podStop`` of a volume pod, injects the account's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from runpod_fakes.values import REPO, USER_KEY
+from test_runpod_pods import assert_nothing_left, assert_result_home, run_models
+
+from harness.runners import RunFailed
+from harness.runpod import killswitch, podside
+from harness.runpod.api import RunpodApi
+from harness.runpod.options import Timings
+from harness.runpod.plan import MEMORY_GB_PER_GPU, VCPUS_PER_GPU
+
+pytest_plugins = ["runpod_fakes.fixtures"]
+
+FIRST, SECOND = "NVIDIA RTX A5000", "NVIDIA GeForce RTX 4090"  # the tiny plans' first two types
+
+
+def _creates(fake):
+    """The creates that made a pod (a refusal is a GraphQL error, also HTTP 200)."""
+    return [c for c in fake.ops("podFindAndDeployOnDemand") if c.get("pod")]
+
+
+def test_every_pod_is_created_with_its_kill_switch_cuda_filter_and_machine_size(
+    runpod_env, fake_runpod, tmp_path
+):
+    before = time.time()
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    (create,) = _creates(fake_runpod)
+    f = create["fields"]
+    t = Timings.from_env()
+    backstop = t.ready_timeout_s + t.ssh_timeout_s + 30 * 60 + t.watchdog_slack_s
+    deadline = killswitch.deadline_of(f["dockerArgs"])
+    assert before + backstop - 1 <= deadline <= time.time() + backstop + 1
+    assert f["allowedCudaVersions"][0] == "12.8" and "12.4" not in f["allowedCudaVersions"]
+    assert f["minVcpuCount"] == VCPUS_PER_GPU and f["minMemoryInGb"] == MEMORY_GB_PER_GPU
+    assert f["startSsh"] is True and f["env"]["PUBLIC_KEY"].startswith("ssh-ed25519")
+    # the watchdog's calls carried our User-Agent (the fake refuses urllib's default)
+    pod_agents = {a for who, a in fake_runpod.agents if who and who.startswith("pod:")}
+    assert pod_agents == {podside.USER_AGENT}
+    # provenance: the pod's python / torch, and the commit of the shipped tree
+    info = out["fake_a"].pod
+    assert info["image_runtime"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["image_runtime"]["torch"]
+    pod = fake_runpod.pods[info["id"]]
+    job = (pod.fs / "outliers-runs" / pod.name / "job.json").read_text()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    if head.strip():
+        assert head.strip() in job
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_kill_switch_ends_a_pod_whose_creator_is_gone(fake_runpod, monkeypatch):
+    """No SSH, no watchdog, no local process: only the start command can end this pod."""
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    fake_runpod.faults.ssh_dead.add("orphan")
+    pod, _ = api.create(
+        "outliers-orphan",
+        gpu_types=(FIRST,),
+        count=1,
+        disk_gb=10,
+        image="runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404",
+        cloud="SECURE",
+        env={"PUBLIC_KEY": "ssh-ed25519 AAAA test"},
+        docker_args=killswitch.docker_args(time.time() + 2),
+    )
+    ended = fake_runpod.wait(lambda: fake_runpod.ops("podTerminate", pod=pod["id"]), timeout=20)
+    assert ended and ended[0]["auth"] == f"pod:{pod['id']}" and ended[0]["status"] == 200
+    assert ended[0]["t"] >= killswitch.deadline_of(fake_runpod.pods[pod["id"]].fields["dockerArgs"])
+    log = (fake_runpod.pods[pod["id"]].root / "tmp" / "outliers-killswitch.log").read_text()
+    assert "deadline passed" in log and "podTerminate: done" in log
+    assert fake_runpod.agents and all(
+        a == killswitch.USER_AGENT for who, a in fake_runpod.agents if who == f"pod:{pod['id']}"
+    )
+    assert fake_runpod.live_pods() == []
+
+
+def test_hosts_with_an_old_cuda_driver_are_never_rented(runpod_env, fake_runpod, tmp_path):
+    fake_runpod.faults.host_cuda[FIRST] = "12.4"  # this type's hosts cannot run a cu128 image
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    assert out["fake_a"].pod["gpu"] == SECOND
+    assert [c["gpu"] for c in _creates(fake_runpod)] == [SECOND]
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_container_that_never_starts_is_terminated_and_the_next_type_tried(
+    runpod_env, fake_runpod, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OUTLIERS_RUNPOD_READY_TIMEOUT_S", "2")
+    fake_runpod.faults.no_runtime.add(FIRST)  # runtime stays null on these hosts
+    runner, out, lines = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    first, second = _creates(fake_runpod)
+    assert (first["gpu"], second["gpu"]) == (FIRST, SECOND)
+    assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=first["pod"])} == {"user"}
+    assert out["fake_a"].pod["discarded_pods"] == [first["pod"]]
+    assert any("never started" in x and "trying" in x for x in lines)
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_create_answered_500_is_found_in_a_lagging_list_not_created_twice(
+    runpod_env, fake_runpod, tmp_path
+):
+    fake_runpod.faults.create_then_500 = 1
+    fake_runpod.faults.list_lag_s = 0.4  # the pod list shows it only after a while
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    assert len(fake_runpod.pods) == 1, "a second pod was created"
+    assert_nothing_left(fake_runpod)
+
+
+def test_not_found_just_after_creation_is_waited_out(runpod_env, fake_runpod, tmp_path):
+    fake_runpod.faults.notfound_gets = 2
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_deadline_counts_from_the_ssh_login_not_the_creation(runpod_env, fake_runpod, tmp_path):
+    fake_runpod.ready_after = 20  # ~4 s of "starting" (image pull) at a 0.2 s poll
+    runner, out, _ = run_models(tmp_path, {"fake_a": "sleep:0.5"}, max_minutes=0.06)
+    assert_result_home(out["fake_a"], "fake_a")  # 3.6 s for the run itself is enough
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_account_keys_replacing_ours_fail_fast(runpod_env, fake_runpod, tmp_path):
+    fake_runpod.faults.account_keys = True
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    err = out["fake_a"]
+    assert isinstance(err, RunFailed) and "replaced our PUBLIC_KEY" in str(err)
+    assert len(fake_runpod.ops("pod")) <= 1  # no waiting for an SSH that cannot work
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_pod_whose_own_key_cannot_reach_the_api_is_not_kept(runpod_env, fake_runpod, tmp_path):
+    fake_runpod.faults.pod_key_refused = True  # nothing on the pod could end it
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    err = out["fake_a"]
+    assert isinstance(err, RunFailed) and "own RunPod key cannot reach its pod" in str(err)
+    assert "starting the watchdog" in str(err)
+    for pod in fake_runpod.pods.values():  # no job was started on it
+        assert not list(pod.fs.glob("outliers-runs/*/job.json"))
+    assert_nothing_left(fake_runpod)
+
+
+def test_keep_with_a_network_volume_terminates_at_the_deadline(runpod_env, fake_runpod, tmp_path):
+    """A volume pod cannot be stopped: its deadline must terminate it, not loop on podStop."""
+    runner, out, lines = run_models(
+        tmp_path, {"fake_a": "sleep:60"}, keep=True, volume="vol1", max_minutes=0.05
+    )
+    (create,) = _creates(fake_runpod)
+    assert create["fields"]["networkVolumeId"] == "vol1"
+    assert "ACTION=terminate" in killswitch.script(0, "terminate")
+    pod = next(iter(fake_runpod.pods.values()))
+    ended = fake_runpod.wait(lambda: pod.status == "TERMINATED", timeout=20)
+    assert ended, [c for c in fake_runpod.calls if c.get("pod") == pod.id]
+    assert not fake_runpod.ops("podStop", status=200)
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_stop_refused_for_a_volume_pod_falls_back_to_terminate(fake_runpod, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    fake_runpod.faults.ssh_dead.add("vol")
+    pod, _ = api.create(
+        "outliers-vol",
+        gpu_types=(FIRST,),
+        count=1,
+        disk_gb=10,
+        image="img:cu1281",
+        cloud="SECURE",
+        env={},
+        volume="vol1",
+    )
+    monkeypatch.setenv(
+        "OUTLIERS_POD_ENVIRON", str(fake_runpod.pods[pod["id"]].root / "pod.environ")
+    )
+    log = []
+    assert podside.stop_self("stop", log.append)
+    assert any("podStop" in x and "failed" in x for x in log) and "podTerminate" in log[-1]
+    assert fake_runpod.pods[pod["id"]].status == "TERMINATED"
+
+
+def test_a_pod_installs_the_project_keeping_the_image_torch(
+    runpod_env, tmp_path, ssh_key, monkeypatch
+):
+    """The real install path on a fake pod: its own venv (the image's python with its torch),
+    ``pip freeze`` constraints, the project installed editable from the shipped tree."""
+    from runpod_fakes.fake_api import FakeRunpod
+
+    venv = tmp_path / "image-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    # the "image's" packages (torch, pip, setuptools...) are this environment's, read-only
+    child = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    import site
+
+    parents = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    with open(os.path.join(child, "image.pth"), "w") as f:
+        f.write("\n".join(parents) + "\n")
+    fake = FakeRunpod(tmp_path / "fake2", USER_KEY, py, install="", pod_env={"HF_HUB_OFFLINE": "1"})
+    fake.start()
+    try:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.url)
+        runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+        assert_result_home(out["fake_a"], "fake_a")
+        pod = next(iter(fake.pods.values()))
+        run = pod.fs / "outliers-runs" / pod.name
+        import importlib.metadata as md
+
+        torch_pin = f"torch=={md.version('torch')}"
+        assert torch_pin in (run / "constraints.txt").read_text().splitlines()
+        log = (run / "job.log").read_text()
+        assert (
+            "installing: -m pip install" in log
+            and "-c " in log
+            and "finished with exit code 0" in log
+        )
+        # the project went into the image's python; its torch is the one it had
+        show = subprocess.run(
+            [py, "-c", "import harness, torch; print(harness.__file__); print(torch.__version__)"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        ).stdout.splitlines()
+        assert str(run / "tree") in show[0] and show[1] == md.version("torch")
+        assert_nothing_left(fake)
+    finally:
+        fake.stop()
+
+
+def test_outliers_pods_smoke_checks_every_path_then_ends_its_pod(runpod_env, fake_runpod):
+    fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url  # the hub's file server, faked
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
+        env=runpod_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    wall = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    print(out, f"wall {wall:.1f} s")
+    assert "at most $0.01" in out  # A5000 at $0.27/h for 3 minutes: the cheapest priced type
+    for check in (
+        "create a pod",
+        "our PUBLIC_KEY honoured",
+        "image pulled, container up",
+        "SSH login with our key",
+        "python / torch / CUDA / triton",
+        "the pod's key reaches its pod (watchdog)",
+        "kill switch armed",
+        "terminated, gone from the pod list",
+    ):
+        line = next(x for x in out.splitlines() if x.startswith(f"| {check}"))
+        assert "| ok " in line, line
+    assert "1.4 MB at" in out and "MB/s" in out
+    assert "0 check(s) failed" in out
+    (pod,) = fake_runpod.pods.values()
+    assert pod.gpu == "NVIDIA RTX A5000" and pod.status == "TERMINATED"
+    assert USER_KEY not in out + proc.stderr
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_smoke_check_reports_a_pod_key_that_cannot_reach_the_api(runpod_env, fake_runpod):
+    fake_runpod.faults.pod_key_refused = True
+    fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
+        env=runpod_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "the pod's key reaches" in x)
+    assert "FAILED" in line and "cannot reach its pod" in line
+    assert "1 check(s) failed" in proc.stdout
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_runpod_secret_carries_the_hf_token_so_it_never_leaves_this_machine(
+    runpod_env, fake_runpod, tmp_path, monkeypatch
+):
+    from runpod_fakes.values import HF_TOKEN
+
+    monkeypatch.setenv("RUNPOD_HF_TOKEN_SECRET", "hf_token")
+    fake_runpod.secrets["hf_token"] = HF_TOKEN  # the account's secret, set in the console
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    (create,) = _creates(fake_runpod)
+    assert create["fields"]["env"]["HF_TOKEN"] == "{{ RUNPOD_SECRET_hf_token }}"
+    assert HF_TOKEN not in repr(create)
+    pod = fake_runpod.pods[create["pod"]]
+    assert f"HF_TOKEN={HF_TOKEN}".encode() in (pod.root / "pod.environ").read_bytes()
+    assert_nothing_left(fake_runpod)
