@@ -2,6 +2,13 @@
 
 Each check returns failure sentences; an empty list means the run is sound. These are
 invariants of the method, not expectations about a model: they hold for every model and data.
+
+The outlier sets of the result (seed-compatible pairs, pooled dims) are recomputed here from
+OTHER arrays of the statistics than the criteria read (the per-site levels ``site_seq_level``
+and the per-position hit lists, where ``outliers.py`` reads the per-sequence counts and
+``site_max``), with float division instead of ``outliers.meets``' integer arithmetic: a bug in
+either the criteria or the capture's counts shows as a disagreement. The remaining checks
+(ranges, denominators, the two views against each other) are consistency checks.
 """
 
 from __future__ import annotations
@@ -10,8 +17,32 @@ import math
 
 import numpy as np
 
-from .outliers import Criteria, meets
+from .outliers import Criteria
 from .statistics import CapturedStats
+
+
+def independent_outliers(stats: CapturedStats, c: Criteria) -> tuple[set, set]:
+    """(seed-compatible (seq, dim) pairs, pooled dims), from the per-site levels and the hit
+    lists, by float division (exact here: a count ratio and a short decimal fraction that
+    differ, differ by far more than one rounding step)."""
+    g = stats.grid_index(c.magnitude)
+    S, N, T = stats.num_sites, stats.num_seqs, stats.seq_len
+    reach = stats.site_seq_level > g  # [S, N, H]: dim d reaches the magnitude at site s in seq n
+    sites = reach.sum(axis=0)  # [N, H]
+    keep = stats.hits_level > g
+    pos = np.zeros((N, stats.hidden_size), dtype=np.int64)
+    where = stats.hits_positions()[keep]
+    np.add.at(pos, (where // T, stats.hits_dim[keep].astype(np.int64)), 1)
+    pairs = (sites > 0) & (sites / S >= c.layer_frac) & (pos / T >= c.seq_frac)
+    seq, dim = np.nonzero(pairs)
+    pooled_sites = reach.any(axis=1).sum(axis=0)  # [H]
+    pooled_pos = pos.sum(axis=0)
+    dims = np.flatnonzero(
+        (pooled_sites > 0)
+        & (pooled_sites / S >= c.layer_frac)
+        & (pooled_pos / (N * T) >= c.seq_frac)
+    )
+    return set(zip(seq.tolist(), dim.tolist(), strict=True)), set(dims.tolist())
 
 
 def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int | None = None):
@@ -41,24 +72,30 @@ def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int 
     sc = result["seed_compatible"]
     if sc["num_outliers"] != len(sc.get("pairs", [])):
         fails.append("num_outliers differs from the number of listed pairs")
+    want_pairs, want_dims = independent_outliers(stats, c)
+    got_pairs = {(p["seq"], p["dim"]) for p in sc.get("pairs", [])}
+    if "pairs" in sc and got_pairs != want_pairs:
+        extra, missing = sorted(got_pairs - want_pairs), sorted(want_pairs - got_pairs)
+        fails.append(
+            f"the systematic pairs disagree with the per-site levels and hit lists "
+            f"({len(extra)} extra, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"
+        )
+    if sc["num_outliers"] != len(want_pairs):
+        fails.append(f"num_outliers is {sc['num_outliers']}, the statistics give {len(want_pairs)}")
+    po = result["pooled"]
+    got_dims = {d["dim"] for d in po["dims"]}
+    if got_dims != want_dims:
+        fails.append(
+            f"the pooled systematic dims {sorted(got_dims)[:5]} disagree with the per-site levels "
+            f"and hit lists {sorted(want_dims)[:5]}"
+        )
     for p in sc.get("pairs", []):
         if not (
             p["max_magnitude"] >= c.magnitude
-            and meets(round(p["layer_pct"] * S / 100), S, c.layer_frac)
-            and meets(round(p["seq_pct"] * T / 100), T, c.seq_frac)
             and 0 <= p["layer_pct"] <= 100
             and 0 <= p["seq_pct"] <= 100
         ):
-            fails.append(f"pair (seq {p['seq']}, dim {p['dim']}) does not meet the criteria")
-            break
-    po = result["pooled"]
-    for d in po["dims"]:
-        if not (
-            d["max_magnitude"] >= c.magnitude
-            and meets(round(d["layer_pct"] * S / 100), S, c.layer_frac)
-            and meets(round(d["seq_pct"] * N * T / 100), N * T, c.seq_frac)
-        ):
-            fails.append(f"pooled dim {d['dim']} does not meet the criteria")
+            fails.append(f"pair (seq {p['seq']}, dim {p['dim']}) has values out of range")
             break
     for key in ("sites_affected_pct", "positions_affected_pct"):
         if not (0 <= po[key] <= 100):

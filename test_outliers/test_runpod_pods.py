@@ -319,3 +319,22 @@ def test_each_clean_up_path_alone_ends_every_pod(runpod_env, fake_runpod, tmp_pa
     if alone == "worker":  # the workers end after close() stops waiting for them
         fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=30)
     assert_nothing_left(fake_runpod)
+
+
+def test_a_pod_that_cannot_be_terminated_is_named_with_what_to_do(
+    runpod_env, fake_runpod, tmp_path
+):
+    """Every terminate of the user's key fails: the run says so for that pod, in one sentence
+    naming the pod and the command, and the pod's own watchdog still ends it."""
+    fake_runpod.faults.user_terminate_refused = True
+    runner, out, lines = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    pod_id = out["fake_a"].pod["id"]
+    assert out["fake_a"].pod["status"] == "unknown"  # not reported as terminated
+    said = [x for x in lines if "could NOT terminate" in x]
+    assert said and all(pod_id in x for x in said), lines
+    assert any("`outliers pods --terminate`" in x for x in said)
+    ended = fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=20)
+    done = [c for c in fake_runpod.ops("podTerminate") if "error" not in c]
+    assert ended and {c["auth"] for c in done} == {f"pod:{pod_id}"}
+    assert_nothing_left(fake_runpod)

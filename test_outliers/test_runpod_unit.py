@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -493,3 +494,24 @@ def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
     assert podside.watchdog(str(tmp_path), **args) == 0
     assert calls == [action]
     assert reason in (tmp_path / "watchdog.log").read_text()
+
+
+def test_the_pod_python_is_the_one_that_imports_torch(tmp_path):
+    """Newer images put a system python3 without torch first on PATH."""
+    from harness.runpod.runner import FIND_PYTHON, _remote
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python3").write_text("#!/bin/sh\nexit 1\n")  # a python3 that cannot import torch
+    (bin_ / "python3").chmod(0o755)
+    (bin_ / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # has torch
+    (bin_ / "python").chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "OUTLIERS_POD_ROOT": str(tmp_path / "ws")}
+    first = _remote("run1") + FIND_PYTHON + 'echo "$PY"'
+    got = subprocess.run(["bash", "-c", first], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "python", got.stderr
+    # later commands read it back without probing again
+    later = subprocess.run(
+        ["bash", "-c", _remote("run1") + 'echo "$PY"'], env=env, capture_output=True, text=True
+    )
+    assert later.stdout.strip() == "python"

@@ -834,10 +834,16 @@ class RunpodRunner:
                 if task.endpoint
                 else "(no SSH endpoint)"
             )
+            at_deadline = (
+                "terminates it (a pod with a network volume cannot be stopped; the volume keeps "
+                "the hub cache)"
+                if self.options.volume
+                else "stops it, which wipes /workspace: copy what you need before then"
+            )
             self._say(
                 f"kept pod {task.pod_id} ({task.name}): {where}; its files are in "
-                f"/workspace/outliers-runs/{task.name}; its watchdog still stops it at its "
-                f"deadline. Terminate it with `outliers pods --terminate --all` or "
+                f"/workspace/outliers-runs/{task.name}; at its deadline its watchdog "
+                f"{at_deadline}. Terminate it with `outliers pods --terminate --all` or "
                 f"`runpodctl remove pod {task.pod_id}`."
             )
 

@@ -73,6 +73,7 @@ class Faults:
     notfound_gets: int = 0  # the first N pod queries after a create answer "pod not found"
     account_keys: bool = False  # RunPod puts the account's SSH keys in PUBLIC_KEY
     pod_key_refused: bool = False  # the API refuses pod-scoped keys (401)
+    user_terminate_refused: bool = False  # podTerminate with the user's key fails for good
 
 
 @dataclass
@@ -273,6 +274,8 @@ class FakeRunpod:
             pod = self.pods.get(pod_id)
             if pod is None or pod.status == "TERMINATED":
                 raise _GqlError("pod not found", pod=pod_id)
+            if op == "podTerminate" and who == "user" and self.faults.user_terminate_refused:
+                raise _GqlError("pod is locked by a pending operation", pod=pod_id)
             if op == "podStop" and pod.volume:
                 raise _GqlError("Pods with a network volume cannot be stopped", pod=pod_id)
             self.record(op=op, auth=who, status=200, pod=pod_id)
