@@ -55,6 +55,14 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("close", "_terminate", "_sweep"),
         ("test_outliers/test_runpod_pods.py",),
     ),
+    "harness/data.py": (
+        ("load_windows", "_texts"),
+        ("test_outliers/test_data.py",),
+    ),
+    "harness/checks.py": (
+        ("independent_outliers", "honest_run_failures"),
+        ("test_outliers/test_checks.py",),
+    ),
 }
 
 _COMPARE = {
@@ -206,6 +214,8 @@ def main(argv=None) -> int:
                 killed, secs = run_tests(tests, args.timeout)
                 path.write_text(original)
                 results.append(m.to_dict() | {"killed": killed, "seconds": round(secs, 1)})
+                # kept as it goes: a run stopped early still says what it found
+                Path(args.out).write_text(json.dumps(results, indent=1))
                 mark = "killed  " if killed else "SURVIVED"
                 print(f"  {mark} {m.function}:{m.line} {m.what}", flush=True)
         finally:
