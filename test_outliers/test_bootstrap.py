@@ -210,6 +210,18 @@ def test_off_grid_magnitude_is_one_sentence():
     assert "7 was not captured" in msg and "\n" not in msg and msg.endswith(".")
 
 
+def test_resample_count_and_level_are_checked_at_their_edges():
+    stats = stats_from_activations(planted_activations(N=4))
+    c = Criteria(6.0, 0.25, 0.06)
+    one = bootstrap(stats, c, resamples=1, seed=0)  # the smallest allowed
+    assert one["num_outliers"].low == one["num_outliers"].high
+    for bad in ({"resamples": 0}, {"level": 0.0}, {"level": 1.0}, {"level": -0.1}):
+        with pytest.raises(HarnessError) as err:
+            bootstrap(stats, c, **bad)
+        assert "\n" not in str(err.value)
+    assert bootstrap(stats, c, resamples=20, level=0.999)["num_outliers"].low is not None
+
+
 def test_bad_sample_indices_are_refused():
     stats = stats_from_activations(planted_activations(N=4))
     with pytest.raises(HarnessError):

@@ -280,6 +280,21 @@ def test_unknown_bos_policy_is_refused(tiny_tokenizer):
 def test_bos_each_needs_room_and_a_bos_token(tiny_tokenizer):
     message = _error(tiny_tokenizer, DataSpec(dataset="builtin", seq_len=1, bos="each"))
     assert "at least 2" in message
+    # each of the two sizes alone: a window of no text, a step of no text
+    for seq_len, stride in ((1, 3), (3, 1)):
+        spec = DataSpec(dataset="builtin", seq_len=seq_len, stride=stride, bos="each")
+        assert "at least 2" in _error(tiny_tokenizer, spec)
+    # the smallest that works: one BOS and one text token per window, one token apart
+    w = load_windows(
+        tiny_tokenizer, DataSpec(dataset="builtin", num_seqs=3, seq_len=2, stride=2, bos="each")
+    )
+    assert w.ids.shape == (3, 2) and (w.ids[:, 0] == tiny_tokenizer.bos_token_id).all()
+    # provenance names the tokenizer: its path when it has one, else its class
+    assert w.info["tokenizer"] == (tiny_tokenizer.name_or_path or type(tiny_tokenizer).__name__)
+    nameless = copy.deepcopy(tiny_tokenizer)
+    nameless.name_or_path = ""
+    spec = DataSpec(dataset="builtin", num_seqs=1, seq_len=8)
+    assert load_windows(nameless, spec).info["tokenizer"] == type(tiny_tokenizer).__name__
     no_bos = copy.deepcopy(tiny_tokenizer)
     no_bos.bos_token = None
     assert "has none; use --bos none" in _error(no_bos, DataSpec(dataset="builtin", bos="each"))

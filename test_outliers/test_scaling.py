@@ -347,3 +347,104 @@ def test_edges_of_the_rank_statistics():
     x = np.arange(9.0)
     low, high, degenerate = bootstrap_ci(x, x**2, n_boot=100, seed=1)
     assert degenerate == 0 and math.isfinite(low) and math.isfinite(high)
+
+
+def _spearman_count(x, y, perms):
+    """How many of ``perms`` give |rho| >= the observed |rho|, by scipy (ties within 1e-12)."""
+    from scipy.stats import spearmanr
+
+    observed = abs(spearmanr(x, y).statistic)
+    return sum(abs(spearmanr(x, y[p]).statistic) >= observed - 1e-12 for p in perms)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_monte_carlo_p_counts_the_same_permutations_as_scipy(seed):
+    """(count + 1) / (n_perm + 1) over the documented draws (numpy default_rng([seed, 1]),
+    each row a permutation of range(n)), the count by scipy's rho; with ties in y, so that
+    permutations reaching exactly the observed |rho| are common."""
+    x = np.arange(9.0)
+    y = np.array([3.0, 1, 4, 1, 5, 9, 2, 6, 5])
+    n_perm = 300
+    perms = np.random.default_rng([seed, 1]).permuted(
+        np.broadcast_to(np.arange(9), (n_perm, 9)), axis=1
+    )
+    count = _spearman_count(x, y, perms)
+    assert 0 < count < n_perm
+    assert permutation_pvalue(x, y, n_perm=n_perm, seed=seed) == (
+        pytest.approx((count + 1) / (n_perm + 1), abs=1e-15),
+        "monte-carlo",
+        n_perm,
+    )
+
+
+def test_the_defaults_are_ten_thousand_permutations_and_two_thousand_resamples_seed_0():
+    from scipy.stats import spearmanr
+
+    from harness.scaling import bootstrap_ci
+
+    x = np.arange(9.0)
+    y = np.array([3.0, 1, 4, 1, 5, 9, 2, 6, 5])
+    perms = np.random.default_rng([0, 1]).permuted(
+        np.broadcast_to(np.arange(9), (10000, 9)), axis=1
+    )
+    p, method, used = permutation_pvalue(x, y)
+    assert (method, used) == ("monte-carlo", 10000)
+    assert p == pytest.approx((_spearman_count(x, y, perms) + 1) / 10001, abs=1e-15)
+    idx = np.random.default_rng([0, 2]).integers(0, 9, size=(2000, 9))
+    rhos = [spearmanr(x[r], y[r]).statistic for r in idx if np.ptp(x[r]) and np.ptp(y[r])]
+    low, high, degenerate = bootstrap_ci(x, y)
+    assert degenerate == 2000 - len(rhos)
+    assert (low, high) == pytest.approx(tuple(np.quantile(rhos, [0.025, 0.975])), abs=1e-12)
+
+
+def test_two_points_and_ranges_of_exactly_one():
+    """Edges: two points have a rho (+-1) and a bootstrap interval; a range of exactly 1 in x
+    or in y is not constant; constant input is NaN without scipy's warning; one permutation
+    is allowed."""
+    from harness.scaling import bootstrap_ci, spearman_rho
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert spearman_rho([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1.0)
+        assert spearman_rho([1.0, 2.0], [4.0, 3.0]) == pytest.approx(-1.0)
+        assert spearman_rho([0.0, 0.5, 1.0], [1.0, 1.5, 2.0]) == pytest.approx(1.0)
+        assert math.isnan(spearman_rho([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+        assert math.isnan(spearman_rho([5.0, 5.0, 5.0], [1.0, 2.0, 3.0]))
+        assert math.isnan(spearman_rho([1.0], [2.0]))
+    p, method, _ = permutation_pvalue([0.0, 0.5, 1.0], [1.0, 1.5, 2.0])
+    assert method == "exact" and p == pytest.approx(2 / 6)
+    p, method, _ = permutation_pvalue(np.arange(9.0), np.arange(9.0), n_perm=1, seed=0)
+    assert method == "monte-carlo" and p in (0.5, 1.0)
+    with pytest.raises(ValueError):
+        permutation_pvalue(np.arange(9.0), np.arange(9.0), n_perm=0)
+    low, high, degenerate = bootstrap_ci([1.0, 2.0], [3.0, 4.0], n_boot=400, seed=0)
+    assert (low, high) == (1.0, 1.0) and 0 < degenerate < 300
+
+
+def test_a_tie_between_two_splits_takes_the_leftmost():
+    cp = change_point(np.arange(6.0), [0.0, 0.0, 5.0, 5.0, 0.0, 0.0])
+    assert cp.n_left == 2 and cp.split_x == 1.5
+
+
+def test_a_perfect_step_uses_the_documented_floor():
+    """rss_step = 0: BIC uses max(rss, 1e-12 * TSS); TSS by hand."""
+    x = np.arange(6.0)
+    y = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    cp = change_point(x, y)
+    tss = 1.5  # six values 0/1 around 0.5: 6 x 0.25
+    n = 6
+    assert cp.rss_step == 0.0
+    assert cp.bic_step == pytest.approx(n * math.log(1e-12 * tss / n) + 3 * math.log(n))
+
+
+def test_a_split_never_falls_between_equal_x_values():
+    cp = change_point([0.0, 0.0, 1.0, 1.0, 1.0, 2.0], [0.0, 0.0, 0.0, 5.0, 5.0, 5.0])
+    assert cp.n_left == 2 and cp.left_max_x < cp.right_min_x
+
+
+def test_split_params_below_1e300_and_unknown_from_there():
+    cp = change_point([0.0, 0.0, 599.5, 599.5], [0.0, 0.0, 1.0, 1.0])
+    assert cp.split_x == 299.75 and cp.split_params == pytest.approx(10**299.75)
+    for top in (600.0, 600.5):
+        cp = change_point([0.0, 0.0, top, top], [0.0, 0.0, 1.0, 1.0])
+        assert cp.split_x == top / 2 and cp.split_params is None
