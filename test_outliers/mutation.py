@@ -1,6 +1,6 @@
 """Mutation testing of the code that decides the numbers and the safety (docs/testing.md).
 
-    python test_outliers/mutation.py [--only MODULE] [--limit N] [--out FILE]
+    python test_outliers/mutation.py [--only MODULE] [--limit N] [--out FILE] [--recheck JSON]
 
 Each mutant is one small, realistic bug put into one function: a comparison made strict or
 inclusive, an arithmetic operator swapped, an integer constant off by one, ``and`` / ``or``
@@ -91,6 +91,7 @@ class Mutant:
             "function": self.function,
             "line": self.line,
             "what": self.what,
+            "path": list(self.path),
         }
 
 
@@ -193,8 +194,23 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N mutants per module")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per test run")
     ap.add_argument("--out", default="mutation-results.json", help="JSON of every mutant")
+    ap.add_argument(
+        "--recheck",
+        action="append",
+        metavar="JSON",
+        help="run again only the mutants that survived in these earlier results (after new tests)",
+    )
     args = ap.parse_args(argv)
     results, modules = [], args.only or list(TARGETS)
+    wanted = None
+    if args.recheck:
+        wanted = {}
+        for f in args.recheck:
+            for r in json.loads(Path(f).read_text()):
+                if not r["killed"]:
+                    key = (r["module"], r["function"], r["line"], r["what"])
+                    wanted[key] = wanted.get(key, 0) + 1
+        modules = [m for m in modules if any(k[0] == m for k in wanted)]
     for module in modules:
         names, tests = TARGETS[module]
         path = ROOT / module
@@ -204,6 +220,10 @@ def main(argv=None) -> int:
             print(f"{module}: its tests fail without any mutant; fix them first", file=sys.stderr)
             return 2
         mutants = candidates(module, names)
+        if wanted is not None:
+            # the same (function, line, change) may occur twice on one line: every instance of
+            # a surviving key runs again; a key's survivors now are at most its survivors then
+            mutants = [m for m in mutants if (m.module, m.function, m.line, m.what) in wanted]
         if args.limit:
             step = max(1, len(mutants) // args.limit)
             mutants = mutants[::step][: args.limit]
