@@ -71,9 +71,10 @@ def test_time_harness_vs_bare(name, perf, benchmark):
     t = il.timings
     # the variants did the same work: every planted dim found, by both
     planted = planted_dims(w)
-    assert [d["dim"] for d in out["harness"].pooled["dims"]] == planted
-    if "naive" in out:
-        assert sorted(out["naive"]["dims"]) == planted
+    if planted:  # with none planted, whatever random weights give is the workload
+        assert [d["dim"] for d in out["harness"].pooled["dims"]] == planted
+        if "naive" in out:
+            assert sorted(out["naive"]["dims"]) == planted
     others = [x for v in t.values() for x in v.others]
     row = {
         "workload": name,

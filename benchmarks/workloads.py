@@ -103,6 +103,21 @@ WORKLOADS = {
         ),
     )
 }
+# Outlier density: the study's models are far denser than 8 dims (Qwen3-0.6B: 9,212 systematic
+# pairs over 16 sequences of a 1,024-dim model). One 8-layer, 512-hidden Qwen3 shape with 0%,
+# 1%, 12.5% and 50% of its dims planted at a gain of 60 (those dims pass 6 at nearly every
+# position of every site).
+_DENSITY_SHAPE = dict(
+    hidden_size=512,
+    num_hidden_layers=8,
+    intermediate_size=1536,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+)
+for _pct, _dims in (("0", 0), ("1", 5), ("12.5", 64), ("50", 256)):
+    _w = Workload(f"density-{_pct}pct", "qwen3", _DENSITY_SHAPE, _dims, 60.0)
+    WORKLOADS[_w.name] = _w
 
 
 def build_model(workload: Workload) -> torch.nn.Module:
