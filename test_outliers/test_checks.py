@@ -91,7 +91,7 @@ def test_the_independent_sets_equal_the_brute_force_oracle_at_every_boundary(S, 
     acts[0, :, :, 6] = 5.5  # everywhere at one site, never 6
     stats = stats_from_activations(acts)
     for m in (6.0, 5.0):
-        for lf, sf in ((0.25, 0.06), (0.5, 0.06), (0.25, 0.5)):
+        for lf, sf in ((0.25, 0.06), (0.5, 0.06), (0.25, 0.5), (0.0, 0.0), (0.0, 0.06)):
             truth = oracle_figures(acts, m, lf, sf)
             pairs, dims = independent_outliers(stats, Criteria(m, lf, sf))
             assert pairs == set(truth["pairs"]), (m, lf, sf)

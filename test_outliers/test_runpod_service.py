@@ -110,6 +110,7 @@ def test_a_container_that_never_starts_is_terminated_and_the_next_type_tried(
     assert (first["gpu"], second["gpu"]) == (FIRST, SECOND)
     assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=first["pod"])} == {"user"}
     assert out["fake_a"].pod["discarded_pods"] == [first["pod"]]
+    assert out["fake_a"].pod["seconds"] >= 2.0  # the first pod's 2 s wait is paid time too
     assert any("never started" in x and "trying" in x for x in lines)
     assert_nothing_left(fake_runpod)
 

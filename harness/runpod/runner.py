@@ -400,7 +400,7 @@ class RunpodRunner:
             raise RunFailed(self.redact(f"{task.label}: no pod was created: {err}")) from None
         with task.lock:
             task.pod_id, task.gpu, task.created = pod["id"], gpu, time.monotonic()
-            task.terminated = False
+            task.terminated, task.ended = False, None  # a pod given up on ended; this one not
             task.created_at = task.created_at or task.created
         with self._lock:
             self._run_info["pods"] = [x.pod_id for x in self.tasks if x.pod_id]
