@@ -223,3 +223,29 @@ def test_dense_and_sparse_hits_give_the_same_attribution(monkeypatch):
         sections.append(json.dumps(result.sections["attribution"], sort_keys=True, default=str))
     assert sections[0] == sections[1]
     assert json.loads(sections[0])["tokens"]["num_dims"] > 0  # there were hits to attribute
+
+
+def test_a_chunk_with_exactly_one_candidate_block_is_read(monkeypatch):
+    """One sequence of one block (T = 16), one dim of one site planted: the gather path sees
+    exactly one candidate block, and its values are counted as the brute force counts them."""
+    from oracle import collect_activations, stats_from_activations
+
+    model = random_model("qwen3", torch.float32, seed=1, gain=0.01)
+    with torch.no_grad():
+        model.model.layers[0].input_layernorm.weight[5] = 1000.0
+    ids = random_ids(1, 16, seed=2)
+    monkeypatch.setattr(capture, "DENSE_FRACTION", float("inf"))  # the gather path
+    got = analyze(model, ids, batch_size=1).stats
+    _, acts = collect_activations(model, ids, "ln")
+    want = stats_from_activations(acts, grid=tuple(got.grid))
+    assert set(got.hits_dim.tolist()) == {5}  # the one planted dim, nothing else
+    for key in ("seq_pos_count", "seq_site_count", "seq_occ", "hits_dim", "hits_level"):
+        assert np.array_equal(getattr(got, key), getattr(want, key)), key
+
+
+def test_a_run_with_no_value_over_the_grid_has_no_hits():
+    model = random_model("qwen3", torch.float32, seed=1, gain=0.01)
+    stats = analyze(model, random_ids(2, 16, seed=2), batch_size=1).stats
+    assert float(stats.site_max.max()) < stats.grid[0]
+    assert stats.hits_dim.size == stats.hits_level.size == 0
+    assert not stats.hits_indptr.any() and not stats.seq_pos_count.any()

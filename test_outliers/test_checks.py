@@ -184,3 +184,28 @@ def test_each_consistency_check_fires_exactly_when_it_should(run, change, expect
         assert fails == [], fails
     else:
         assert any(expected in f for f in fails), fails
+
+
+def test_messages_name_a_few_examples_and_counts_default_to_zero(run):
+    import re
+
+    result, stats = copy.deepcopy(run[0]), run[1]
+    sc = result["seed_compatible"]
+    sc["pairs"], sc["num_outliers"] = sc["pairs"][3:], sc["num_outliers"] - 3
+    (msg,) = [f for f in honest_run_failures(result, stats) if "systematic pairs" in f]
+    assert "3 missing, e.g. [(" in msg
+    assert len(re.findall(r"\(\d+, \d+\)", msg.split("missing")[1])) == 2  # two examples
+    # the pooled list's message shows five dims of each side
+    result = copy.deepcopy(run[0])
+    result["pooled"]["dims"] = []
+    (msg,) = [f for f in honest_run_failures(result, stats) if "pooled systematic dims" in f]
+    assert msg.startswith("the pooled systematic dims [] disagree")
+    assert len(msg.split("hit lists ")[1].strip("[]").split(",")) == 5
+    # a pooled dim that no sequence has as a pair: its count 0 agrees with no pairs
+    result = copy.deepcopy(run[0])
+    dim = result["pooled"]["dims"][0]
+    pairs = result["seed_compatible"]["pairs"]
+    result["seed_compatible"]["pairs"] = [p for p in pairs if p["dim"] != dim["dim"]]
+    dim["num_sequences_systematic"] = 0
+    fails = honest_run_failures(result, stats)
+    assert not any("sequence count disagrees" in f for f in fails), fails

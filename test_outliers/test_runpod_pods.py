@@ -112,6 +112,7 @@ def test_two_models_run_on_two_pods_and_come_home(runpod_env, fake_runpod, tmp_p
         # HF_TOKEN and PUBLIC_KEY travelled as pod environment
         assert pod.env["HF_TOKEN"] == HF_TOKEN and pod.env["PUBLIC_KEY"].startswith("ssh-ed25519")
     assert user_terminated(fake_runpod) == set(fake_runpod.pods)
+    assert not any("could NOT" in x for x in lines)  # said only when it is true
     # a pod's own watchdog may stop it too, but only once its results were home
     for call in fake_runpod.ops("podTerminate", status=200):
         if call["auth"].startswith("pod:"):
@@ -333,7 +334,16 @@ def test_a_pod_that_cannot_be_terminated_is_named_with_what_to_do(
     assert out["fake_a"].pod["status"] == "unknown"  # not reported as terminated
     said = [x for x in lines if "could NOT terminate" in x]
     assert said and all(pod_id in x for x in said), lines
-    assert any("`outliers pods --terminate`" in x for x in said)
+    # the worker's own sentence, then the sweep's
+    assert any(
+        f"could NOT terminate pod {pod_id}; run `outliers pods --terminate` or use the RunPod "
+        "console" in x
+        for x in said
+    ), said
+    assert any(
+        x.endswith(f"could NOT terminate pod {pod_id}; run `outliers pods --terminate`.")
+        for x in said
+    ), said
     ended = fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=20)
     done = [c for c in fake_runpod.ops("podTerminate") if "error" not in c]
     assert ended and {c["auth"] for c in done} == {f"pod:{pod_id}"}

@@ -448,3 +448,8 @@ def test_split_params_below_1e300_and_unknown_from_there():
     for top in (600.0, 600.5):
         cp = change_point([0.0, 0.0, top, top], [0.0, 0.0, 1.0, 1.0])
         assert cp.split_x == top / 2 and cp.split_params is None
+
+
+def test_an_undefined_p_value_used_no_permutation():
+    p, method, used = permutation_pvalue([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert math.isnan(p) and (method, used) == ("undefined", 0)
