@@ -64,18 +64,30 @@ def test_every_pod_is_created_with_its_kill_switch_cuda_filter_and_machine_size(
     assert_nothing_left(fake_runpod)
 
 
-def test_the_kill_switch_ends_a_pod_whose_creator_is_gone(fake_runpod, monkeypatch):
-    """No SSH, no watchdog, no local process: only the start command can end this pod."""
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+def _pod_without_ssh(fake, monkeypatch, name: str, **create) -> dict:
+    """One pod made straight through the API (no runner, no SSH): what only its own start
+    command or its own key can end."""
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.url)
     api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
-    fake_runpod.faults.ssh_dead.add("orphan")
+    fake.faults.ssh_dead.add(name)
     pod, _ = api.create(
-        "outliers-orphan",
+        f"outliers-{name}",
         gpu_types=(FIRST,),
         count=1,
         disk_gb=10,
         image="runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404",
         cloud="SECURE",
+        **{"env": {}, **create},
+    )
+    return pod
+
+
+def test_the_kill_switch_ends_a_pod_whose_creator_is_gone(fake_runpod, monkeypatch):
+    """No SSH, no watchdog, no local process: only the start command can end this pod."""
+    pod = _pod_without_ssh(
+        fake_runpod,
+        monkeypatch,
+        "orphan",
         env={"PUBLIC_KEY": "ssh-ed25519 AAAA test"},
         docker_args=killswitch.docker_args(time.time() + 2),
     )
@@ -176,19 +188,7 @@ def test_keep_with_a_network_volume_terminates_at_the_deadline(runpod_env, fake_
 
 
 def test_a_stop_refused_for_a_volume_pod_falls_back_to_terminate(fake_runpod, monkeypatch):
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
-    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
-    fake_runpod.faults.ssh_dead.add("vol")
-    pod, _ = api.create(
-        "outliers-vol",
-        gpu_types=(FIRST,),
-        count=1,
-        disk_gb=10,
-        image="img:cu1281",
-        cloud="SECURE",
-        env={},
-        volume="vol1",
-    )
+    pod = _pod_without_ssh(fake_runpod, monkeypatch, "vol", volume="vol1")
     monkeypatch.setenv(
         "OUTLIERS_POD_ENVIRON", str(fake_runpod.pods[pod["id"]].root / "pod.environ")
     )

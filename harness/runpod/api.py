@@ -323,6 +323,17 @@ class RunpodApi:
             self._sleep(min(poll, max(0.0, until - time.monotonic())) or 0.01)
 
 
+def env_value(env, key: str) -> str | None:
+    """``key``'s value in a pod's env as the API gives it (["K=V", ...] or {K: V})."""
+    if isinstance(env, dict):
+        return env.get(key)
+    for item in env or []:
+        k, sep, v = str(item).partition("=")
+        if sep and k == key:
+            return v
+    return None
+
+
 def ssh_endpoint(pod: dict) -> Endpoint | None:
     runtime = pod.get("runtime") or {}
     for p in runtime.get("ports") or []:

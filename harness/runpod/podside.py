@@ -30,9 +30,12 @@ full pod environment (HF_TOKEN included) is read from ``/proc/1/environ``. Tests
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +43,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from importlib import metadata
 
 DEFAULT_API = "https://api.runpod.io"
 # RunPod's front end is reported to reject urllib's default "Python-urllib/3.x" agent.
@@ -417,8 +421,6 @@ def install_commands(root: str, spec: dict, env: dict) -> list[list[str]]:
         path,
     ]
     extras = spec.get("extras") or ""
-    import importlib.util
-
     # the project's own build needs only setuptools: the image's, when it has one (no download)
     own = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
     cmds = [[*pip, *own, "-e", f".[{extras}]" if extras else "."]]
@@ -430,10 +432,6 @@ def install_commands(root: str, spec: dict, env: dict) -> list[list[str]]:
 def image_runtime(env: dict | None = None) -> dict:
     """python / torch / CUDA / triton of this pod's image (provenance of the run), read from
     the installed distributions without importing torch (seconds per pod otherwise)."""
-    import importlib.util
-    import platform
-    import re
-    from importlib import metadata
 
     def version(*names):
         for n in names:

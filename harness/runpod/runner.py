@@ -32,7 +32,7 @@ from harness.runners import RunFailed, RunOutcome, RunSkipped
 
 from .. import resume
 from . import collect, killswitch
-from .api import ApiError, RunpodApi
+from .api import ApiError, RunpodApi, env_value
 from .credentials import Credentials, Redactor, load_credentials, load_private_key
 from .options import RunpodOptions, strip_forwarded_args
 from .plan import (
@@ -409,7 +409,7 @@ class RunpodRunner:
             f"{task.label}: pod {task.pod_id} created ({gpu} x {plan.count}, kill switch at "
             f"{backstop / 60:.0f} min, deadline {plan.max_minutes:.0f} min from SSH login)"
         )
-        theirs = _env_value(pod.get("env"), "PUBLIC_KEY")
+        theirs = env_value(pod.get("env"), "PUBLIC_KEY")
         if theirs is not None and theirs.strip() != (env.get("PUBLIC_KEY") or "").strip():
             self._terminate(task)
             raise RunFailed(
@@ -918,17 +918,6 @@ class RunpodRunner:
                     rep(text)
             except Exception:  # noqa: BLE001 - a broken terminal must not break the run
                 pass
-
-
-def _env_value(env, key: str) -> str | None:
-    """``key``'s value in a pod's env as the API gives it (["K=V", ...] or {K: V})."""
-    if isinstance(env, dict):
-        return env.get(key)
-    for item in env or []:
-        k, sep, v = str(item).partition("=")
-        if sep and k == key:
-            return v
-    return None
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from harness.errors import HarnessError
 
 from . import killswitch
-from .api import ApiError, RunpodApi
+from .api import ApiError, RunpodApi, env_value
 from .credentials import Redactor, load_credentials, load_private_key
 from .options import DEFAULT_IMAGE, Timings
-from .plan import POD_PREFIX, allowed_cuda_versions
+from .plan import MEMORY_GB_PER_GPU, POD_PREFIX, VCPUS_PER_GPU, allowed_cuda_versions
 from .pods import new_run_id, register_run, unregister_run
 from .ssh import Ssh, SshError
 
@@ -99,8 +99,8 @@ def smoke(
                 env=env,
                 docker_args=killswitch.docker_args(time.time() + max_minutes * 60),
                 cuda_versions=allowed_cuda_versions(image),
-                vcpus=4,
-                memory_gb=16,
+                vcpus=VCPUS_PER_GPU,
+                memory_gb=MEMORY_GB_PER_GPU,
             )
         except ApiError as err:
             rows.append(Check("create a pod", False, str(err), time.monotonic() - t0))
@@ -108,10 +108,7 @@ def smoke(
         pod_id = pod["id"]
         mark = time.monotonic()
         rows.append(Check("create a pod", True, f"{pod_id} on {gpu}", mark - t0))
-        theirs = next(
-            (e.split("=", 1)[1] for e in pod.get("env") or [] if str(e).startswith("PUBLIC_KEY=")),
-            None,
-        )
+        theirs = env_value(pod.get("env"), "PUBLIC_KEY")
         ours = theirs is None or theirs.strip() == creds.public_key.strip()
         rows.append(
             Check(
