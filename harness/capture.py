@@ -12,8 +12,11 @@ chunk of whole sequences, on x's device and in x's dtype:
   magnitude), the per-site counts, and the per-position union over sites (a uint8 level per
   (position, dim), the only activation-sized buffer kept for a batch);
 - when those blocks are more than a quarter of the chunk (dense outliers), the same counts
-  from a uint8 level map of the chunk (one compare per grid magnitude reached), one bincount
-  and one elementwise max, without hit lists.
+  from a uint8 level map of the chunk, one bincount and one elementwise max, without hit lists.
+
+A value's grid level comes from a lookup table indexed by floor(min(|x|, top) * 2^k) when the
+grid's magnitudes are small dyadic numbers (the default grid, and the bf16-rounded threshold
+of float32 runs), else from one compare per magnitude; both are exact in x's dtype.
 
 On the CPU a hook's reductions run on one thread (``HOOK_THREADS``): they are many small
 operations, and when other processes share the cores, each multi-threaded one can wait a
@@ -47,6 +50,8 @@ CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
 DENSE_FRACTION = 0.25
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
+# Largest grid level table (entries): thresholds times a power of two must be integers below it.
+LUT_SIZE = 1 << 14
 
 
 def dtype_threshold(m: float, dtype: torch.dtype) -> torch.Tensor:
@@ -117,7 +122,7 @@ class Observer:
 
 
 class _Thresholds:
-    """Grid thresholds per (device, dtype), cached."""
+    """Grid thresholds per (device, dtype), cached, and the grid level of |x| values."""
 
     def __init__(self, grid: Sequence[float]):
         self.grid = tuple(grid)
@@ -137,6 +142,54 @@ class _Thresholds:
             self._cache[key] = (thr, float(thr[0]))
         return self._cache[key]
 
+    def table(self, device: torch.device, dtype: torch.dtype):
+        """(lut, scale, top) with level(v) = lut[int(min(v, top) * scale)] for every |x| value
+        v of ``dtype``, or None when the grid does not allow it.
+
+        It allows it when every threshold times a power of two ``scale`` is an integer of at
+        most LUT_SIZE - 1 (the default grid 3..100: scale 1). Then min(v, top) * scale is exact
+        (a power of two, no overflow), its conversion to an integer is its floor, and for an
+        integer threshold t * scale, ``v >= t`` iff ``floor(min(v, top) * scale) >= t * scale``.
+        """
+        key = ("table", device, dtype)
+        if key not in self._cache:
+            t = self.floats(device, dtype)
+            self._cache[key] = None
+            for k in range(12):
+                scaled = [x * 2**k for x in t]
+                if max(scaled) >= LUT_SIZE:
+                    break
+                if all(x == int(x) for x in scaled):
+                    idx = torch.arange(int(max(scaled)) + 1, dtype=torch.float64)
+                    lut = (idx.unsqueeze(1) >= torch.tensor(scaled, dtype=torch.float64)).sum(1)
+                    self._cache[key] = (lut.to(torch.uint8).to(device), float(2**k), max(t))
+                    break
+        return self._cache[key]
+
+    def levels(self, a: torch.Tensor, ints=None, out=None, mask=None) -> torch.Tensor:
+        """The grid level (0..G, uint8) of every value of ``a`` = |x| (no NaN), which it
+        overwrites; ``ints`` (int32), ``out`` (uint8) and ``mask`` (bool): optional buffers of
+        a's shape. One pass for the clamp, one for the conversion, one table look-up, instead of
+        one compare per magnitude (or a binary search per value)."""
+        table = self.table(a.device, a.dtype)
+        out = torch.empty(a.shape, dtype=torch.uint8, device=a.device) if out is None else out
+        if table is None:  # any grid: one exact compare per magnitude
+            t = self.floats(a.device, a.dtype)
+            mask = torch.empty(a.shape, dtype=torch.bool, device=a.device) if mask is None else mask
+            torch.ge(a, t[0], out=out.view(torch.bool))  # bool and uint8 share a layout
+            for g in range(1, len(t)):
+                torch.ge(a, t[g], out=mask)
+                out.add_(mask.view(torch.uint8))
+            return out
+        lut, scale, top = table
+        a.clamp_(max=top)
+        if scale != 1.0:
+            a.mul_(scale)
+        ints = torch.empty(a.shape, dtype=torch.int32, device=a.device) if ints is None else ints
+        ints.copy_(a)
+        torch.index_select(lut, 0, ints.view(-1), out=out.view(-1))
+        return out
+
 
 class _DeviceBatch:
     """Partial reductions of one batch on one device (rows of sites that ran elsewhere stay 0)."""
@@ -151,23 +204,18 @@ class _DeviceBatch:
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
         self._ones = torch.ones(0, dtype=torch.int64, device=device)
         self.scratch: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None
+        self.ints: torch.Tensor | None = None
         self.lev: torch.Tensor | None = None
         self._offsets: dict = {}
 
-    def buffers(self, shape, dtype, levels: bool = False):
-        """Chunk-sized scratch: |x| in ``dtype``, a bool mask, and (``levels``) a uint8 map."""
+    def buffers(self, shape, dtype):
+        """Chunk-sized scratch: |x| in ``dtype``, an int32 map and a uint8 map."""
         numel = math.prod(shape)
         if self.scratch is None or self.scratch.dtype != dtype or self.scratch.numel() < numel:
             self.scratch = torch.empty(numel, dtype=dtype, device=self.device)
-            self.mask = torch.empty(numel, dtype=torch.bool, device=self.device)
-            self.lev = None
-        out = [self.scratch[:numel].view(shape), self.mask[:numel].view(shape)]
-        if levels:
-            if self.lev is None or self.lev.numel() < numel:
-                self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
-            out.append(self.lev[:numel].view(shape))
-        return out
+            self.ints = torch.empty(numel, dtype=torch.int32, device=self.device)
+            self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
+        return [buf[:numel].view(shape) for buf in (self.scratch, self.ints, self.lev)]
 
     def level_offsets(self, b: int, H: int, G: int) -> torch.Tensor:
         """(bi * H + d) * (G + 1) as int32 [b, 1, H]: a level map plus these is the flat index
@@ -330,7 +378,7 @@ class Capture:
             part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
             cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
             if cand.numel() * K > DENSE_FRACTION * xc.numel():  # dense hits: by reductions
-                self._reduce_dense(site, part, xc, thr, b0)
+                self._reduce_dense(site, part, xc, b0)
                 continue
             found = self._values_over(part, xc, cand, t0, K)
             if found is None:
@@ -339,38 +387,34 @@ class Capture:
                     obs.on_hits(site, none, none, self.grid, self._batch)
                 continue
             pos, vals, bd = found  # flat index into xc, |x| there, b * H + d (b within xc)
-            level = torch.bucketize(vals, thr, right=True)  # 1..G, compared in x's dtype
-            ones = part.ones(level.numel())
-            part.hist[s].index_add_(0, level, ones)
+            level = self.thresholds.levels(vals)  # 1..G, uint8
+            part.hist[s] += torch.bincount(level, minlength=G + 1)
             if b0:
                 bd, pos = bd + b0 * H, pos + b0 * T * H
-            part.occ.index_add_(0, bd * (G + 1) + level, ones)
-            for obs in self._hit_observers:
-                obs.on_hits(site, pos, level, self.grid, self._batch)
-            level = torch.maximum(union.index_select(0, pos), level.to(torch.uint8))
+            part.occ.index_add_(0, bd * (G + 1) + level, part.ones(level.numel()))
+            if self._hit_observers:
+                wide = level.long()
+                for obs in self._hit_observers:
+                    obs.on_hits(site, pos, wide, self.grid, self._batch)
+            level = torch.maximum(union.index_select(0, pos), level)
             union.index_copy_(0, pos, level)  # positions are distinct within a site
 
-    def _reduce_dense(self, site: Site, part: _DeviceBatch, xc: torch.Tensor, thr, b0: int):
-        """The chunk's counts when hits are dense: a grid level per value (one compare per grid
-        magnitude the chunk reaches, into a uint8 map), then the per-(sequence, dim, level)
-        counts by one bincount and the union by one elementwise max. No hit list is built
-        (unless an observer asks for the hits): at a quarter of the values or more, the index
-        arithmetic of sparse hits costs more than these few passes over the chunk."""
+    def _reduce_dense(self, site: Site, part: _DeviceBatch, xc: torch.Tensor, b0: int):
+        """The chunk's counts when hits are dense: a grid level per value (a uint8 map, see
+        ``_Thresholds.levels``), then the per-(sequence, dim, level) counts by one bincount and
+        the union by one elementwise max. No hit list is built (unless an observer asks for
+        the hits): at a quarter of the values or more, the index arithmetic of sparse hits
+        costs more than these few passes over the chunk."""
         b, T, H = xc.shape
         G, s = self.G, site.index
-        a, mask, lev = part.buffers(xc.shape, xc.dtype, levels=True)
+        if bool(torch.isnan(part.smax[s, b0 : b0 + b]).any()):
+            return  # the batch fails at the merge, with its own sentence
+        a, ints, lev = part.buffers(xc.shape, xc.dtype)
         torch.abs(xc, out=a)
-        top = int(part.level[s, b0 : b0 + b].max())  # levels above it are empty in this chunk
-        # bool and uint8 share a layout: views, not conversions (each a copy of the chunk);
-        # the thresholds are representable in x's dtype, so comparing with them as Python
-        # floats is exact
-        t = self.thresholds.floats(xc.device, xc.dtype)
-        torch.ge(a, t[0], out=lev.view(torch.bool))
-        for g in range(1, top):
-            torch.ge(a, t[g], out=mask)
-            lev.add_(mask.view(torch.uint8))
+        self.thresholds.levels(a, ints=ints, out=lev)
         offsets = part.level_offsets(b, H, G)  # ((b * H + d) * (G + 1)), [b, 1, H]
-        counts = torch.bincount((lev + offsets).view(-1), minlength=b * H * (G + 1))
+        torch.add(offsets, lev, out=ints)
+        counts = torch.bincount(ints.view(-1), minlength=b * H * (G + 1))
         first = b0 * H * (G + 1)
         part.occ[first : first + counts.numel()] += counts
         part.hist[s] += counts.view(-1, G + 1).sum(dim=0)

@@ -935,9 +935,10 @@ def activation_bytes(s: _Shape, batch: int, T: int, ab: int) -> float:
 
 
 def capture_bytes(s: _Shape, batch: int, T: int, ab: int) -> float:
-    """The capture's buffers on one device: union, chunk scratch + mask, per-sequence stats."""
+    """The capture's buffers on one device: union, chunk scratch (|x|, an int32 and a uint8
+    map), per-sequence stats."""
     union = batch * T * s.hidden
-    scratch = min(union, CHUNK_ELEMENTS) * (ab + 1)
+    scratch = min(union, CHUNK_ELEMENTS) * (ab + 4 + 1)
     return union + scratch + batch * s.hidden * (4 + NUM_GRID * 4 + (NUM_GRID + 1) * 8)
 
 

@@ -134,3 +134,19 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     want = oracle_figures(acts, 3.0, 0.25, 0.06)
     assert {seq for seq, _ in want["pairs"]} == set(range(7)), "every window needs pairs"
     assert_matches_oracle(result.stats, acts, THRESHOLDS)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
+    """Magnitudes such as 6.1 are not small dyadic numbers: the capture then finds levels by one
+    compare per magnitude instead of its lookup table, with the same exact figures."""
+    import harness.capture as capture
+
+    grid = (3.0, 4.0, 5.0, 6.0, 6.1, 7.3)
+    assert capture._Thresholds(grid).table(torch.device("cpu"), torch.float32) is None
+    model = random_model("qwen3", torch.float32, seed=3)
+    ids = random_ids(5, 24, seed=8)
+    monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
+    result = analyze(model, ids, batch_size=3, grid=grid, magnitude=6.1)
+    _, acts = collect_activations(model, ids, "ln", batch_size=3)
+    assert_matches_oracle(result.stats, acts, THRESHOLDS + [(6.1, 0.25, 0.06), (7.3, 0.0, 0.0)])
