@@ -14,9 +14,9 @@ chunk of whole sequences, on x's device and in x's dtype:
 - when those blocks are more than a quarter of the chunk (dense outliers), the same counts
   from a uint8 level map of the chunk, one bincount and one elementwise max, without hit lists.
 
-A value's grid level comes from a lookup table indexed by floor(min(|x|, top) * 2^k) when the
-grid's magnitudes are small dyadic numbers (the default grid, and the bf16-rounded threshold
-of float32 runs), else from one compare per magnitude; both are exact in x's dtype.
+A value's grid level comes from a lookup table indexed by the high bits of |x|'s bit pattern
+(whose integer order is the order of the values) when the grid allows it (any grid in 16-bit
+dtypes; the default one in float32), else from one compare per magnitude; both are exact.
 
 On the CPU a hook's reductions run on one thread (``HOOK_THREADS``): they are many small
 operations, and when other processes share the cores, each multi-threaded one can wait a
@@ -45,13 +45,11 @@ from .statistics import CapturedStats
 
 # Elements processed per chunk: bounds the scratch memory next to the activation itself.
 CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
-# A chunk is scanned densely (|x| into a scratch buffer, then a mask) instead of re-reading only
+# A chunk is scanned densely (a grid level for every value) instead of re-reading only
 # the blocks whose max reaches grid[0] when those blocks hold more than this fraction of it.
 DENSE_FRACTION = 0.25
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
-# Largest grid level table (entries): thresholds times a power of two must be integers below it.
-LUT_SIZE = 1 << 14
 
 
 def dtype_threshold(m: float, dtype: torch.dtype) -> torch.Tensor:
@@ -143,50 +141,53 @@ class _Thresholds:
         return self._cache[key]
 
     def table(self, device: torch.device, dtype: torch.dtype):
-        """(lut, scale, top) with level(v) = lut[int(min(v, top) * scale)] for every |x| value
-        v of ``dtype``, or None when the grid does not allow it.
+        """(lut, shift) with level(x) = lut[(bits(x) & ~sign) >> shift] for every value x of
+        ``dtype``, or None when the grid does not allow it.
 
-        It allows it when every threshold times a power of two ``scale`` is an integer of at
-        most LUT_SIZE - 1 (the default grid 3..100: scale 1). Then min(v, top) * scale is exact
-        (a power of two, no overflow), its conversion to an integer is its floor, and for an
-        integer threshold t * scale, ``v >= t`` iff ``floor(min(v, top) * scale) >= t * scale``.
+        For non-negative floats (+inf included) the order of the values is the order of their
+        bit patterns read as integers, so |x| >= t iff bits(|x|) >= bits(t), and iff
+        bits(|x|) >> shift >= bits(t) >> shift when the low ``shift`` bits of bits(t) are 0.
+        16-bit dtypes: shift 0, a table of 2^15 entries, any grid. float32: shift 15, 2^16
+        entries, thresholds with at most 8 significant bits (3..100, and the bf16-rounded
+        threshold 5.984375 of float32 runs). A NaN reads as the top level; its batch fails at
+        the merge, which checks every site's max.
         """
         key = ("table", device, dtype)
         if key not in self._cache:
-            t = self.floats(device, dtype)
             self._cache[key] = None
-            for k in range(12):
-                scaled = [x * 2**k for x in t]
-                if max(scaled) >= LUT_SIZE:
-                    break
-                if all(x == int(x) for x in scaled):
-                    idx = torch.arange(int(max(scaled)) + 1, dtype=torch.float64)
-                    lut = (idx.unsqueeze(1) >= torch.tensor(scaled, dtype=torch.float64)).sum(1)
-                    self._cache[key] = (lut.to(torch.uint8).to(device), float(2**k), max(t))
-                    break
+            ints = {2: torch.int16, 4: torch.int32}.get(dtype.itemsize)
+            shift = {2: 0, 4: 15}.get(dtype.itemsize)
+            if ints is not None and dtype.is_floating_point:
+                thr = self.get(torch.device("cpu"), dtype)[0]
+                bits = thr.view(ints).to(torch.int64)
+                if bool((bits % (1 << shift) == 0).all()):
+                    keys = torch.arange(1 << (8 * dtype.itemsize - 1 - shift), dtype=torch.int64)
+                    lut = (keys.unsqueeze(1) >= (bits >> shift).unsqueeze(0)).sum(dim=1)
+                    self._cache[key] = (lut.to(torch.uint8).to(device), shift)
         return self._cache[key]
 
-    def levels(self, a: torch.Tensor, ints=None, out=None, mask=None) -> torch.Tensor:
-        """The grid level (0..G, uint8) of every value of ``a`` = |x| (no NaN), which it
-        overwrites; ``ints`` (int32), ``out`` (uint8) and ``mask`` (bool): optional buffers of
-        a's shape. One pass for the clamp, one for the conversion, one table look-up, instead of
-        one compare per magnitude (or a binary search per value)."""
-        table = self.table(a.device, a.dtype)
-        out = torch.empty(a.shape, dtype=torch.uint8, device=a.device) if out is None else out
+    def levels(self, x: torch.Tensor, ints=None, out=None) -> torch.Tensor:
+        """The grid level (0..G, uint8) of every value of ``x`` (contiguous); ``ints`` (int32)
+        and ``out`` (uint8): optional buffers of x's shape. Two passes and one table look-up
+        (``table``), instead of one compare per magnitude or a binary search per value."""
+        table = self.table(x.device, x.dtype)
+        out = torch.empty(x.shape, dtype=torch.uint8, device=x.device) if out is None else out
         if table is None:  # any grid: one exact compare per magnitude
-            t = self.floats(a.device, a.dtype)
-            mask = torch.empty(a.shape, dtype=torch.bool, device=a.device) if mask is None else mask
+            a = x.abs()
+            t = self.floats(x.device, x.dtype)
+            mask = torch.empty(x.shape, dtype=torch.bool, device=x.device)
             torch.ge(a, t[0], out=out.view(torch.bool))  # bool and uint8 share a layout
             for g in range(1, len(t)):
                 torch.ge(a, t[g], out=mask)
                 out.add_(mask.view(torch.uint8))
             return out
-        lut, scale, top = table
-        a.clamp_(max=top)
-        if scale != 1.0:
-            a.mul_(scale)
-        ints = torch.empty(a.shape, dtype=torch.int32, device=a.device) if ints is None else ints
-        ints.copy_(a)
+        lut, shift = table
+        ints = torch.empty(x.shape, dtype=torch.int32, device=x.device) if ints is None else ints
+        if x.element_size() == 2:
+            torch.bitwise_and(x.view(torch.int16), 0x7FFF, out=ints)
+        else:
+            torch.bitwise_and(x.view(torch.int32), 0x7FFFFFFF, out=ints)
+            ints.bitwise_right_shift_(shift)
         torch.index_select(lut, 0, ints.view(-1), out=out.view(-1))
         return out
 
@@ -203,19 +204,17 @@ class _DeviceBatch:
         self.hist = torch.zeros((S, G + 1), dtype=torch.int64, device=device)
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
         self._ones = torch.ones(0, dtype=torch.int64, device=device)
-        self.scratch: torch.Tensor | None = None
         self.ints: torch.Tensor | None = None
         self.lev: torch.Tensor | None = None
         self._offsets: dict = {}
 
-    def buffers(self, shape, dtype):
-        """Chunk-sized scratch: |x| in ``dtype``, an int32 map and a uint8 map."""
+    def buffers(self, shape):
+        """Chunk-sized scratch: an int32 map and a uint8 map."""
         numel = math.prod(shape)
-        if self.scratch is None or self.scratch.dtype != dtype or self.scratch.numel() < numel:
-            self.scratch = torch.empty(numel, dtype=dtype, device=self.device)
+        if self.ints is None or self.ints.numel() < numel:
             self.ints = torch.empty(numel, dtype=torch.int32, device=self.device)
             self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
-        return [buf[:numel].view(shape) for buf in (self.scratch, self.ints, self.lev)]
+        return self.ints[:numel].view(shape), self.lev[:numel].view(shape)
 
     def level_offsets(self, b: int, H: int, G: int) -> torch.Tensor:
         """(bi * H + d) * (G + 1) as int32 [b, 1, H]: a level map plus these is the flat index
@@ -407,11 +406,8 @@ class Capture:
         costs more than these few passes over the chunk."""
         b, T, H = xc.shape
         G, s = self.G, site.index
-        if bool(torch.isnan(part.smax[s, b0 : b0 + b]).any()):
-            return  # the batch fails at the merge, with its own sentence
-        a, ints, lev = part.buffers(xc.shape, xc.dtype)
-        torch.abs(xc, out=a)
-        self.thresholds.levels(a, ints=ints, out=lev)
+        ints, lev = part.buffers(xc.shape)
+        self.thresholds.levels(xc, ints=ints, out=lev)
         offsets = part.level_offsets(b, H, G)  # ((b * H + d) * (G + 1)), [b, 1, H]
         torch.add(offsets, lev, out=ints)
         counts = torch.bincount(ints.view(-1), minlength=b * H * (G + 1))

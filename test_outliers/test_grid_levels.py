@@ -1,6 +1,7 @@
 """The grid level of a value (how many grid magnitudes its |x| reaches) as the capture computes
-it, against the definition over the real numbers: every bfloat16 and float16 value, float32
-values around every threshold, and grids that the lookup table cannot serve (then compares)."""
+it, against the definition over the real numbers: every bfloat16 and float16 value (both signs,
+infinities, subnormals), float32 values around every threshold, and grids that the table of
+bit patterns cannot serve (then compares)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from harness.statistics import DEFAULT_GRID
 
 AS_ORIGINAL = 5.984375  # the fp32 value that bf16 rounds up to 6 (the original study's test)
 GRIDS = {
-    "default+original": (*DEFAULT_GRID, AS_ORIGINAL),  # every float32 run: a table, scale 64
-    "halves": (3.0, 6.5, 1000.0),  # a table, scale 2
-    "not dyadic": (3.0, 6.1, 7.3),  # compares: 6.1 has no finite binary expansion
-    "too fine": (2.0**-12, 6.0),  # compares: 6 * 2^12 entries are more than the table holds
+    "default+original": (*DEFAULT_GRID, AS_ORIGINAL),  # every float32 run
+    "wide": (2.0**-12, 6.5, 1000.0, 2.0**127),
+    "not dyadic": (3.0, 6.1, 7.3),  # float32: 6.1 has more than 8 significant bits
+    "nine bits": (3.0, 6.0078125),  # float32: 6 + 2^-7 has 9 significant bits
 }
 
 
@@ -52,7 +53,7 @@ def path(grid, dtype) -> str:
 
 
 def levels(grid, x: torch.Tensor) -> np.ndarray:
-    return _Thresholds(grid).levels(x.abs()).numpy()
+    return _Thresholds(grid).levels(x).numpy()
 
 
 @pytest.mark.parametrize("name", list(GRIDS))
@@ -75,13 +76,15 @@ def test_float32_values_around_every_threshold_get_the_level_of_the_definition(n
 
 
 def test_the_table_serves_the_usual_grids_and_compares_serve_the_others():
-    """Both ways of computing a level are exercised above: the table where the thresholds are
-    small dyadic numbers, one compare per magnitude elsewhere."""
+    """Both ways of computing a level are exercised above: the table of bit patterns where the
+    float32 thresholds have at most 8 significant bits (and always in 16-bit dtypes), one
+    compare per magnitude elsewhere."""
     kinds = {name: path(grid, torch.float32) for name, grid in GRIDS.items()}
     assert kinds == {
         "default+original": "table",
-        "halves": "table",
+        "wide": "table",
         "not dyadic": "compares",
-        "too fine": "compares",
+        "nine bits": "compares",
     }
-    assert path(DEFAULT_GRID, torch.bfloat16) == "table"
+    for dtype in (torch.bfloat16, torch.float16):
+        assert {path(grid, dtype) for grid in GRIDS.values()} == {"table"}
