@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     if args.layers_factor != 1:
         w = w.with_layers(args.layers_factor)
     model = workloads.build_model(w)
-    ids = workloads.token_ids(args.num_seqs, args.seq_len)
+    ids = workloads.workload_ids(w, args.num_seqs, args.seq_len)
     workloads.run_bare(model, ids[:1, :32], 1)  # kernel warm-up, the same for every variant
     release_free_memory()
     baseline = status_kib("VmRSS")

@@ -13,8 +13,11 @@ from .report import environment, render
 # Chosen so that the whole suite takes ~12 min on this 2-core machine: identical passes differ by
 # up to +-10 % here, and with 4 rounds the median ratio of qwen3-100m moved between 1.01 and
 # 1.05 from run to run.
-ROUNDS = {"olmoe-small": 8, "qwen3-100m": 7, "qwen3-300m": 2}
-NAIVE_ROUNDS = {"olmoe-small": 1, "qwen3-100m": 1, "qwen3-300m": 0}
+# The density workloads (~3.5 s a pass) and SmolLM2 (~20 s a pass) run without naive.
+ROUNDS = {"olmoe-small": 8, "qwen3-100m": 7, "qwen3-300m": 2, "smollm2-135m": 3}
+NAIVE_ROUNDS = {"olmoe-small": 1, "qwen3-100m": 1, "qwen3-300m": 0, "smollm2-135m": 0}
+for _pct in ("0", "1", "12.5", "50"):
+    ROUNDS[f"density-{_pct}pct"], NAIVE_ROUNDS[f"density-{_pct}pct"] = 5, 0
 SEQ_LEN = 512
 
 

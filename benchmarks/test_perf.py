@@ -24,8 +24,9 @@ from benchmarks.workloads import (
     run_bare,
     run_harness,
     run_naive,
-    token_ids,
+    unavailable,
     warm_up,
+    workload_ids,
 )
 from harness.pipeline import AUTO_BATCH_TOKENS
 
@@ -40,6 +41,9 @@ SCALING_SEQS = (4, 8, 16, 32)
 def _workload(perf, name):
     if name not in perf.workloads:
         pytest.skip(f"{name} is not in --perf-workloads")
+    why = unavailable(WORKLOADS[name])
+    if why:
+        pytest.skip(why)
     return WORKLOADS[name]
 
 
@@ -47,7 +51,7 @@ def _workload(perf, name):
 def test_time_harness_vs_bare(name, perf, benchmark):
     w = _workload(perf, name)
     model = build_model(w)
-    ids = token_ids(NUM_SEQS, SEQ_LEN)
+    ids = workload_ids(w, NUM_SEQS, SEQ_LEN)
     warm_up(model, ids, BATCH)  # not timed: one-time costs, at the full batch shape
     out, clock, engine = {}, EngineClock(), []
 

