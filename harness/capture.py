@@ -535,11 +535,13 @@ class Capture:
                 "incomplete and was not written."
             )
         NT = self.N * self.T
-        pos = np.concatenate([h[0] for h in self._hits]) if self._hits else np.zeros(0, np.int64)
-        dim = np.concatenate([h[1] for h in self._hits]) if self._hits else np.zeros(0, np.int32)
-        lev = np.concatenate([h[2] for h in self._hits]) if self._hits else np.zeros(0, np.uint8)
-        order = np.lexsort((dim, pos))  # batches may have run out of order after a retry
-        pos, dim, lev = pos[order], dim[order], lev[order]
+        # each batch's hits are in (position, dim) order (nonzero of its union) and batches hold
+        # disjoint ranges of positions: in the order of their first position (batches may
+        # have been committed out of order after a retry), they are all in order, unsorted
+        parts = sorted(self._hits, key=lambda h: int(h[0][0]) if h[0].size else -1)
+        pos = np.concatenate([h[0] for h in parts]) if parts else np.zeros(0, np.int64)
+        dim = np.concatenate([h[1] for h in parts]) if parts else np.zeros(0, np.int32)
+        lev = np.concatenate([h[2] for h in parts]) if parts else np.zeros(0, np.uint8)
         indptr = np.zeros(NT + 1, dtype=np.int64)
         np.cumsum(np.bincount(pos, minlength=NT), out=indptr[1:])
         dim = dim.astype(np.uint16 if self.H <= np.iinfo(np.uint16).max + 1 else np.int32)

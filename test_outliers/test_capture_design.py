@@ -249,3 +249,28 @@ def test_a_run_with_no_value_over_the_grid_has_no_hits():
     assert float(stats.site_max.max()) < stats.grid[0]
     assert stats.hits_dim.size == stats.hits_level.size == 0
     assert not stats.hits_indptr.any() and not stats.seq_pos_count.any()
+
+
+def test_batches_committed_out_of_order_give_the_same_statistics():
+    """The capture keeps each batch's hits in (position, dim) order and orders batches by their
+    first position, without sorting the hits: a caller may run the batches in any order."""
+    from harness.capture import Batch, base_forward
+    from harness.sites import find_sites
+    from harness.statistics import DEFAULT_GRID
+
+    model = random_model("qwen3", torch.float32, seed=3)
+    ids = random_ids(6, 24, seed=8)
+    sitemap = find_sites(model, "ln")
+    forward = base_forward(model)
+
+    def stats(starts):
+        with torch.inference_mode(), Capture(sitemap, DEFAULT_GRID, 6, 24) as cap:
+            for i, start in enumerate(starts):
+                cap.run(forward, Batch(start, ids[start : start + 2], i))
+            return cap.stats()
+
+    want, got = stats([0, 2, 4]), stats([4, 0, 2])
+    assert want.hits_dim.size > 0
+    for f in dataclasses.fields(want):
+        a, b = getattr(want, f.name), getattr(got, f.name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, f.name
