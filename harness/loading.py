@@ -279,10 +279,13 @@ def load(
             kwargs.update(preflight.load_kwargs)
         if device == "cuda":
             kwargs["device_map"] = "auto"
+        tok_kwargs = dict(common)
+        if source.kind == "gguf":  # each config read parses the whole file (~9 s for 135M)
+            kwargs["config"] = tok_kwargs["config"] = config
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(location, **common)
+            tokenizer = AutoTokenizer.from_pretrained(location, **tok_kwargs)
     except HarnessError:
         raise
     except Exception as err:
