@@ -121,13 +121,18 @@ def build(
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(CONFIG_MAPPING[model_type](**shape), dtype=dtype)
     model.eval()
+    return model, plant(model, outliers, gain)
+
+
+def plant(model, outliers: int, gain: float) -> list[int]:
+    """Give ``outliers`` fixed dims gain ``gain`` at every site norm; returns those dims."""
     dims = torch.randperm(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     dims = sorted(dims[:outliers].tolist())
     with torch.no_grad():
         for layer in find_sites(model, "ln").layers:  # the norms before attention and MLP
             for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                 norm.weight[dims] = gain
-    return model, dims
+    return dims
 
 
 def sync(device: torch.device) -> None:
@@ -256,13 +261,7 @@ def check_moe_study(args, device: torch.device) -> dict:
     with warnings.catch_warnings(), device:
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
-    dims = sorted(
-        torch.randperm(cfg.hidden_size, generator=torch.Generator().manual_seed(1))[:8].tolist()
-    )
-    with torch.no_grad():
-        for layer in find_sites(model, "ln").layers:
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                norm.weight[dims] = 20.0
+    dims = plant(model, 8, 20.0)
     sync(device)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters())
