@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.capture import base_forward  # noqa: E402
+from harness.engine.capture import base_forward  # noqa: E402
+from harness.engine.sites import find_sites  # noqa: E402
 from harness.pipeline import AUTO_BATCH_TOKENS, analyze  # noqa: E402
-from harness.sites import find_sites  # noqa: E402
 
 GIB = 1024**3
 TIME_TARGET, MEMORY_TARGET_GIB = 1.03, 1.0
@@ -243,9 +243,9 @@ def check_moe_study(args, device: torch.device) -> dict:
     says the run needs on one device (which adds the CUDA context)."""
     from transformers import AutoModelForCausalLM
 
-    import models
-    from harness.configs import entry_config
-    from harness.preflight import preflight
+    from harness import models
+    from harness.loading.configs import entry_config
+    from harness.preflight.checks import preflight
 
     cfg = entry_config(models.REGISTRY[MOE_ENTRY])
     if cfg is None:
@@ -309,7 +309,7 @@ def _hits(stats) -> set:
 def compare_results(want, got) -> dict:
     """How a result differs from a reference result of the same windows: hits (position, dim,
     level), outlier pairs and dims at 6 / 25% / 6%, per-site max |x|."""
-    from harness.outliers import Criteria, evaluate
+    from harness.engine.criteria import Criteria, evaluate
 
     hw, hg = _hits(want.stats), _hits(got.stats)
     crit = Criteria(6.0, 0.25, 0.06)
@@ -337,8 +337,8 @@ def check_gguf(args, device: torch.device) -> dict:
     GGUF file once). fp32 on two devices differs only by the order of the sums inside the
     kernels (TF32 off), so hits may differ only for values within rounding of a threshold;
     bf16 rounds every weight and activation to 8 significant bits."""
-    from harness.data import DataSpec, load_windows
-    from harness.loading import load, silence_progress_bars
+    from harness.data.windows import DataSpec, load_windows
+    from harness.loading.load import load, silence_progress_bars
 
     silence_progress_bars()
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -161,7 +161,7 @@ class EngineClock:
         return timed
 
     def __enter__(self):
-        from harness.capture import Capture
+        from harness.engine.capture import Capture
 
         for name in (*self.METHODS, "register", "__enter__"):
             self._saved[name] = getattr(Capture, name)
@@ -182,7 +182,7 @@ class EngineClock:
         return self
 
     def __exit__(self, *exc):
-        from harness.capture import Capture
+        from harness.engine.capture import Capture
 
         for name, original in self._saved.items():
             setattr(Capture, name, original)

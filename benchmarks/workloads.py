@@ -137,7 +137,7 @@ def unavailable(workload: Workload) -> str | None:
     if workload.registry is None:
         return None
     from harness.errors import WeightsUnavailable
-    from harness.loading import resolve
+    from harness.loading.load import resolve
 
     try:
         resolve(workload.registry)
@@ -151,7 +151,7 @@ def build_model(workload: Workload) -> torch.nn.Module:
     entry's weights), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    from harness.sites import find_sites
+    from harness.engine.sites import find_sites
 
     if workload.registry is not None:
         return _registry_entry(workload).model.eval()
@@ -186,7 +186,7 @@ def workload_ids(workload: Workload, num_seqs: int, seq_len: int) -> torch.Tenso
     the registry entry's own tokenizer."""
     if workload.registry is None:
         return token_ids(num_seqs, seq_len)
-    from harness.data import DataSpec, load_windows
+    from harness.data.windows import DataSpec, load_windows
 
     loaded = _registry_entry(workload)
     spec = DataSpec(dataset="builtin", num_seqs=num_seqs, seq_len=seq_len)
@@ -198,7 +198,7 @@ _LOADED: dict = {}
 
 def _registry_entry(workload: Workload):
     """The loaded registry entry (model and tokenizer), once per process."""
-    from harness.loading import load, silence_progress_bars
+    from harness.loading.load import load, silence_progress_bars
 
     if workload.registry not in _LOADED:
         silence_progress_bars()
@@ -213,7 +213,7 @@ def num_params(model: torch.nn.Module) -> int:
 # -- the variants ------------------------------------------------------------------------------
 def run_bare(model, ids: torch.Tensor, batch_size: int):
     """The decoder forward pass alone, batch by batch, exactly as the harness calls it."""
-    from harness.capture import base_forward
+    from harness.engine.capture import base_forward
 
     forward = base_forward(model)
     with torch.inference_mode():

@@ -22,16 +22,16 @@ import importlib
 # public name -> module that defines it
 _API = {
     "analyze": "pipeline",
-    "AnalysisResult": "result",
-    "load": "loading",
-    "load_windows": "data",
-    "DataSpec": "data",
-    "Windows": "data",
-    "read_result": "result",
-    "read_stats": "result",
-    "evaluate": "outliers",
-    "Criteria": "outliers",
-    "find_sites": "sites",
+    "AnalysisResult": "engine.result",
+    "load": "loading.load",
+    "load_windows": "data.windows",
+    "DataSpec": "data.windows",
+    "Windows": "data.windows",
+    "read_result": "engine.result",
+    "read_stats": "engine.result",
+    "evaluate": "engine.criteria",
+    "Criteria": "engine.criteria",
+    "find_sites": "engine.sites",
     "HarnessError": "errors",
 }
 

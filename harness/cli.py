@@ -18,22 +18,22 @@ import argparse
 import os
 import sys
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 
 def _cmd_analyze(args) -> int:
-    from .options import from_argparse
-    from .run import run_model
+    from harness.options import from_argparse
+    from harness.runners.local import run_model
 
     opts = from_argparse(args)
     if args.quiet:
-        from .loading import silence_progress_bars
+        from harness.loading.load import silence_progress_bars
 
         silence_progress_bars()
     if args.out:
         from dataclasses import replace
 
-        from .result import ensure_writable
+        from harness.engine.result import ensure_writable
 
         ensure_writable(args.out, "--out")  # the sentence names the flag the user typed
         opts = replace(opts, results_dir=args.out)
@@ -94,14 +94,14 @@ def _as_original_row(result) -> list:
 
 
 def _cmd_models(args) -> int:
-    from .registry_table import registry_table
+    from harness.reports.models_table import registry_table
 
     print(registry_table(family=args.family, configs=args.configs, download=args.fetch_configs))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import add_to_argparse
+    from harness.options import add_to_argparse
 
     parser = argparse.ArgumentParser(
         prog="outliers", description="Outlier features of language models (Dettmers 2022)."
@@ -143,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_command(sub) -> None:
     try:
-        from .report import add_report_command
+        from harness.reports.report import add_report_command
     except ImportError:
         return
     add_report_command(sub)
 
 
 def _preflight_command(sub) -> None:
-    from .preflight import add_preflight_command
+    from harness.preflight.checks import add_preflight_command
 
     add_preflight_command(sub)
 
@@ -185,11 +185,11 @@ def _pods_command(sub) -> None:
     )
 
     def run(args) -> int:
-        from .runpod import pods_command
+        from harness.runners.runpod import pods_command
 
         if args.action == "smoke":
-            from .runpod.options import DEFAULT_IMAGE
-            from .runpod.smoke import smoke
+            from harness.runners.runpod.options import DEFAULT_IMAGE
+            from harness.runners.runpod.smoke import smoke
 
             gpus = tuple(g.strip() for g in args.gpu.split(",") if g.strip()) if args.gpu else None
             rows = smoke(gpus=gpus, image=args.image or DEFAULT_IMAGE, max_minutes=args.max_minutes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 STUDY_DATASET = "HuggingFaceFW/fineweb-edu"  # the original study's corpus, the real-model default
 
@@ -118,7 +118,7 @@ class AnalysisOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise HarnessError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
-        from .outliers import Criteria
+        from harness.engine.criteria import Criteria
 
         Criteria(self.magnitude, self.layer_frac, self.seq_frac)  # validates
         for opt in OPTIONS:

@@ -13,15 +13,23 @@ from dataclasses import replace
 
 import torch
 
-from .capture import Batch, Capture, Observer, base_forward, input_device, is_oom, run_together
-from .errors import HarnessError
-from .outliers import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
-from .params import count_model
-from .result import AnalysisResult
-from .sites import SITE_SETS, find_sites, parse_site_set, verify_sites
-from .statistics import DEFAULT_GRID, make_grid
+from harness.engine.capture import (
+    Batch,
+    Capture,
+    Observer,
+    base_forward,
+    input_device,
+    is_oom,
+    run_together,
+)
+from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
+from harness.engine.result import AnalysisResult
+from harness.engine.sites import SITE_SETS, find_sites, parse_site_set, verify_sites
+from harness.engine.statistics import DEFAULT_GRID, make_grid
+from harness.errors import HarnessError
+from harness.loading.params import count_model
 
-# Tokens of the site self-check's forward pass (harness.sites.verify_sites).
+# Tokens of the site self-check's forward pass (harness.engine.sites.verify_sites).
 SELF_CHECK_TOKENS = 16
 # Tokens per forward pass when batch_size is not given; halved on out-of-memory.
 AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}
@@ -41,7 +49,7 @@ def _as_ids(windows) -> tuple[torch.Tensor, dict]:
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
         raise HarnessError(
             "windows must be an integer tensor [num_seqs, seq_len] of token ids or a "
-            "harness.data.Windows object."
+            "harness.data.windows.Windows object."
         )
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise HarnessError("there are no token windows to analyse; check --num-seqs and --seq-len.")
@@ -109,11 +117,11 @@ def analyze(
     attribution: bool = False,
 ) -> AnalysisResult:
     """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
-    ``harness.data.Windows``) with exactly one forward pass per batch.
+    ``harness.data.windows.Windows``) with exactly one forward pass per batch.
 
     Thresholds are parameters (Dettmers: 6.0 / 0.25 / 0.06, inclusive). The statistics are
     captured at every magnitude of ``grid`` (default 3..100, plus ``magnitude``), so
-    ``harness.outliers.evaluate`` recomputes every figure at other thresholds without the model.
+    ``harness.engine.criteria.evaluate`` recomputes every figure at other thresholds without the model.
     """
     criteria = Criteria(float(magnitude), float(layer_frac), float(seq_frac))
     parse_site_set(sites)
@@ -157,13 +165,13 @@ def analyze(
     forward = base_forward(model)
     observers = list(observers)
     if attribution:  # tokens/positions, massive activations, MoE experts: same forward pass
-        from .attribution import attribution_observers
+        from harness.attribution.observer import attribution_observers
 
         observers += attribution_observers(
             model, criteria.magnitude, grid_values, bos_token_id=data_info.get("bos_token_id")
         )
     if perplexity:
-        from .perplexity import Perplexity
+        from harness.engine.perplexity import Perplexity
 
         observers.append(Perplexity(model))
     timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .options import add_to_pytest
+from harness.options import add_to_pytest
 
 MARKS = ("moe", "dense", "reference", "tiny")
 
@@ -42,15 +42,15 @@ def pytest_addoption(parser):
         help="relative tolerance for --expect-published (default 0.25)",
     )
     try:
-        from .runpod.options import add_runpod_options
+        from harness.runners.runpod.options import add_runpod_options
     except ImportError:
         return
     add_runpod_options(group)
 
 
 def pytest_configure(config):
-    from .errors import HarnessError
-    from .session import OutlierSession
+    from harness.errors import HarnessError
+    from harness.session import OutlierSession
 
     try:
         config._outliers = OutlierSession(config)
@@ -61,7 +61,7 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "model_entry" not in metafunc.fixturenames:
         return
-    import models
+    from harness import models
 
     params = []
     for entry in models.ENTRIES:
@@ -86,7 +86,7 @@ def pytest_collection_finish(session):
 def _model_skips(terminalreporter) -> list[str]:
     """'<model id>: <reason>' for every skipped model test, once per model (the README promises
     one sentence, which pytest shows only with -rs)."""
-    import models
+    from harness import models
 
     seen: dict[str, str] = {}
     for rep in terminalreporter.stats.get("skipped", []):
@@ -128,7 +128,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     sess = getattr(config, "_outliers", None)
     remote = [o.benchmark for o in (sess.outcomes.values() if sess else ()) if o.benchmark]
     if remote:
-        from .runpod import merge_benchmark_json
+        from harness.runners.runpod import merge_benchmark_json
 
         merge_benchmark_json(output_json, remote)
 

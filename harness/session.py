@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from .errors import HarnessError
-from .loading import LoadedModel, NoGpu, WeightsUnavailable, free, load, resolve_device
-from .options import AnalysisOptions, from_pytest
-from .runners import RunFailed, RunOutcome, RunSkipped
+from harness.errors import HarnessError
+from harness.loading.load import LoadedModel, NoGpu, WeightsUnavailable, free, load, resolve_device
+from harness.options import AnalysisOptions, from_pytest
+from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
 
 
 class OutlierSession:
@@ -23,7 +23,7 @@ class OutlierSession:
         self.options: AnalysisOptions = from_pytest(config)
         self.reports_dir = Path(config.getoption("outliers_reports_dir") or "reports")
         if not getattr(config.option, "collectonly", False):
-            from .result import ensure_writable
+            from harness.engine.result import ensure_writable
 
             # before any model is loaded: a whole GPU run must not be lost to a bad folder
             ensure_writable(self.options.results_dir, "--results-dir")
@@ -40,8 +40,10 @@ class OutlierSession:
         self.messages: list[str] = []
         self._windows: dict[tuple, object] = {}
         self.allow_fallback = bool(config.getoption("outliers_allow_fallback", default=False))
-        self.preflights: dict[str, object] = {}  # model id -> harness.preflight.PreflightReport
-        self.remote = None  # a harness.runpod runner when --runpod is given
+        self.preflights: dict[
+            str, object
+        ] = {}  # model id -> harness.preflight.checks.PreflightReport
+        self.remote = None  # a harness.runners.runpod runner when --runpod is given
         self.rerun = bool(config.getoption("rerun", default=False))
         self.reused: dict[str, RunOutcome] = {}  # model id -> the result kept (local resume)
         self.started = time.time()
@@ -53,7 +55,7 @@ class OutlierSession:
             getattr(opt, "runpod", False) or getattr(opt, "runpod_dry_run", False)
         ):
             return
-        from .runpod.runner import make_runner
+        from harness.runners.runpod.runner import make_runner
 
         try:
             self.remote = make_runner(self, entries)
@@ -78,7 +80,7 @@ class OutlierSession:
                 )
             report = None
             if not entry.is_tiny:  # before any download: refusals end here, in one sentence
-                from .run import preflight_here
+                from harness.runners.local import preflight_here
 
                 report = preflight_here(entry, opts, allow_fallback=self.allow_fallback)
                 self.preflights[entry.id] = report
@@ -97,8 +99,8 @@ class OutlierSession:
         if self.rerun:
             return None
         if entry.id not in self.reused:
-            from .result import RESULT_FILE
-            from .resume import expected_run, find_existing, read_json
+            from harness.engine.result import RESULT_FILE
+            from harness.runners.resume import expected_run, find_existing, read_json
 
             found = find_existing(
                 self.options.results_dir, expected_run(self.options_for(entry), entry)
@@ -113,7 +115,7 @@ class OutlierSession:
         """Token windows, tokenized once per tokenizer and data settings."""
         if loaded is None:
             return None
-        from .run import load_data
+        from harness.runners.local import load_data
 
         opts = self.options_for(entry)
         tok = loaded.tokenizer
@@ -151,7 +153,7 @@ class OutlierSession:
         elif (kept := self._reuse(entry)) is not None:
             outcome = benchmark.pedantic(lambda: kept, rounds=1, iterations=1)
         else:
-            from .run import run_model
+            from harness.runners.local import run_model
 
             opts = self.options_for(entry)
 
@@ -195,8 +197,8 @@ class OutlierSession:
 
     def check(self, entry, outcome: RunOutcome, benchmark) -> list[str]:
         """Honest-run invariants, plus the published figure beside ours when comparable."""
-        from .checks import honest_run_failures, published_deviation
-        from .result import read_stats
+        from harness.engine.checks import honest_run_failures, published_deviation
+        from harness.engine.result import read_stats
 
         stats = outcome.extra.get("stats") or read_stats(outcome.result_dir)
         r = outcome.result
@@ -227,7 +229,7 @@ class OutlierSession:
 
         if os.environ.get("OUTLIERS_ON_POD"):  # the local session reports over every pod
             return {}, ""
-        from .report import collect, summary_for_terminal, write_reports
+        from harness.reports.report import collect, summary_for_terminal, write_reports
 
         rows = collect(self.options.results_dir)
         if not rows:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from harness.errors import HarnessError
+from harness.models.reference import REFERENCE
+from harness.models.registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
+from harness.models.study import STUDY
+from harness.models.tiny import TINY
 
-from .reference import REFERENCE
-from .registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
-from .study import STUDY
-from .tiny import TINY
+from harness.errors import HarnessError
 
 ENTRIES: tuple[ModelEntry, ...] = STUDY + REFERENCE + TINY
 REGISTRY: dict[str, ModelEntry] = {e.id: e for e in ENTRIES}

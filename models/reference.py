@@ -10,7 +10,7 @@ checked with this harness (METHOD.md, section 5; ``pytest -m reference``).
   ``float16`` branch).
 - OPT (``facebook/opt-*``): float16, as shipped. Dettmers' "fairseq" rows are the fairseq dense
   LMs above, NOT OPT, so OPT entries carry no published figure; the summary shows the nearest
-  fairseq row beside them (``harness.reference.beside_ours``). An extra series.
+  fairseq row beside them (``harness.models.dettmers.beside_ours``). An extra series.
 - GPT-2 (``openai-community/gpt2*``): float32, as shipped and as Dettmers ran it. These ARE
   table 4's GPT-2 models (117M / 345M / 762M / 1.5B are the GPT-2 paper's sizes of the 124M /
   355M / 774M / 1.56B checkpoints), so they carry table 4's figures. Dettmers measured the
@@ -23,14 +23,13 @@ checked with this harness (METHOD.md, section 5; ``pytest -m reference``).
   was trained in fp16 mixed precision). Not in table 4.
 
 GPU plans are derived from the parameter count (``derive_gpu_plan``); figures come from
-``harness.reference.DETTMERS_TABLE4``, never typed twice.
+``harness.models.dettmers.DETTMERS_TABLE4``, never typed twice.
 """
 
 from dataclasses import fields
 
-from harness.reference import CRITERIA, reference_point
-
-from .registry import ModelEntry, Published
+from harness.models.dettmers import CRITERIA, reference_point
+from harness.models.registry import ModelEntry, Published
 
 DETTMERS_SETTINGS: tuple[tuple[str, object], ...] = (
     ("dataset", "allenai/c4"),

@@ -1,7 +1,7 @@
 """The model registry: one frozen, declarative entry per model.
 
 Entries are data. Parameter counts are never typed in: they come from the model config
-(``harness.params``); the GPU plan is derived from them when an entry does not give one.
+(``harness.loading.params``); the GPU plan is derived from them when an entry does not give one.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ModelEntry:
 
     @property
     def is_tiny(self) -> bool:
-        """A built-in replica, built here from the offline corpus (harness.tiny)."""
+        """A built-in replica, built here from the offline corpus (harness.loading.tiny_builder)."""
         return self.hub_id.startswith("tiny:")
 
     @property

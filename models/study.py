@@ -1,6 +1,6 @@
 """The 12 models of the original study (METHOD.md, section 3): 7 MoE and 5 dense."""
 
-from .registry import A100_80, H100_80, GpuPlan, ModelEntry, Published
+from harness.models.registry import A100_80, H100_80, GpuPlan, ModelEntry, Published
 
 STUDY = (
     ModelEntry(

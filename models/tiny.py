@@ -1,11 +1,11 @@
-"""Tiny replicas of every studied architecture, built offline by ``harness.tiny``.
+"""Tiny replicas of every studied architecture, built offline by ``harness.loading.tiny_builder``.
 
 Same model class and layer pattern as the real models, shrunk (hidden 64-256, 2-6 layers, few
 experts), random weights from fixed seeds; the ``planted_*`` models carry known systematic
 outliers so that tables and plots show real content.
 """
 
-from .registry import ModelEntry
+from harness.models.registry import ModelEntry
 
 TINY_IDS = (
     "tiny_qwen3",

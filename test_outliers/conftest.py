@@ -27,7 +27,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_cache):
     """The tiny models' byte-level BPE tokenizer (has BOS and EOS, adds no BOS by itself)."""
-    from harness.tiny import train_tokenizer
+    from harness.loading.tiny_builder import train_tokenizer
 
     return train_tokenizer(tiny_cache)
 

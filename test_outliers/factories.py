@@ -1,6 +1,6 @@
 """Small random models of every supported architecture, built in memory for engine tests.
 
-(The offline default's saved replicas live in ``harness.tiny``; these are cheaper, unsaved, and
+(The offline default's saved replicas live in ``harness.loading.tiny_builder``; these are cheaper, unsaved, and
 their norm gains are spread so that values cross the magnitudes the tests use.)
 """
 

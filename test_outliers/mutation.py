@@ -31,35 +31,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> (functions mutated, the tests that guard them)
 TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "harness/outliers.py": (
+    "harness/engine/criteria.py": (
         ("meets", "seed_compatible", "pooled_dims", "positions_affected", "pooled"),
         ("test_outliers/test_criteria_properties.py", "test_outliers/test_engine_oracle.py"),
     ),
-    "harness/capture.py": (
+    "harness/engine/capture.py": (
         ("_reduce", "_reduce_dense", "_values_over", "_merged_parts", "stats", "_at_least"),
         ("test_outliers/test_engine_oracle.py", "test_outliers/test_capture_design.py"),
     ),
-    "harness/bootstrap.py": (
+    "harness/reports/bootstrap.py": (
         ("_percentile_interval", "multiplicities", "figures_for_sample", "bootstrap"),
         ("test_outliers/test_bootstrap.py",),
     ),
-    "harness/scaling.py": (
+    "harness/reports/scaling.py": (
         ("bootstrap_ci", "spearman_rho", "permutation_pvalue", "change_point"),
         ("test_outliers/test_scaling.py",),
     ),
-    "harness/result.py": (
+    "harness/engine/result.py": (
         ("write_result", "_replace", "clean_stale"),
         ("test_outliers/test_result_files.py", "test_outliers/test_bad_input.py"),
     ),
-    "harness/runpod/runner.py": (
+    "harness/runners/runpod/runner.py": (
         ("close", "_terminate", "_sweep"),
         ("test_outliers/test_runpod_pods.py",),
     ),
-    "harness/data.py": (
+    "harness/data/windows.py": (
         ("load_windows", "_texts"),
         ("test_outliers/test_data.py",),
     ),
-    "harness/checks.py": (
+    "harness/engine/checks.py": (
         ("independent_outliers", "honest_run_failures"),
         ("test_outliers/test_checks.py",),
     ),

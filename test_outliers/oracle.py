@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from harness.statistics import DEFAULT_GRID, CapturedStats
+from harness.engine.statistics import DEFAULT_GRID, CapturedStats
 
 # model_type -> (decoder layers path, attention-input norm, MLP-input norm)
 ORACLE_LAYOUT = {
@@ -130,7 +130,7 @@ def oracle_figures(acts: np.ndarray, magnitude: float, layer_frac: float, seq_fr
 
 
 def stats_from_activations(acts: np.ndarray, grid=DEFAULT_GRID) -> CapturedStats:
-    """CapturedStats by the definitions of harness.statistics, from activations [S, N, T, H]."""
+    """CapturedStats by the definitions of harness.engine.statistics, from activations [S, N, T, H]."""
     S, N, T, H = acts.shape
     grid = np.asarray(grid, dtype=np.float64)
     a = np.abs(acts)

@@ -22,7 +22,8 @@ import torch
 from factories import random_ids, random_model, site_norm
 from scipy.stats import binomtest
 
-from harness.attribution import (
+from harness.attribution.experts import _enrichment
+from harness.attribution.observer import (
     ROUTER_OUTPUTS,
     attribution_observers,
     attribution_section,
@@ -31,13 +32,12 @@ from harness.attribution import (
     plot_expert_enrichment,
     token_attribution,
 )
-from harness.attribution_experts import _enrichment
-from harness.attribution_tokens import position_buckets
-from harness.outliers import Criteria
+from harness.attribution.tokens import position_buckets
+from harness.engine.criteria import Criteria
+from harness.engine.result import _json_default
+from harness.engine.sites import find_sites
+from harness.engine.statistics import CapturedStats
 from harness.pipeline import analyze
-from harness.result import _json_default
-from harness.sites import find_sites
-from harness.statistics import CapturedStats
 
 MOE_ARCHS = ("olmoe", "mixtral", "qwen3_moe", "qwen3_next", "glm4_moe", "gpt_oss")
 D, TOK, PLANT, C = 5, 7, 100.0, 0.04
@@ -374,7 +374,7 @@ def test_tables_decode_tokens_and_plot_is_written(tmp_path, dense):
 
 
 def test_layers_come_from_the_site_map_for_any_site_set():
-    from harness.attribution import Attribution
+    from harness.attribution.observer import Attribution
 
     model, _ = planted_model("llama", bos_massive=True)
     ids = planted_ids(seed=5)
@@ -394,12 +394,12 @@ def test_router_hits_from_the_engine_equal_the_routers_own_pass(arch, dtype, mon
     (``on_hits``); with ``residual`` it finds them in the router's input itself. Two separate
     computations of the same arrays, with many hits at several levels and several chunks per
     site."""
-    import harness.capture as capture
+    import harness.engine.capture as capture
 
     monkeypatch.setitem(capture.CHUNK_ELEMENTS, "cpu", 2 * T * 64)  # 2 sequences per chunk
     model = random_model(arch, dtype=dtype, seed=5, gain=6.0)
     ids = random_ids(N, T, seed=4)
-    from harness.attribution_experts import ExpertRouting
+    from harness.attribution.experts import ExpertRouting
 
     own_pass = ExpertRouting._thresholds  # only the router's own pass needs its thresholds
 

@@ -8,9 +8,9 @@ import torch
 from factories import random_ids, random_model
 from torch import nn
 
+from harness.engine.result import find_run_dirs
 from harness.errors import HarnessError, NonFiniteActivations, UnsupportedArchitecture
 from harness.pipeline import analyze
-from harness.result import find_run_dirs
 
 
 def one_sentence(msg: str) -> bool:
@@ -68,7 +68,7 @@ def test_seq_len_above_the_model_maximum():
 def test_nan_activations_name_the_site(path, monkeypatch):
     """Also where the whole chunk is read (dense hits): a NaN has no grid level, the batch
     ends in the sentence, not in an index error of the level table."""
-    import harness.capture as capture
+    import harness.engine.capture as capture
 
     monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
     model = random_model("qwen3", seed=2)
@@ -170,7 +170,7 @@ def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkey
 
 
 def test_unwritable_results_dir_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    import harness.run as run
+    import harness.runners.local as run
     from harness.options import AnalysisOptions
 
     blocker = tmp_path / "a-file"
@@ -183,7 +183,7 @@ def test_unwritable_results_dir_is_refused_before_the_model_loads(tmp_path, monk
 
 
 def test_a_garbage_config_json_is_one_sentence(tmp_path):
-    from harness.preflight import preflight
+    from harness.preflight.checks import preflight
 
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(HarnessError, match="config.json is not valid JSON") as err:
@@ -194,7 +194,7 @@ def test_a_garbage_config_json_is_one_sentence(tmp_path):
 def test_a_config_without_weights_is_one_sentence(tmp_path):
     from transformers import AutoConfig
 
-    from harness.loading import load
+    from harness.loading.load import load
 
     AutoConfig.for_model(
         "llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
@@ -206,7 +206,7 @@ def test_a_config_without_weights_is_one_sentence(tmp_path):
 
 def test_an_absurd_seq_len_names_the_models_limit(tmp_path, tiny_cache, monkeypatch):
     from harness.options import AnalysisOptions
-    from harness.run import run_model
+    from harness.runners.local import run_model
 
     monkeypatch.setenv("OUTLIERS_TINY_CACHE", str(tiny_cache))
     opts = AnalysisOptions(seq_len=10**14, num_seqs=16, results_dir=str(tmp_path / "r"))
@@ -216,7 +216,7 @@ def test_an_absurd_seq_len_names_the_models_limit(tmp_path, tiny_cache, monkeypa
 
 
 def test_windows_that_cannot_fit_in_memory_are_one_sentence(tiny_tokenizer):
-    from harness.data import DataSpec, load_windows
+    from harness.data.windows import DataSpec, load_windows
 
     with pytest.raises(HarnessError, match="do not fit in this machine's memory"):
         load_windows(tiny_tokenizer, DataSpec(dataset="builtin", num_seqs=16, seq_len=10**14))

@@ -12,16 +12,16 @@ import torch
 from factories import random_ids, random_model
 from oracle import collect_activations, stats_from_activations
 
-from harness.bootstrap import (
+from harness.engine.criteria import Criteria, evaluate
+from harness.errors import HarnessError
+from harness.pipeline import analyze
+from harness.reports.bootstrap import (
     METRICS,
     bootstrap,
     figures_for_sample,
     multiplicities,
     resample_figures,
 )
-from harness.errors import HarnessError
-from harness.outliers import Criteria, evaluate
-from harness.pipeline import analyze
 
 CRITERIA = [
     Criteria(6.0, 0.25, 0.06),

@@ -17,8 +17,8 @@ import torch.nn.modules.module as nn_module
 from factories import random_ids, random_model
 from torch.multiprocessing.reductions import StorageWeakRef
 
-import harness.capture as capture
-from harness.capture import Capture, Observer
+import harness.engine.capture as capture
+from harness.engine.capture import Capture, Observer
 from harness.pipeline import SELF_CHECK_TOKENS, analyze
 
 HOOK_DICTS = (
@@ -85,7 +85,7 @@ def test_one_forward_pass_per_batch_and_no_lm_head(arch):
     finally:
         for h in handles:
             h.remove()
-    # the site self-check first (one short pass, harness.sites.verify_sites), then exactly one
+    # the site self-check first (one short pass, harness.engine.sites.verify_sites), then exactly one
     # forward pass per batch
     assert calls["base"] == [SELF_CHECK_TOKENS, 32, 32, 16]
     assert result.timing["forward_calls"] == result.timing["batches"] == 3
@@ -254,9 +254,9 @@ def test_a_run_with_no_value_over_the_grid_has_no_hits():
 def test_batches_committed_out_of_order_give_the_same_statistics():
     """The capture keeps each batch's hits in (position, dim) order and orders batches by their
     first position, without sorting the hits: a caller may run the batches in any order."""
-    from harness.capture import Batch, base_forward
-    from harness.sites import find_sites
-    from harness.statistics import DEFAULT_GRID
+    from harness.engine.capture import Batch, base_forward
+    from harness.engine.sites import find_sites
+    from harness.engine.statistics import DEFAULT_GRID
 
     model = random_model("qwen3", torch.float32, seed=3)
     ids = random_ids(6, 24, seed=8)

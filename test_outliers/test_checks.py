@@ -10,7 +10,7 @@ import pytest
 from factories import random_ids, random_model
 
 from harness import analyze
-from harness.checks import honest_run_failures
+from harness.engine.checks import honest_run_failures
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_per_sequence_counts_that_disagree_with_the_capture_are_caught(run):
     """A capture bug in the counts the criteria read (one sequence's site counts zeroed, as a
     dropped chunk would): the criteria, fed those counts, report fewer pairs; the check does
     not agree."""
-    from harness.outliers import Criteria, seed_compatible
+    from harness.engine.criteria import Criteria, seed_compatible
 
     result, stats = copy.deepcopy(run[0]), copy.deepcopy(run[1])
     stats.seq_site_count[:, 0, :] = 0
@@ -71,8 +71,8 @@ def test_the_independent_sets_equal_the_brute_force_oracle_at_every_boundary(S, 
     5 but not 6: the check's own computation equals the definition by the letter."""
     from oracle import oracle_figures, stats_from_activations
 
-    from harness.checks import independent_outliers
-    from harness.outliers import Criteria
+    from harness.engine.checks import independent_outliers
+    from harness.engine.criteria import Criteria
 
     N = 3
     ks, kt, kp = _need("1/4", S), _need("3/50", T), _need("3/50", N * T)

@@ -1,4 +1,4 @@
-"""Hypothesis property tests of the criteria (harness.outliers) on statistics built from
+"""Hypothesis property tests of the criteria (harness.engine.criteria) on statistics built from
 activation arrays by an independent numpy construction."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from oracle import stats_from_activations
 
-from harness.outliers import Criteria, evaluate
+from harness.engine.criteria import Criteria, evaluate
 from harness.pipeline import analyze
 
 # activation values that sit on and around the thresholds that matter

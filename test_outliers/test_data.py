@@ -1,4 +1,4 @@
-"""harness.data: token windows from local files, the built-in corpus and the hub, against a
+"""harness.data.windows: token windows from local files, the built-in corpus and the hub, against a
 brute-force oracle (tokenize each document, join with EOS, slice)."""
 
 import copy
@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from harness.corpus import builtin_documents, corpus_fingerprint
-from harness.data import DataSpec, load_windows
+from harness.data.corpus import builtin_documents, corpus_fingerprint
+from harness.data.windows import DataSpec, load_windows
 from harness.errors import HarnessError
 
 N, T = 4, 128
@@ -234,7 +234,7 @@ def test_builtin_corpus_fills_the_default_run(tiny_tokenizer):
 def test_builtin_corpus_does_not_depend_on_what_is_imported():
     # this process has torch, transformers, datasets and pytest loaded (transformers patches
     # logging.Logger); a bare interpreter must see the same corpus
-    code = "from harness.corpus import corpus_fingerprint; print(corpus_fingerprint())"
+    code = "from harness.data.corpus import corpus_fingerprint; print(corpus_fingerprint())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -376,10 +376,10 @@ def test_hub_dataset_offline_fails_fast_with_advice(tiny_tokenizer, monkeypatch)
 def _hub_failure(monkeypatch, err, lazy=False):
     import datasets
 
-    import harness.loading
+    import harness.loading.load
 
     # the hub "answers" the quick reachability probe, then the dataset call fails
-    monkeypatch.setattr(harness.loading, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(harness.loading.load, "hub_reachable", lambda timeout=3.0: True)
 
     def fake_load_dataset(*args, **kwargs):
         if not lazy:

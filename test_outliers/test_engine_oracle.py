@@ -5,7 +5,7 @@ import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import collect_activations, oracle_figures
 
-from harness.outliers import Criteria, evaluate
+from harness.engine.criteria import Criteria, evaluate
 from harness.pipeline import analyze
 
 THRESHOLDS = [(3.0, 0.25, 0.06), (4.0, 0.5, 0.1), (6.0, 0.25, 0.06), (5.0, 0.0, 0.0)]
@@ -106,7 +106,7 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
         assert summary["pooled"]["num_dims"] == alone.pooled["num_dims"]
 
     from harness.options import AnalysisOptions
-    from harness.run import run_model
+    from harness.runners.local import run_model
 
     monkeypatch.setenv("OUTLIERS_TINY_CACHE", str(tiny_cache))
     opts = AnalysisOptions(sites="all", num_seqs=2, seq_len=32, results_dir=str(tmp_path))
@@ -122,7 +122,7 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     """The normal case at GPU sizes: a chunk holds several whole sequences and neither the batch
     nor the run divides evenly: 7 windows in batches of 5 and 2, chunks of 2 sequences (2, 2, 1
     and 2). Every sequence has pairs, so a dropped partial chunk cannot hide."""
-    import harness.capture as capture
+    import harness.engine.capture as capture
 
     model = random_model("qwen3", torch.float32, seed=3)
     ids = random_ids(7, 24, seed=8)
@@ -140,7 +140,7 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
 def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
     """Magnitudes such as 6.1 are not small dyadic numbers: the capture then finds levels by one
     compare per magnitude instead of its lookup table, with the same exact figures."""
-    import harness.capture as capture
+    import harness.engine.capture as capture
 
     grid = (3.0, 4.0, 5.0, 6.0, 6.1, 7.3)
     assert capture._Thresholds(grid).table(torch.device("cpu"), torch.float32) is None

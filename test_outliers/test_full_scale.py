@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from harness.params import count_model
-from harness.sites import find_sites
+from harness.engine.sites import find_sites
+from harness.loading.params import count_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
 

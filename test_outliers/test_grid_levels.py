@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.capture import _Thresholds
-from harness.statistics import DEFAULT_GRID
+from harness.engine.capture import _Thresholds
+from harness.engine.statistics import DEFAULT_GRID
 
 AS_ORIGINAL = 5.984375  # the fp32 value that bf16 rounds up to 6 (the original study's test)
 GRIDS = {

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from harness.models.registry import H100_80, GpuPlan, ModelEntry
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-import models
+from harness import models
 from harness.errors import HarnessError
-from harness.preflight import (
+from harness.preflight.checks import (
     OK,
     REFUSE,
     WARN,
@@ -33,7 +34,6 @@ from harness.preflight import (
     preflight,
     preflight_table,
 )
-from models.registry import H100_80, GpuPlan, ModelEntry
 
 # Import the modeling code now: transformers decides at import time which packages it has (and an
 # import blocked later must only be seen by the preflight's own probe, as on a machine without it).
@@ -166,7 +166,7 @@ def test_python_dash_m_entry_point(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss_v9"}))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.preflight", str(tmp_path)],
+        [sys.executable, "-m", "harness.preflight.checks", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

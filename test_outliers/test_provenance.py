@@ -6,7 +6,7 @@ import json
 import pytest
 
 from harness.options import AnalysisOptions
-from harness.run import run_model
+from harness.runners.local import run_model
 
 SECRET = "hf_provenanceTestToken0123456789"
 FIELDS = {

@@ -211,4 +211,4 @@ def test_a_local_result_is_reused_unless_rerun(tmp_path):
     assert written() == before
     out = run("--rerun")
     assert "model(s) reused" not in out and written()[first] > before[first]
-    # another dtype is another run: harness.resume.same_run (test_runpod_unit) decides it
+    # another dtype is another run: harness.runners.resume.same_run (test_runpod_unit) decides it

@@ -20,13 +20,13 @@ import torch
 from oracle import collect_activations
 from test_engine_oracle import assert_matches_oracle
 
-from harness.attribution import attribution_observers
-from harness.data import DataSpec, load_windows
+from harness.attribution.observer import attribution_observers
+from harness.data.windows import DataSpec, load_windows
+from harness.engine.criteria import Criteria, evaluate
+from harness.engine.sites import find_sites
 from harness.errors import WeightsUnavailable
-from harness.loading import load
-from harness.outliers import Criteria, evaluate
+from harness.loading.load import load
 from harness.pipeline import analyze
-from harness.sites import find_sites
 
 ENGLISH = Path(__file__).parent / "data" / "english.txt"
 THRESHOLDS = [(6.0, 0.25, 0.06), (4.0, 0.25, 0.06), (3.0, 0.5, 0.2)]
@@ -250,7 +250,7 @@ def test_as_the_original_computed_it_equals_its_own_functions(smollm2, main_job_
 
 
 def test_preflight_understands_a_gguf_entry(smollm2):
-    from harness.preflight import preflight
+    from harness.preflight.checks import preflight
 
     report = preflight("smollm2_135m", device="cpu")
     assert not report.refused, report.table()

@@ -1,5 +1,5 @@
 """The 2022 reference families in the registry (models/reference.py) and Dettmers' table 4 as
-data (harness/reference.py): ids, hub ids, parameter counts against the shipped configs, GPU
+data (models/dettmers.py): ids, hub ids, parameter counts against the shipped configs, GPU
 plans, and the table against METHOD.md."""
 
 import math
@@ -9,8 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from harness.reference import (
+from harness.models.dettmers import (
     DETTMERS_TABLE4,
     GPT2_SIZES,
     beside_ours,
@@ -19,8 +18,8 @@ from harness.reference import (
     reference_point,
     reference_series,
 )
-from models.reference import REFERENCE
-from models.registry import DTYPE_BYTES
+from harness.models.reference import REFERENCE
+from harness.models.registry import DTYPE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE4 = Path(__file__).parent / "data" / "dettmers_table4.md"  # transcribed from the paper
@@ -71,7 +70,7 @@ def test_all_24_reference_ids_with_their_hub_ids_and_family():
 
 
 def test_reference_entries_are_in_the_registry_once_registered():
-    import models
+    from harness import models
 
     present = [i for i in EXPECTED if i in models.REGISTRY]
     if not present:
@@ -134,7 +133,7 @@ def counted():
     """entry id -> (counted params, SOURCES.md total in B, decimals) for entries with a config."""
     from transformers import AutoConfig
 
-    from harness.params import count_from_config
+    from harness.loading.params import count_from_config
 
     oracle = _sources_totals((CONFIGS / "SOURCES.md").read_text())
     out = {}

@@ -19,10 +19,11 @@ import torch
 from factories import random_ids, random_model
 from matplotlib.image import imread
 
+from harness.engine.criteria import Criteria
+from harness.engine.result import find_run_dirs, write_result
 from harness.errors import HarnessError
-from harness.outliers import Criteria
 from harness.pipeline import analyze
-from harness.report import (
+from harness.reports.report import (
     COLUMNS,
     EXPORT_COLUMNS,
     NOT_COMPARABLE_SETTINGS,
@@ -31,7 +32,6 @@ from harness.report import (
     summary_for_terminal,
     write_reports,
 )
-from harness.result import find_run_dirs, write_result
 
 STUDY_COLUMNS = [
     "model_name",
@@ -186,7 +186,7 @@ def test_published_figure_is_shown_only_for_matching_settings(sweep):
 
 
 def test_published_deviation_when_settings_match(sweep, tmp_path):
-    from harness.result import read_result, read_stats
+    from harness.engine.result import read_result, read_stats
 
     run = next(p for p in find_run_dirs(sweep["root"]) if "qwen3_0.6b" in str(p))
     res = read_result(run)
@@ -281,7 +281,7 @@ def test_two_results_with_different_dtypes_are_not_side_by_side(tmp_path):
     paths = write_reports(rows, tmp_path / "reports", plots=False)
     md = paths["summary.md"].read_text()
     assert "## Rows that are not comparable" in md and f"**{bad.model_name}**" in md
-    from harness.plots import HOLLOW_NOTE, scatter_plot
+    from harness.reports.plots import HOLLOW_NOTE, scatter_plot
 
     data = scatter_plot(rows, "total_params", "mean_layer_pct", tmp_path / "s.png")
     hollow = {
@@ -374,7 +374,7 @@ def test_reports_are_written(written):
 
 def test_eight_study_plots_and_more_are_real_images(written):
     rows, paths, out = written
-    from harness.plots import STUDY_PLOTS
+    from harness.reports.plots import STUDY_PLOTS
 
     assert len(STUDY_PLOTS) == 8
     for x, y in STUDY_PLOTS:
@@ -385,9 +385,10 @@ def test_eight_study_plots_and_more_are_real_images(written):
 
 
 def test_scatter_plot_data_has_families_labels_intervals_and_the_reference(written, tmp_path):
-    pytest.importorskip("harness.reference")
-    from harness.plots import REFERENCE_LABEL, scatter_plot
-    from harness.reference import reference_series
+    pytest.importorskip("harness.models.dettmers")
+    from harness.models.dettmers import reference_series
+
+    from harness.reports.plots import REFERENCE_LABEL, scatter_plot
 
     rows = written[0]
     for y, col in (("sites_affected_pct", "layer_pct"), ("positions_affected_pct", "seq_pct")):
@@ -416,7 +417,7 @@ def test_scatter_plot_data_has_families_labels_intervals_and_the_reference(writt
     [(0.01, 40.0, 6.0), (2.7, 8.3, 6.0), (3.1, 3.4, 3.0), (1e-3, 2e4, 6.0)],
 )
 def test_colour_bar_ticks_cover_the_range(vmin, vmax, magnitude):
-    from harness.plots import colorbar_ticks
+    from harness.reports.plots import colorbar_ticks
 
     ticks = colorbar_ticks(vmin, vmax, magnitude)
     assert ticks == sorted(ticks) and vmin * 0.999 <= ticks[0] and ticks[-1] <= vmax * 1.001
@@ -426,7 +427,7 @@ def test_colour_bar_ticks_cover_the_range(vmin, vmax, magnitude):
 
 
 def test_sensitivity_plot_has_one_line_per_model(written, tmp_path):
-    from harness.plots import sensitivity_plot
+    from harness.reports.plots import sensitivity_plot
 
     rows = written[0]
     data = sensitivity_plot(rows, tmp_path / "sens.png")
@@ -442,7 +443,7 @@ def test_sensitivity_plot_has_one_line_per_model(written, tmp_path):
 
 
 def test_heatmap_shows_systematic_dims_first(written, tmp_path):
-    from harness.plots import heatmap
+    from harness.reports.plots import heatmap
 
     row = next(r for r in written[0] if r.model_name == "planted_q")
     data = heatmap(row, tmp_path / "h.png")
@@ -454,7 +455,7 @@ def test_heatmap_shows_systematic_dims_first(written, tmp_path):
 
 
 def test_the_tables_explain_their_columns(sweep):
-    from harness.report import summary_for_terminal, summary_markdown
+    from harness.reports.report import summary_for_terminal, summary_markdown
 
     rows = collect(sweep["root"], resamples=0)
     for text in (summary_for_terminal(rows), summary_markdown(rows)):

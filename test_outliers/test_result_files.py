@@ -10,10 +10,10 @@ import pytest
 import torch
 from factories import random_ids, random_model
 
-import harness.result as result_mod
+import harness.engine.result as result_mod
+from harness.engine.result import clean_stale, find_run_dirs, read_result, write_result
 from harness.errors import HarnessError
 from harness.pipeline import analyze
-from harness.result import clean_stale, find_run_dirs, read_result, write_result
 
 
 @pytest.fixture(scope="module")

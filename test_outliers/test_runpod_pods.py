@@ -12,15 +12,15 @@ import threading
 import time
 
 import pytest
+from harness.models.registry import ModelEntry
 from runpod_fakes.args import fake_args
 from runpod_fakes.values import HF_TOKEN, USER_KEY
 
-from harness.runners import RunFailed, RunOutcome, RunSkipped
-from harness.runpod import merge_benchmark_json
-from harness.runpod.options import RunpodOptions, Timings
-from harness.runpod.pods import harness_pods, pods_command, terminate_pods
-from harness.runpod.runner import RunpodRunner, dry_run_table
-from models.registry import ModelEntry
+from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
+from harness.runners.runpod import merge_benchmark_json
+from harness.runners.runpod.options import RunpodOptions, Timings
+from harness.runners.runpod.pods import harness_pods, pods_command, terminate_pods
+from harness.runners.runpod.runner import RunpodRunner, dry_run_table
 
 pytest_plugins = ["runpod_fakes.fixtures"]
 
@@ -98,7 +98,7 @@ def test_two_models_run_on_two_pods_and_come_home(runpod_env, fake_runpod, tmp_p
         assert o.benchmark["extra_info"]["where"] == o.where
         # the working tree was shipped (tracked + untracked-not-ignored), no virtualenv
         tree = pod.fs / "outliers-runs" / pod.name / "tree"
-        assert (tree / "harness" / "runpod" / "runner.py").is_file()
+        assert (tree / "harness" / "runners" / "runpod" / "runner.py").is_file()
         assert not (tree / ".venv").exists()
         # the pod log came home; our options were not forwarded
         log = (tmp_path / "results" / "runpod-logs" / runner.run_id / model / "pod.log").read_text()
@@ -275,7 +275,7 @@ def test_keep_leaves_pods_running_and_outliers_pods_terminates_them(
 def test_dry_run_prices_the_plan_from_the_api_and_creates_nothing(
     runpod_env, fake_runpod, tmp_path
 ):
-    from models import select
+    from harness.models import select
 
     moe = select("moe")
     text = dry_run_table(moe, RunpodOptions(dry_run=True, timings=Timings.from_env()))

@@ -16,11 +16,11 @@ import time
 from runpod_fakes.values import REPO, USER_KEY
 from test_runpod_pods import assert_nothing_left, assert_result_home, run_models
 
-from harness.runners import RunFailed
-from harness.runpod import killswitch, podside
-from harness.runpod.api import RunpodApi
-from harness.runpod.options import Timings
-from harness.runpod.plan import MEMORY_GB_PER_GPU, VCPUS_PER_GPU
+from harness.runners.outcome import RunFailed
+from harness.runners.runpod import killswitch, podside
+from harness.runners.runpod.api import RunpodApi
+from harness.runners.runpod.options import Timings
+from harness.runners.runpod.plan import MEMORY_GB_PER_GPU, VCPUS_PER_GPU
 
 pytest_plugins = ["runpod_fakes.fixtures"]
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from harness.models import REGISTRY, select
+from harness.models.registry import ModelEntry
 from runpod import error as rp_error
 
 from harness.errors import HarnessError
-from harness.runpod import (
+from harness.runners.runpod import (
     RunpodOptions,
     add_runpod_options,
     make_plans,
@@ -27,13 +29,11 @@ from harness.runpod import (
     same_run,
     strip_forwarded_args,
 )
-from harness.runpod.api import classify
-from harness.runpod.collect import pick_benchmark
-from harness.runpod.credentials import Redactor, load_credentials
-from harness.runpod.podside import _parse_exports, _parse_nul
-from harness.runpod.ship import tree_files
-from models import REGISTRY, select
-from models.registry import ModelEntry
+from harness.runners.runpod.api import classify
+from harness.runners.runpod.collect import pick_benchmark
+from harness.runners.runpod.credentials import Redactor, load_credentials
+from harness.runners.runpod.podside import _parse_exports, _parse_nul
+from harness.runners.runpod.ship import tree_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,8 +155,8 @@ def test_same_run_compares_revision_data_and_criteria(path, value, same):
     ],
 )
 def test_a_kept_result_holds_every_section_the_run_asks_for(tmp_path, wants, has, reused):
-    from harness.result import SCHEMA_VERSION
-    from harness.resume import covers, find_existing
+    from harness.engine.result import SCHEMA_VERSION
+    from harness.runners.resume import covers, find_existing
 
     result = json.loads(json.dumps(RESULT)) | {k: {"x": 1} for k in has}
     expected = _changed("data.windows_sha256", None) | {"wants": wants}
@@ -330,7 +330,7 @@ def test_the_pod_environment_is_read_from_the_container_files():
 def test_podside_uses_only_the_standard_library():
     import ast
 
-    src = Path(__file__).parents[1] / "harness" / "runpod" / "podside.py"
+    src = Path(__file__).parents[1] / "harness" / "runners" / "runpod" / "podside.py"
     tree = ast.parse(src.read_text())
     mods = {
         a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
@@ -346,7 +346,7 @@ def test_podside_uses_only_the_standard_library():
 def test_pods_install_only_the_extras_their_models_need():
     import tomllib
 
-    from harness.runpod.runner import pod_build_with_torch, pod_extras
+    from harness.runners.runpod.runner import pod_build_with_torch, pod_extras
 
     assert pod_extras([REGISTRY["gpt_oss_20b"]]) == "mxfp4"
     assert pod_build_with_torch("mxfp4") == []  # gpt-oss pods never build causal-conv1d
@@ -362,7 +362,7 @@ def test_pods_install_only_the_extras_their_models_need():
 
 
 def test_the_install_constraints_keep_the_image_torch_triton_and_cuda_libraries(tmp_path):
-    from harness.runpod import podside
+    from harness.runners.runpod import podside
 
     freeze = "\n".join(
         [
@@ -399,7 +399,7 @@ def test_the_kill_switch_survives_the_sdk_and_ends_the_pod_at_an_absolute_time()
 
     from runpod.api.mutations.pods import generate_pod_deployment_mutation
 
-    from harness.runpod import killswitch
+    from harness.runners.runpod import killswitch
 
     args = killswitch.docker_args(1_900_000_000, "terminate")
     # the SDK pastes docker_args between double quotes, unescaped
@@ -424,7 +424,7 @@ def test_the_kill_switch_survives_the_sdk_and_ends_the_pod_at_an_absolute_time()
     ],
 )
 def test_pods_ask_for_hosts_whose_cuda_driver_runs_the_image(image, allowed):
-    from harness.runpod.plan import allowed_cuda_versions
+    from harness.runners.runpod.plan import allowed_cuda_versions
 
     got = allowed_cuda_versions(image)
     if allowed is None:
@@ -434,7 +434,7 @@ def test_pods_ask_for_hosts_whose_cuda_driver_runs_the_image(image, allowed):
 
 
 def test_the_default_deadline_has_a_floor_and_a_volume_does_not_size_the_disk():
-    from harness.runpod.plan import MIN_DEADLINE_MINUTES, make_plans
+    from harness.runners.runpod.plan import MIN_DEADLINE_MINUTES, make_plans
 
     tiny = ModelEntry("fake_a", "tiny:fake_a", "tiny", dtype="float32")
     (p,) = make_plans([tiny], RunpodOptions(enabled=True))
@@ -476,7 +476,7 @@ def test_the_default_deadline_has_a_floor_and_a_volume_does_not_size_the_disk():
 def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
     tmp_path, monkeypatch, files, kwargs, reason, action
 ):
-    from harness.runpod import podside
+    from harness.runners.runpod import podside
 
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -498,7 +498,7 @@ def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
 
 def test_the_pod_python_is_the_one_that_imports_torch(tmp_path):
     """Newer images put a system python3 without torch first on PATH."""
-    from harness.runpod.runner import FIND_PYTHON, _remote
+    from harness.runners.runpod.runner import FIND_PYTHON, _remote
 
     bin_ = tmp_path / "bin"
     bin_.mkdir()

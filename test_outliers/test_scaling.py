@@ -1,4 +1,4 @@
-"""harness.scaling: the trend statistics find a planted step, reject a flat relation, prefer a
+"""harness.reports.scaling: the trend statistics find a planted step, reject a flat relation, prefer a
 line for a linear one, and their p-values and sentences hold on hand-checked and degenerate
 inputs."""
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from harness.scaling import (
+from harness.reports.scaling import (
     analyze_trends,
     bootstrap_ci,
     change_point,
@@ -274,7 +274,7 @@ def test_describe_claims_nothing_on_degenerate_series(x, y, words):
 
 
 def test_format_params_never_prints_an_exponent():
-    from harness.scaling import format_params
+    from harness.reports.scaling import format_params
 
     assert [format_params(v, 2) for v in (2.98e5, 2.8e5, 1.25e8, 1.3e9, 999_999, 950)] == [
         "298K",
@@ -289,7 +289,7 @@ def test_format_params_never_prints_an_exponent():
 def test_a_permutation_test_and_interval_that_disagree_claim_nothing():
     from types import SimpleNamespace
 
-    from harness.scaling import describe
+    from harness.reports.scaling import describe
 
     def result(p, lo, hi):
         corr = SimpleNamespace(rho=-0.4, p_value=p, ci_low=lo, ci_high=hi, p_method="exact")
@@ -316,7 +316,7 @@ def test_trend_interval_endpoints_are_quantiles_of_the_same_resamples(level):
     default_rng([seed, 2]), as documented), then the (1 -+ level) / 2 quantiles."""
     from scipy.stats import spearmanr
 
-    from harness.scaling import bootstrap_ci
+    from harness.reports.scaling import bootstrap_ci
 
     x = np.log10([1.2e8, 3.5e8, 7.6e8, 1.3e9, 1.5e9, 2.7e9, 6.0e9, 6.7e9, 1.3e10])
     y = np.array([25.0, 29, 31, 64, 41, 52, 62, 100, 100])
@@ -339,7 +339,7 @@ def test_edges_of_the_rank_statistics():
     """Boundaries the mutation run found untested: a range of exactly 1 is not constant; two
     points have a permutation p-value (both orders reach |rho| = 1: p = 1); exactly 100
     usable resamples give an interval."""
-    from harness.scaling import bootstrap_ci, permutation_pvalue, spearman_rho
+    from harness.reports.scaling import bootstrap_ci, permutation_pvalue, spearman_rho
 
     assert spearman_rho([0.0, 0.5, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
     p, method, used = permutation_pvalue([1.0, 2.0], [3.0, 4.0])
@@ -380,7 +380,7 @@ def test_monte_carlo_p_counts_the_same_permutations_as_scipy(seed):
 def test_the_defaults_are_ten_thousand_permutations_and_two_thousand_resamples_seed_0():
     from scipy.stats import spearmanr
 
-    from harness.scaling import bootstrap_ci
+    from harness.reports.scaling import bootstrap_ci
 
     x = np.arange(9.0)
     y = np.array([3.0, 1, 4, 1, 5, 9, 2, 6, 5])
@@ -401,7 +401,7 @@ def test_two_points_and_ranges_of_exactly_one():
     """Edges: two points have a rho (+-1) and a bootstrap interval; a range of exactly 1 in x
     or in y is not constant; constant input is NaN without scipy's warning; one permutation
     is allowed."""
-    from harness.scaling import bootstrap_ci, spearman_rho
+    from harness.reports.scaling import bootstrap_ci, spearman_rho
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

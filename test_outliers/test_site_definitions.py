@@ -12,7 +12,7 @@ import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import DEFAULT_LAYOUT, ORACLE_LAYOUT
 
-from harness.capture import Observer
+from harness.engine.capture import Observer
 from harness.pipeline import analyze
 
 # model_type -> (attention module name in a layer, norm kind); the norms come from the oracle's
@@ -60,7 +60,7 @@ def test_sites_are_the_norm_outputs_and_the_layer_outputs(arch):
     rec = Recorder()
     result = analyze(model, ids, sites="all", batch_size=2, observers=[rec])
     # independent capture of the norm inputs, attention outputs and hidden states
-    from harness.sites import find_sites
+    from harness.engine.sites import find_sites
 
     sm = find_sites(model, "all")
     norm_in, attn_out, final_in = {}, {}, {}

@@ -1,4 +1,4 @@
-"""harness.tiny: every tiny replica builds, loads through from_pretrained and runs on the CPU;
+"""harness.loading.tiny_builder: every tiny replica builds, loads through from_pretrained and runs on the CPU;
 builds are idempotent and atomic; the planted models hold exactly what they claim, checked by
 brute force (every norm output kept, independent hooks from test_outliers/oracle.py)."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from oracle import collect_activations, oracle_figures
 
-from harness import tiny
-from harness.data import DataSpec, load_windows
+from harness.data.windows import DataSpec, load_windows
 from harness.errors import HarnessError
+from harness.loading import tiny_builder as tiny
 
 pytestmark = pytest.mark.tiny
 
@@ -53,14 +53,14 @@ def built(tiny_cache):
 
 
 def test_the_registry_and_the_builders_agree():
-    import models.tiny
+    import harness.models.tiny
 
-    assert set(tiny.TINY_BUILDERS) == set(models.tiny.TINY_IDS) == set(EXPECTED)
+    assert set(tiny.TINY_BUILDERS) == set(harness.models.tiny.TINY_IDS) == set(EXPECTED)
 
 
 @pytest.mark.parametrize("model_id", list(EXPECTED))
 def test_tiny_model_loads_and_runs_on_cpu(built, tiny_tokenizer, model_id):
-    from harness.sites import find_sites
+    from harness.engine.sites import find_sites
 
     cls, model_type, layers = EXPECTED[model_id]
     model, tok = _load(built[model_id])
@@ -166,7 +166,7 @@ def planted_windows(tiny_tokenizer):
 
 
 def _expected_mask(truth, ids, sites):
-    """Written here from the truth's plain fields, not with harness.tiny.planted_masks."""
+    """Written here from the truth's plain fields, not with harness.loading.tiny_builder.planted_masks."""
     L, H = truth["num_layers"], truth["hidden_size"]
     kinds = {"ln": ["attn_in", "mlp_in"], "residual": ["resid_out"]}[sites]
     names = [f"layers.{i}.{k}" for i in range(L) for k in kinds]

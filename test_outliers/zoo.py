@@ -210,7 +210,7 @@ def build(model_type: str, seed: int = 0, layers: int = 2):
 
 # -- the independent oracle --------------------------------------------------------------------
 # Names of the projections that read a block's input, by convention across transformers. The
-# oracle shares nothing with harness.sites: it finds layers by the config's layer count,
+# oracle shares nothing with harness.engine.sites: it finds layers by the config's layer count,
 # projections by these names, and blocks by the attribute path ("attn" / "attention" in it).
 ATTN_READERS = {
     "q_proj",
@@ -298,7 +298,9 @@ LAYER_COUNT_FIELDS = ("decoder_layers", "num_hidden_layers", "n_layer", "num_lay
 
 def oracle_layers(model):
     """The ModuleList whose length is the config's layer count (vision towers left out)."""
-    from harness.sites import text_config  # only to read the text config of multimodal models
+    from harness.engine.sites import (
+        text_config,  # only to read the text config of multimodal models
+    )
 
     cfg = text_config(model.config)
     n = next(
@@ -363,7 +365,7 @@ class _Recorder:
     """An observer keeping every site tensor (the harness's view), for the comparison."""
 
     def __new__(cls):
-        from harness.capture import Observer
+        from harness.engine.capture import Observer
 
         class Recorder(Observer):
             def __init__(self):

@@ -14,10 +14,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from harness.runners import RunFailed, RunSkipped  # noqa: E402
-from harness.runpod.options import RunpodOptions, Timings  # noqa: E402
-from harness.runpod.runner import RunpodRunner  # noqa: E402
-from models.registry import ModelEntry  # noqa: E402
+from harness.models.registry import ModelEntry  # noqa: E402
+
+from harness.runners.outcome import RunFailed, RunSkipped  # noqa: E402
+from harness.runners.runpod.options import RunpodOptions, Timings  # noqa: E402
+from harness.runners.runpod.runner import RunpodRunner  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from args import fake_args  # noqa: E402

@@ -1,0 +1,601 @@
+"""Site discovery by definition: what each block of a decoder layer reads, found by structure.
+
+A *site* is a named capture point with a uniform name: ``layers.3.attn_in`` is the tensor the
+layer's attention block reads (what its q/k/v projections multiply), ``layers.3.mlp_in`` the
+tensor its MLP / MoE block reads (what its first projections and its router multiply),
+``layers.3.resid_out`` the decoder layer's output (the residual stream). That is Dettmers'
+definition (the inputs of the linear layers) for every layout: pre-LN, post-LN (OPT-350m,
+BART-style decoders: the block reads the raw residual stream), sandwich norms (Gemma-2/3: the
+MLP reads ``pre_feedforward_layernorm``, not ``post_attention_layernorm``) and parallel blocks
+(GPT-J, Falcon, Phi, Cohere: one tensor feeds both blocks).
+
+How a site is found, for any model (no norm names, no "looks like Llama" guess):
+
+1. the decoder layers are the longest top-level ``ModuleList`` whose elements hold an attention
+   block (vision and audio towers excluded);
+2. in a layer, the attention block is the child that is an attention module (class or attribute
+   name; cross-attention, which a causal LM does not run, excluded), the MLP block the child that
+   is an MLP / MoE / feed-forward module; a layer without an MLP child (OPT, BART, XGLM) has its
+   feed-forward projections (``fc1``, ``fc2``) as direct children: they are its MLP block;
+3. the site is hooked at the block's first projection (the first module with a 2-D weight in
+   registration order, fused experts and per-expert lists left out), at its input: that tensor
+   is, by construction, what the projection multiplies.
+
+``verify_sites`` then proves it on the user's own model, on every run (``analyze`` calls it):
+one short forward pass hooks every projection of every block separately and checks that the
+site tensor equals what the first projection to execute receives. Where both blocks of a layer
+read the very same tensor (parallel blocks), the layer gets one site, not two: the layer-%
+criterion is a fraction of sites, and a duplicated site would add the same observation to its
+numerator and its denominator (docs/sites.md).
+
+``FAMILIES`` holds only what structure cannot tell: routers (and what they return), fused
+experts, shared experts, and families whose blocks have no site by this definition.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError, UnsupportedArchitecture
+
+SITE_SETS = {
+    "ln": ("attn_in", "mlp_in"),
+    "residual": ("resid_out",),
+    "all": ("attn_in", "mlp_in", "resid_out"),
+}
+SITE_KIND_ORDER = ("attn_in", "mlp_in", "resid_out")
+
+
+@dataclass(frozen=True)
+class RouterOutput:
+    """What a family's router module returns (transformers 5.x), checked in its modeling file."""
+
+    logits: int  # tuple slot of the router logits [B*T, E]
+    weights: int  # tuple slot of the top-k routing weights [B*T, k]
+    indices: int  # tuple slot of the top-k expert ids [B*T, k] (int64)
+    scoring: str
+    sorted: bool  # are the k slots ordered by weight (torch.topk sorted=True)?
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the module structure of one model family cannot tell."""
+
+    name: str
+    model_types: tuple[str, ...]
+    router: str | None = None  # path of the MoE router inside a layer (absent in dense layers)
+    router_output: RouterOutput | None = None  # what that router returns
+    experts: str | None = None  # path of the fused routed experts inside a layer
+    shared_expert: str | None = None
+    unsupported: str | None = None  # why this family has no sites by the definition
+
+
+# Every router of transformers 5.x returns the 3-tuple (logits [B*T, E], top-k weights [B*T, k],
+# top-k expert ids [B*T, k] int64) and flattens its input to [B*T, H] itself (GLM-4 MoE's router
+# receives [B, T, H], the others [B*T, H]). Router classes in the comments of the rows below.
+_SLOTS = dict(logits=0, weights=1, indices=2)
+_SOFTMAX = "softmax over all E logits (fp32), top-k, renormalised when config.norm_topk_prob"
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "qwen3_moe",
+        ("qwen3_moe",),
+        router="mlp.gate",  # Qwen3MoeTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
+        experts="mlp.experts",
+    ),
+    Family(
+        "qwen3_next",
+        ("qwen3_next",),
+        router="mlp.gate",  # Qwen3NextTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
+        experts="mlp.experts",
+        shared_expert="mlp.shared_expert",
+    ),
+    Family(
+        "olmoe",
+        ("olmoe",),
+        router="mlp.gate",  # OlmoeTopKRouter
+        router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
+        experts="mlp.experts",
+    ),
+    Family(
+        "mixtral",
+        ("mixtral",),
+        router="mlp.gate",  # MixtralTopKRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="softmax over all E logits (fp32), top-k, always renormalised",
+            sorted=True,
+        ),
+        experts="mlp.experts",
+    ),
+    Family(
+        "glm4_moe",
+        ("glm4_moe",),
+        router="mlp.gate",  # Glm4MoeTopkRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="sigmoid(logits) in fp32; choice by sigmoid + e_score_correction_bias within "
+            "the topk_group best of n_group groups; weights = chosen sigmoid scores, "
+            "renormalised when norm_topk_prob, x routed_scaling_factor",
+            sorted=False,  # torch.topk(sorted=False): slot order carries no meaning
+        ),
+        experts="mlp.experts",
+        shared_expert="mlp.shared_experts",
+    ),
+    Family(
+        "gpt_oss",
+        ("gpt_oss",),
+        router="mlp.router",  # GptOssTopKRouter
+        router_output=RouterOutput(
+            **_SLOTS,
+            scoring="top-k over the logits (linear with bias), softmax over the k chosen logits",
+            sorted=True,
+        ),
+        experts="mlp.experts",
+    ),
+    Family(
+        "rwkv",
+        ("rwkv",),
+        unsupported="its blocks mix each position with the previous one (token shift) before "
+        "every projection and have no attention, so no single tensor is what the block reads",
+    ),
+)
+
+# family name -> what its router returns; stored results name the family, so reports read it here
+ROUTER_OUTPUTS: dict[str, RouterOutput] = {
+    f.name: f.router_output for f in FAMILIES if f.router_output is not None
+}
+
+# Attribute names and class-name patterns of blocks (structure, not model families).
+_ATTN_NAMES = {"self_attn", "attn", "attention", "self_attention", "linear_attn", "self_att"}
+_MLP_NAMES = {"mlp", "feed_forward", "ffn", "ff", "block_sparse_moe", "moe", "intermediate"}
+_ATTN_CLASS = re.compile(r"attention|attn", re.I)
+_MLP_CLASS = re.compile(r"mlp|moe|feed_?forward|ffn|intermediate", re.I)
+_CROSS = re.compile(r"encoder_attn|cross_?attn|cross_?attention", re.I)
+# Towers a text forward pass does not run.
+_OTHER_TOWER = re.compile(
+    r"(^|\.)(vision\w*|visual\w*|audio\w*|image\w*|speech\w*|vq\w*|patch\w*)(\.|$)", re.I
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One capture point. ``index`` is its position in the run's site list."""
+
+    index: int
+    name: str  # uniform name, e.g. "layers.3.mlp_in"
+    layer: int
+    kind: str  # attn_in | mlp_in | resid_out
+    module_name: str  # the hooked module, e.g. "model.layers.3.mlp.gate_proj"
+    mode: str  # input (forward pre-hook: what the module reads) | output (the layer's output)
+    module: nn.Module = field(compare=False, repr=False)
+    block: str = ""  # the block whose input this is, e.g. "model.layers.3.mlp"
+
+
+@dataclass(frozen=True)
+class Router:
+    layer: int
+    module_name: str
+    module: nn.Module = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SiteMap:
+    family: str
+    model_type: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    site_set: str
+    sites: tuple[Site, ...]
+    routers: tuple[Router, ...]  # MoE layers only (dense layers of GLM-4 MoE are left out)
+    experts: dict = field(default_factory=dict, compare=False, repr=False)  # layer -> module
+    shared_experts: dict = field(default_factory=dict, compare=False, repr=False)
+    layers: tuple = field(default=(), compare=False, repr=False)  # decoder-layer modules, in order
+    layers_path: str = ""
+    # per layer, its blocks: {"attn": (block path, [projection paths]), "mlp": (...)}
+    blocks: tuple = field(default=(), compare=False, repr=False)
+    shared_input_layers: tuple[int, ...] = ()  # layers whose two blocks read one tensor
+    self_check: dict | None = field(default=None, compare=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    @property
+    def module_names(self) -> list[str]:
+        return [s.module_name for s in self.sites]
+
+    def sites_per_layer(self) -> dict[str, int]:
+        """How many distinct sites each layer has, by count (e.g. {"2": 24} for 24 layers)."""
+        counts: dict[int, int] = {}
+        for s in self.sites:
+            counts[s.layer] = counts.get(s.layer, 0) + 1
+        out: dict[str, int] = {}
+        for c in counts.values():
+            out[str(c)] = out.get(str(c), 0) + 1
+        return out
+
+
+def parse_site_set(value: str) -> str:
+    if value not in SITE_SETS:
+        raise HarnessError(
+            f"unknown site set {value!r}; choose one of {', '.join(SITE_SETS)} "
+            "(ln = the inputs of each layer's attention and MLP blocks, residual = each layer's "
+            "output, all = both)."
+        )
+    return value
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    module = root
+    for part in path.split(".") if path else ():
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _tree_summary(model: nn.Module, depth: int = 3, limit: int = 12) -> str:
+    names = []
+    for name, _ in model.named_modules():
+        if name and name.count(".") < depth and not any(c.isdigit() for c in name.split(".")[-1]):
+            names.append(name)
+        if len(names) >= limit:
+            names.append("...")
+            break
+    return ", ".join(names) or "(no submodules)"
+
+
+def family_of(model: nn.Module) -> Family | None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def text_config(config):
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def hidden_size_of(config) -> int:
+    config = text_config(config)
+    for key in ("hidden_size", "n_embd", "d_model", "dim", "embed_dim"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise HarnessError(f"the model config ({type(config).__name__}) has no hidden size field.")
+
+
+def is_projection(module: nn.Module) -> bool:
+    """A module that multiplies its input by a matrix it owns (Linear, GPT-2's Conv1D, a
+    router's weight, a quantized linear)."""
+    if isinstance(module, nn.Embedding):
+        return False
+    weight = module._parameters.get("weight")
+    if weight is not None and weight.dim() == 2:
+        return True
+    return "qweight" in module._buffers or "qweight" in module._parameters
+
+
+def _projections(block: nn.Module, prefix: str) -> list[str]:
+    """Paths of the projections inside ``block`` in registration order; routed experts
+    (``experts...``) are left out: they read a routed subset of the positions."""
+    out = []
+    for name, module in block.named_modules(prefix=prefix):
+        if "experts" in name[len(prefix) :].split("."):
+            continue
+        if is_projection(module):
+            out.append(name)
+    return out
+
+
+def _has_projection(module: nn.Module) -> bool:
+    return any(is_projection(m) for m in module.modules())
+
+
+def _blocks(layer: nn.Module, prefix: str) -> dict[str, tuple[str, list[str]]]:
+    """The layer's attention and MLP blocks: kind -> (block path, projection paths)."""
+    attn = mlp = None
+    loose = []  # projections that are direct children (OPT's fc1 / fc2)
+    for name, child in layer.named_children():
+        cls = type(child).__name__
+        path = f"{prefix}.{name}"
+        if is_projection(child):
+            loose.append(path)
+            continue
+        if _CROSS.search(name) or _CROSS.search(cls) or not _has_projection(child):
+            continue
+        if name in _MLP_NAMES or (name not in _ATTN_NAMES and _MLP_CLASS.search(cls)):
+            kind = "mlp"
+        elif name in _ATTN_NAMES or _ATTN_CLASS.search(cls):
+            kind = "attn"
+        else:
+            continue
+        if kind == "attn" and attn is None:
+            attn = (path, _projections(child, path))
+        elif kind == "mlp" and mlp is None:
+            mlp = (path, _projections(child, path))
+    if mlp is None and loose:
+        mlp = (prefix, loose)
+    out = {}
+    if attn and attn[1]:
+        out["attn"] = attn
+    if mlp and mlp[1]:
+        out["mlp"] = mlp
+    return out
+
+
+def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList, list[dict]] | None:
+    """The longest top-level ModuleList of layers that hold an attention block."""
+    best = None
+    accepted: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if _OTHER_TOWER.search(name) or any(name.startswith(a + ".") for a in accepted):
+            continue
+        blocks = [_blocks(layer, f"{name}.{i}") for i, layer in enumerate(module)]
+        if not any("attn" in b for b in blocks) or not any("mlp" in b for b in blocks):
+            continue
+        accepted.append(name)
+        if best is None or len(module) > len(best[1]):
+            best = (name, module, blocks)
+    return best
+
+
+def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
+    """Return the model's capture points for the site set ``sites`` ("ln", "residual", "all"),
+    found by structure (module docstring); ``verify_sites`` checks them on a forward pass.
+
+    Sites are ordered by layer, then attn_in, mlp_in, resid_out. A layer without an attention
+    block (the state-space or convolution layers of hybrid models) has no attn_in site. Raises
+    ``UnsupportedArchitecture`` with one sentence when the model has no decoder layers with an
+    attention and an MLP block.
+    """
+    parse_site_set(sites)
+    cls = type(model).__name__
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    fam = family_of(model)
+    if fam is not None and fam.unsupported:
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {cls} (model_type {model_type!r}): {fam.unsupported}."
+        )
+    found = _decoder_layers(model)
+    if found is None:
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {cls} (model_type {model_type!r}): it has no decoder "
+            "layers whose attention and MLP blocks have projection modules (state-space and "
+            "recurrent models have no such sites); its module tree starts with "
+            f"{_tree_summary(model)}."
+        )
+    path, layers, blocks = found
+    kinds = [k for k in SITE_KIND_ORDER if k in SITE_SETS[sites]]
+    modules = dict(model.named_modules())
+    out: list[Site] = []
+    for i in range(len(layers)):
+        for kind in kinds:
+            if kind == "resid_out":
+                name, mode, block = f"{path}.{i}", "output", f"{path}.{i}"
+            else:
+                b = blocks[i].get(kind[:-3] if kind == "attn_in" else "mlp")
+                if b is None:
+                    continue
+                block, name, mode = b[0], b[1][0], "input"
+            out.append(
+                Site(len(out), f"layers.{i}.{kind}", i, kind, name, mode, modules[name], block)
+            )
+    routers, experts, shared = [], {}, {}
+    for i, layer in enumerate(layers):
+        if fam and fam.router and (router := _get(layer, fam.router)) is not None:
+            routers.append(Router(i, f"{path}.{i}.{fam.router}", router))
+            if fam.experts and (ex := _get(layer, fam.experts)) is not None:
+                experts[i] = ex
+            if fam.shared_expert and (sh := _get(layer, fam.shared_expert)) is not None:
+                shared[i] = sh
+    return SiteMap(
+        family=fam.name if fam else model_type,
+        model_type=model_type,
+        architecture=cls,
+        num_layers=len(layers),
+        hidden_size=hidden_size_of(model.config),
+        site_set=sites,
+        sites=tuple(out),
+        routers=tuple(routers),
+        experts=experts,
+        shared_experts=shared,
+        layers=tuple(layers),
+        layers_path=path,
+        blocks=tuple(blocks),
+    )
+
+
+def input_of(args, kwargs):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    for key in ("hidden_states", "hidden_state", "input", "x", "inputs"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    return None
+
+
+def _output_of(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
+
+
+def _block_key(site: Site) -> str:
+    return f"{site.layer}.{'attn' if site.kind == 'attn_in' else 'mlp'}"
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor, H: int) -> bool:
+    """Same values, compared exactly (NaN equals NaN: a broken model is reported by the
+    capture's NaN check, not here), up to [B, T, H] vs [B * T, H]."""
+    if a.shape[-1] != H or b.shape[-1] != H or a.numel() != b.numel():
+        return False
+    a, b = a.reshape(-1, H), b.reshape(-1, H)
+    return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _readers(calls: list, x: torch.Tensor, H: int) -> list[str]:
+    return sorted({name for name, t in calls if _equal(t, x, H)})
+
+
+def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) -> SiteMap:
+    """Check every site on a short forward pass of ``token_ids`` ([1, t], a few tokens) and
+    return the site map to measure with: parallel blocks merged to one site, ``self_check``
+    filled in. A site that is not what its block's first-executed projection receives stops
+    the run with one sentence naming both modules.
+
+    Hooks here are separate from the site hooks of the capture: every projection of every
+    block, each decoder layer's input and output; all are removed before returning.
+    """
+    from harness.engine.capture import base_forward  # the same forward the capture runs
+
+    t0 = time.perf_counter()
+    modules = dict(model.named_modules())
+    seen: dict[int, list] = {}  # site index -> tensors its module received / returned
+    # block key -> (projection, input) of every projection call, in execution order
+    readers: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    layer_in: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def site_hook(site):
+        if site.mode == "output":
+            return lambda _m, _a, out: seen.setdefault(site.index, []).append(_output_of(out))
+        return lambda _m, a, k: seen.setdefault(site.index, []).append(input_of(a, k))
+
+    def projection_hook(key, name):
+        def hook(_m, a, k):
+            x = input_of(a, k)
+            if x is None:
+                return
+            readers.setdefault(key, []).append((name, x))
+
+        return hook
+
+    def layer_hook(i):
+        def hook(_m, a, k):
+            layer_in.setdefault(i, input_of(a, k))
+
+        return hook
+
+    try:
+        for site in sitemap.sites:
+            m = site.module
+            if site.mode == "output":
+                handles.append(m.register_forward_hook(site_hook(site)))
+            else:
+                handles.append(m.register_forward_pre_hook(site_hook(site), with_kwargs=True))
+        for i, blocks in enumerate(sitemap.blocks):
+            for kind, (_block, projections) in blocks.items():
+                for name in projections:
+                    hook = projection_hook(f"{i}.{kind}", name)
+                    handles.append(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
+        for i, layer in enumerate(sitemap.layers):
+            handles.append(layer.register_forward_pre_hook(layer_hook(i), with_kwargs=True))
+        with torch.inference_mode():
+            base_forward(model)(token_ids)
+    finally:
+        for h in handles:
+            h.remove()
+    H = sitemap.hidden_size
+    moved: dict[int, str] = {}
+    for site in sitemap.sites:
+        got = seen.get(site.index, [])
+        if len(got) != 1 or got[0] is None:
+            raise HarnessError(
+                f"site {site.name} ({site.module_name}) ran {len(got)} times in one forward pass "
+                "instead of once; the structural site discovery does not fit this model "
+                f"({sitemap.model_type}): please report it with the model id."
+            )
+        x = got[0]
+        if site.kind != "resid_out":
+            name, want = (readers.get(_block_key(site)) or [(None, None)])[0]
+            if name is not None and name != site.module_name:
+                # registration order is not execution order (Phi-3 registers o_proj before
+                # qkv_proj): the site moves to the projection that runs first
+                runs = sum(1 for n, _ in readers[_block_key(site)] if n == name)
+                if runs != 1:
+                    raise HarnessError(
+                        f"site {site.name}: the first projection of its block ({name}) ran "
+                        f"{runs} times in one forward pass instead of once; the structural "
+                        f"site discovery does not fit this model ({sitemap.model_type}): please "
+                        "report it with the model id."
+                    )
+                moved[site.index] = name
+                seen[site.index] = [want]
+                x = want
+        if x.shape[-1] != H or x.numel() != token_ids.numel() * H:
+            raise HarnessError(
+                f"site {site.name} ({site.module_name}) holds a tensor of shape "
+                f"{tuple(x.shape)}, not {token_ids.numel()} positions x {H} dims (the model adds "
+                "positions or residual streams of its own); this model's sites cannot be "
+                "measured by the definition: please report it with the model id."
+            )
+        if site.kind == "resid_out":
+            nxt = layer_in.get(site.layer + 1)
+            if nxt is not None and not _equal(x, nxt, H):
+                raise HarnessError(
+                    f"site {site.name}: the output of {site.module_name} is not what the next "
+                    "decoder layer reads; the structural site discovery does not fit this model "
+                    f"({sitemap.model_type}): please report it with the model id."
+                )
+        elif want is None or not _equal(x, want, H):
+            raise HarnessError(
+                f"site {site.name} ({site.module_name}) is not what its block's first "
+                f"projection to run ({name or 'none ran'}) receives; the structural site "
+                f"discovery does not fit this model ({sitemap.model_type}): please report it "
+                "with the model id."
+            )
+    sites = tuple(
+        replace(s, module_name=moved[s.index], module=modules[moved[s.index]])
+        if s.index in moved
+        else s
+        for s in sitemap.sites
+    )
+    # parallel blocks: attention and MLP read the very same tensor -> one site per layer
+    by_layer: dict[int, dict[str, Site]] = {}
+    for s in sitemap.sites:
+        by_layer.setdefault(s.layer, {})[s.kind] = s
+    drop, shared = set(), []
+    for layer, kinds in by_layer.items():
+        a, m = kinds.get("attn_in"), kinds.get("mlp_in")
+        if a is not None and m is not None and _same_tensor(seen[a.index][0], seen[m.index][0]):
+            drop.add(m.index)
+            shared.append(layer)
+    kept = [s for s in sites if s.index not in drop]
+    new_sites = tuple(replace(s, index=i) for i, s in enumerate(kept))
+    check = {
+        "ran": True,
+        "passed": True,
+        "tokens": int(token_ids.numel()),
+        "seconds": round(time.perf_counter() - t0, 4),
+        "sites_checked": len(sitemap.sites),
+        "moved_to_first_run": len(moved),
+        "what": "each attn_in / mlp_in site equals the input of its block's first projection "
+        "to run (all projections hooked separately); each resid_out equals the next layer's "
+        "input",
+        # which projections read the site tensor (first layer, as a record of what was checked)
+        "readers": {
+            s.name: _readers(readers.get(_block_key(s), []), seen[s.index][0], H)
+            for s in sitemap.sites
+            if s.layer == 0 and s.kind != "resid_out"
+        },
+    }
+    return replace(sitemap, sites=new_sites, shared_input_layers=tuple(shared), self_check=check)

@@ -1,0 +1,139 @@
+"""Resume: whether a result already on disk answers the run about to happen.
+
+A run is not repeated when a complete result directory (``<results>/<model id>/<run key>/``
+holding ``result.json``) has the same model revision, data, criteria and dtype, and holds every
+section the run asks for (attribution, perplexity); ``--rerun`` runs it anyway. The local pytest
+session and the RunPod runner decide with the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.engine.result import RESULT_FILE, SCHEMA_VERSION, STATS_FILE
+
+_CORE_DATA = ("dataset", "num_sequences", "seq_len", "stride")
+_CORE_CRITERIA = ("sites", "magnitude", "layer_fraction", "seq_fraction")
+_OPTIONAL_CRITERIA = ("site_names", "num_sites", "grid")
+
+
+def same_run(a: dict, b: dict) -> bool:
+    """True when two results (or a result and a planned run) have the same model revision, data
+    and criteria: the condition for not running a model again.
+
+    - model: same ``id``; same ``source.hub_id`` and ``source.revision`` when both give one (a
+      plan without a pinned revision accepts the revision an existing result recorded);
+    - data: the core spec (dataset, sequences, length, stride) equal, every other key present on
+      both sides equal (the window hash included);
+    - criteria: magnitude, fractions and site set equal; site names / grid when both have them;
+    - dtype: the requested dtype equal when both give one.
+    """
+    ma, mb = a.get("model") or {}, b.get("model") or {}
+    if ma.get("id") != mb.get("id"):
+        return False
+    if ma.get("requested_dtype") and mb.get("requested_dtype"):
+        if ma["requested_dtype"] != mb["requested_dtype"]:
+            return False
+    sa, sb = ma.get("source") or {}, mb.get("source") or {}
+    for key in ("hub_id", "revision"):
+        if sa.get(key) and sb.get(key) and sa[key] != sb[key]:
+            return False
+    da, db = a.get("data") or {}, b.get("data") or {}
+    if any(da.get(k) != db.get(k) for k in _CORE_DATA):
+        return False
+    for key in set(da) & set(db):
+        if da[key] != db[key]:
+            return False
+    ca, cb = a.get("criteria") or {}, b.get("criteria") or {}
+    if any(_num(ca.get(k)) != _num(cb.get(k)) for k in _CORE_CRITERIA):
+        return False
+    return all(ca[k] == cb[k] for k in _OPTIONAL_CRITERIA if k in ca and k in cb)
+
+
+def _num(x):
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def result_dirs(root: Path) -> list[Path]:
+    """Complete run directories under ``root`` (hidden folders skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in sorted(root.rglob(RESULT_FILE)):
+        rel = p.parent.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        found.append(p.parent)
+    return found
+
+
+def find_existing(results_dir: Path, expected: dict) -> Path | None:
+    """The newest run directory under ``results_dir`` whose result ``covers`` ``expected``,
+    or None."""
+    model_id = (expected.get("model") or {}).get("id")
+    candidates = []
+    for d in result_dirs(results_dir):
+        data = read_json(d / RESULT_FILE)
+        if not (
+            data and data.get("schema_version") == SCHEMA_VERSION and (d / STATS_FILE).is_file()
+        ):
+            continue
+        if (data.get("model") or {}).get("id") == model_id and covers(data, expected):
+            candidates.append(d)
+    return max(candidates, key=lambda d: (d / RESULT_FILE).stat().st_mtime, default=None)
+
+
+def covers(result: dict, expected: dict) -> bool:
+    """``same_run`` and the result holds every section the planned run asks for
+    (``expected["wants"]``)."""
+    wants = expected.get("wants") or ()
+    return same_run(result, expected) and all(result.get(k) is not None for k in wants)
+
+
+def expected_run(opts, entry) -> dict:
+    """The part of a result that is known before running (see ``same_run``), and the sections the
+    run will add (``wants``)."""
+    data = {
+        "dataset": opts.dataset,
+        "num_sequences": opts.num_seqs,
+        "seq_len": opts.seq_len,
+        "stride": opts.stride or opts.seq_len,
+    }
+    if opts.dataset_config:
+        data["config"] = opts.dataset_config
+    if opts.dataset_revision:
+        data["revision"] = opts.dataset_revision
+    if opts.bos != "auto":
+        data["bos"] = opts.bos
+    wants = [] if opts.no_attribution else ["attribution"]
+    if opts.perplexity:
+        wants.append("perplexity")
+    return {
+        "wants": wants,
+        "model": {
+            "id": entry.id,
+            # what --dtype auto loads for a registry entry (harness.loading.load.resolve_dtype)
+            "requested_dtype": entry.dtype if opts.dtype == "auto" else opts.dtype,
+            "source": {
+                "hub_id": None if entry.is_tiny else entry.hub_id,
+                "revision": entry.revision,
+            },
+        },
+        "data": data,
+        "criteria": {
+            "sites": opts.sites,
+            "magnitude": opts.magnitude,
+            "layer_fraction": opts.layer_frac,
+            "seq_fraction": opts.seq_frac,
+        },
+    }

@@ -1,0 +1,341 @@
+"""The RunPod API, through the official ``runpod`` SDK, with the retries the SDK lacks.
+
+The SDK (``runpod.api.graphql.run_graphql_query``) posts to ``$RUNPOD_API_BASE_URL/graphql`` and
+hides the HTTP status: a 429 or 5xx from the gateway surfaces as a JSON decode error (non-JSON
+body), a ``KeyError`` (a JSON body without ``data``), a ``QueryError`` ("Too many requests",
+"Something went wrong. Please try again later") or a ``requests`` connection error. All of those
+are retried with exponential back-off; "no capacity" messages move on to the next GPU type; any
+other error is final. Error texts never carry the GraphQL query (which holds the pod env).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from harness.runners.runpod.options import Timings
+
+CAPACITY_MESSAGES = (
+    "no longer any instances available",  # the usual podFindAndDeployOnDemand refusal
+    "does not have the resources",
+    "not enough free gpus",
+    "no gpu found",  # the SDK's own check of an unknown / unlisted GPU type id
+    "no instances available",
+)
+RETRY_MESSAGES = (
+    "too many requests",
+    "rate limit",
+    "try again later",
+    "timeout",
+    "timed out",
+    "temporarily",
+    "internal server error",
+    "bad gateway",
+    "service unavailable",
+    "gateway",
+)
+NOT_FOUND_MESSAGES = ("not found", "does not exist", "no pod")
+
+
+class ApiError(HarnessError):
+    """A RunPod API call failed for good; ``kind`` is capacity | auth | fatal | retry."""
+
+    def __init__(self, message: str, kind: str = "fatal"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def classify(err: BaseException) -> str:
+    """capacity | retry | notfound | auth | shape | fatal."""
+    import requests
+    from runpod import error as rp_error
+
+    if isinstance(err, rp_error.AuthenticationError):
+        return "auth"
+    if isinstance(err, (json.JSONDecodeError, requests.exceptions.JSONDecodeError)):
+        return "retry"  # a gateway page (429 / 5xx) instead of JSON
+    if isinstance(err, requests.exceptions.RequestException):
+        return "retry"  # connection refused / reset, read timeout
+    if isinstance(err, (KeyError, TypeError, AttributeError)):
+        return "shape"  # the SDK met an answer it does not know: not a rate limit, not retried
+    msg = str(err).lower()
+    if any(m in msg for m in CAPACITY_MESSAGES):
+        return "capacity"
+    if any(m in msg for m in RETRY_MESSAGES):
+        return "retry"
+    if any(m in msg for m in NOT_FOUND_MESSAGES):
+        return "notfound"
+    return "fatal"
+
+
+def _message(err: BaseException) -> str:
+    """The error's own message only (a QueryError also carries the query: never shown)."""
+    msg = getattr(err, "message", None) or (err.args[0] if err.args else "") or type(err).__name__
+    return str(msg).strip().splitlines()[0][:300]
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+
+
+class RunpodApi:
+    """Thread-safe wrapper of the SDK calls the harness uses."""
+
+    def __init__(self, api_key: str, timings: Timings | None = None, redact=str, sleep=time.sleep):
+        import runpod
+
+        runpod.api_key = api_key  # the SDK never reads RUNPOD_API_KEY on its own
+        self._rp = runpod
+        self.t = timings or Timings()
+        self.redact = redact
+        self._sleep = sleep
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    # -- one call with retries ---------------------------------------------------------------
+    def call(self, what: str, fn, *args, retry_notfound: bool = False, attempts=None, **kwargs):
+        attempts = max(1, self.t.api_retries if attempts is None else attempts)
+        last = None
+        for i in range(attempts):
+            with self._lock:
+                self.calls += 1
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - classified below
+                kind = classify(err)
+                last = err
+                if kind == "auth":
+                    raise ApiError(
+                        "RunPod refused the API key (401): check RUNPOD_API_KEY.", "auth"
+                    ) from None
+                if kind == "capacity":
+                    raise ApiError(self.redact(f"{what}: {_message(err)}"), "capacity") from None
+                if kind == "notfound" and not retry_notfound:
+                    raise ApiError(self.redact(f"{what}: {_message(err)}"), "notfound") from None
+                if kind == "shape":
+                    raise ApiError(
+                        self.redact(
+                            f"{what}: the RunPod API answered in a shape the runpod SDK does not "
+                            f"expect ({type(err).__name__}: {_message(err)}); upgrade it with "
+                            "`pip install -U runpod` or report this."
+                        ),
+                        "fatal",
+                    ) from None
+                if kind == "fatal":
+                    raise ApiError(self.redact(f"{what}: {_message(err)}"), "fatal") from None
+                if i + 1 < attempts:
+                    self._sleep(self._backoff(i))
+        raise ApiError(
+            self.redact(
+                f"{what} failed {attempts} times (rate limit, server or network error: "
+                f"{_message(last)}); try again later."
+            ),
+            "retry",
+        )
+
+    def _backoff(self, i: int) -> float:
+        base = min(60.0, self.t.backoff_s * (2**i))
+        return base * (0.5 + self._rng.random() / 2)
+
+    # -- queries -----------------------------------------------------------------------------
+    def gpu_price(self, gpu_type: str, count: int = 1, cloud: str = "SECURE") -> float | None:
+        """$/h of ONE GPU of ``gpu_type`` in ``cloud`` (None when the API lists no price)."""
+        try:
+            info = self.call(f"price of {gpu_type}", self._rp.get_gpu, gpu_type, count)
+        except ApiError as err:
+            if err.kind in ("capacity", "notfound"):
+                return None
+            raise
+        secure, community = info.get("securePrice"), info.get("communityPrice")
+        if cloud == "SECURE":
+            price = secure
+        elif cloud == "COMMUNITY":
+            price = community
+        else:
+            price = min((p for p in (secure, community) if p), default=None)
+        return float(price) if price else None
+
+    def get(self, pod_id: str) -> dict | None:
+        return self.call(f"get pod {pod_id}", self._rp.get_pod, pod_id)
+
+    def list(self) -> list[dict]:
+        return list(self.call("list pods", self._rp.get_pods) or [])
+
+    def find_by_name(self, name: str) -> dict | None:
+        for pod in self.list():
+            if pod.get("name") == name and pod.get("desiredStatus") != "TERMINATED":
+                return pod
+        return None
+
+    # -- mutations ---------------------------------------------------------------------------
+    def create(
+        self,
+        name: str,
+        *,
+        gpu_types: tuple[str, ...],
+        count: int,
+        disk_gb: int,
+        image: str,
+        cloud: str,
+        env: dict,
+        volume: str | None = None,
+        docker_args: str | None = None,
+        cuda_versions: list[str] | None = None,
+        vcpus: int = 1,
+        memory_gb: int = 1,
+        on_try=None,
+    ) -> tuple[dict, str]:
+        """Create one pod, trying each GPU type in order; return (pod, gpu type).
+
+        A call that failed with a retryable error may still have created the pod (RunPod has
+        been seen to answer 500 after creating it, and its pod list lags behind): before each
+        retry the pod is looked up by its unique name several times, ``adopt_wait_s`` apart,
+        and adopted if it appears.
+        """
+        refusals = []
+        for gpu in gpu_types:
+            if on_try:
+                on_try(gpu)
+            attempts = max(1, self.t.api_retries)
+            for i in range(attempts):
+                try:
+                    pod = self.call(
+                        f"create pod {name} on {gpu}",
+                        self._rp.create_pod,
+                        name,
+                        image,
+                        gpu,
+                        cloud_type=cloud,
+                        gpu_count=count,
+                        container_disk_in_gb=disk_gb,
+                        volume_in_gb=0,
+                        min_vcpu_count=vcpus,
+                        min_memory_in_gb=memory_gb,
+                        ports="22/tcp",
+                        support_public_ip=True,
+                        start_ssh=True,
+                        env=env,
+                        network_volume_id=volume,
+                        volume_mount_path="/workspace",
+                        docker_args=docker_args or "",
+                        allowed_cuda_versions=cuda_versions,
+                        attempts=1,
+                    )
+                    return pod, gpu
+                except ApiError as err:
+                    if err.kind == "capacity":
+                        refusals.append(f"{gpu}: {err}")
+                        break
+                    if err.kind != "retry":
+                        raise
+                    adopted = self._adopt(name)
+                    if adopted is not None:
+                        return adopted, gpu
+                    if i + 1 == attempts:
+                        raise ApiError(
+                            f"create pod {name} on {gpu} failed {attempts} times (rate limit, "
+                            f"server or network error); try again later.",
+                            "retry",
+                        ) from None
+                    self._sleep(self._backoff(i))
+        raise ApiError(
+            f"no capacity for {name} on any of {', '.join(gpu_types)} (cloud {cloud}); try "
+            "--runpod-cloud ALL or other types with --runpod-gpu.",
+            "capacity",
+        )
+
+    def _adopt(self, name: str) -> dict | None:
+        """The pod called ``name``, if a failed create made it; the list may show it late."""
+        polls = max(1, self.t.adopt_polls)
+        for i in range(polls):
+            if i:
+                self._sleep(self.t.adopt_wait_s)
+            try:
+                pod = self.find_by_name(name)
+            except ApiError:
+                pod = None
+            if pod is not None:
+                return pod
+        return None
+
+    def terminate(self, pod_id: str) -> bool:
+        """Terminate ``pod_id``; True when it is gone (already gone counts)."""
+        try:
+            self.call(f"terminate pod {pod_id}", self._rp.terminate_pod, pod_id)
+            return True
+        except ApiError as err:
+            if err.kind == "notfound":
+                return True
+            try:
+                pod = self.get(pod_id)
+            except ApiError:
+                return False
+            return pod is None or pod.get("desiredStatus") == "TERMINATED"
+
+    # -- readiness ---------------------------------------------------------------------------
+    def wait_ready(self, pod_id: str, until: float, cancelled=lambda: False, poll=None):
+        """Poll until the pod is RUNNING with a public 22/tcp mapping; return (Endpoint, pod).
+
+        A pod the API does not know yet just after creation is waited for (the lists lag). On
+        a timeout the ApiError's kind says why: ``no-runtime`` when the container never started
+        (an image the host's CUDA driver cannot run, a pull that failed: another machine may
+        do), ``timeout`` otherwise.
+        """
+        poll = self.t.poll_s if poll is None else poll
+        pod = None
+        while True:
+            if cancelled():
+                raise ApiError(f"pod {pod_id}: cancelled while starting", "cancelled")
+            try:
+                pod = self.call(f"get pod {pod_id}", self._rp.get_pod, pod_id, retry_notfound=True)
+            except ApiError as err:
+                if err.kind != "retry" or time.monotonic() >= until:
+                    raise
+                pod = None
+            if pod is not None:
+                status = pod.get("desiredStatus")
+                if status in ("EXITED", "TERMINATED"):
+                    raise ApiError(f"pod {pod_id} is {status} before it ever ran", "fatal")
+                endpoint = ssh_endpoint(pod)
+                if status == "RUNNING" and endpoint is not None:
+                    return endpoint, pod
+            if time.monotonic() >= until:
+                if pod is not None and not pod.get("runtime"):
+                    raise ApiError(
+                        f"pod {pod_id}: its container never started (no runtime) within the "
+                        "wait: the image could not be pulled or the host's CUDA driver is too "
+                        "old for it",
+                        "no-runtime",
+                    )
+                raise ApiError(
+                    f"pod {pod_id} was not RUNNING with an SSH port within the wait; RunPod may "
+                    "be short of machines: try again or use --runpod-gpu.",
+                    "timeout",
+                )
+            self._sleep(min(poll, max(0.0, until - time.monotonic())) or 0.01)
+
+
+def env_value(env, key: str) -> str | None:
+    """``key``'s value in a pod's env as the API gives it (["K=V", ...] or {K: V})."""
+    if isinstance(env, dict):
+        return env.get(key)
+    for item in env or []:
+        k, sep, v = str(item).partition("=")
+        if sep and k == key:
+            return v
+    return None
+
+
+def ssh_endpoint(pod: dict) -> Endpoint | None:
+    runtime = pod.get("runtime") or {}
+    for p in runtime.get("ports") or []:
+        if p.get("privatePort") == 22 and p.get("isIpPublic") and p.get("type") == "tcp":
+            return Endpoint(str(p["ip"]), int(p["publicPort"]))
+    return None
