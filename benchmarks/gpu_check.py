@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.engine.capture import base_forward  # noqa: E402
+from harness.engine.forward import base_forward  # noqa: E402
 from harness.engine.sites import find_sites  # noqa: E402
 from harness.pipeline import AUTO_BATCH_TOKENS, analyze  # noqa: E402
 
@@ -338,7 +338,8 @@ def check_gguf(args, device: torch.device) -> dict:
     kernels (TF32 off), so hits may differ only for values within rounding of a threshold;
     bf16 rounds every weight and activation to 8 significant bits."""
     from harness.data.windows import DataSpec, load_windows
-    from harness.loading.load import load, silence_progress_bars
+    from harness.hub import silence_progress_bars
+    from harness.loading.load import load
 
     silence_progress_bars()
     torch.backends.cuda.matmul.allow_tf32 = False

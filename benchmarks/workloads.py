@@ -198,7 +198,8 @@ _LOADED: dict = {}
 
 def _registry_entry(workload: Workload):
     """The loaded registry entry (model and tokenizer), once per process."""
-    from harness.loading.load import load, silence_progress_bars
+    from harness.hub import silence_progress_bars
+    from harness.loading.load import load
 
     if workload.registry not in _LOADED:
         silence_progress_bars()
@@ -213,7 +214,7 @@ def num_params(model: torch.nn.Module) -> int:
 # -- the variants ------------------------------------------------------------------------------
 def run_bare(model, ids: torch.Tensor, batch_size: int):
     """The decoder forward pass alone, batch by batch, exactly as the harness calls it."""
-    from harness.engine.capture import base_forward
+    from harness.engine.forward import base_forward
 
     forward = base_forward(model)
     with torch.inference_mode():

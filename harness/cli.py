@@ -27,7 +27,7 @@ def _cmd_analyze(args) -> int:
 
     opts = from_argparse(args)
     if args.quiet:
-        from harness.loading.load import silence_progress_bars
+        from harness.hub import silence_progress_bars
 
         silence_progress_bars()
     if args.out:
@@ -143,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_command(sub) -> None:
     try:
-        from harness.reports.report import add_report_command
+        from harness.reports.command import add_report_command
     except ImportError:
         return
     add_report_command(sub)
 
 
 def _preflight_command(sub) -> None:
-    from harness.preflight.checks import add_preflight_command
+    from harness.preflight.command import add_preflight_command
 
     add_preflight_command(sub)
 
@@ -185,7 +185,7 @@ def _pods_command(sub) -> None:
     )
 
     def run(args) -> int:
-        from harness.runners.runpod import pods_command
+        from harness.runners.runpod.pods import pods_command
 
         if args.action == "smoke":
             from harness.runners.runpod.options import DEFAULT_IMAGE

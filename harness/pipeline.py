@@ -13,34 +13,20 @@ from dataclasses import replace
 
 import torch
 
-from harness.engine.capture import (
-    Batch,
-    Capture,
-    Observer,
-    base_forward,
-    input_device,
-    is_oom,
-    run_together,
-)
+from harness.engine.capture import Batch, Capture, Observer, run_together
 from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
+from harness.engine.forward import base_forward, input_device, is_oom
 from harness.engine.result import AnalysisResult
-from harness.engine.sites import SITE_SETS, find_sites, parse_site_set, verify_sites
+from harness.engine.selfcheck import verify_sites
+from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid
 from harness.errors import HarnessError
-from harness.loading.params import count_model
+from harness.loading.params import count_model, max_positions
 
-# Tokens of the site self-check's forward pass (harness.engine.sites.verify_sites).
+# Tokens of the site self-check's forward pass (harness.engine.selfcheck.verify_sites).
 SELF_CHECK_TOKENS = 16
 # Tokens per forward pass when batch_size is not given; halved on out-of-memory.
 AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}
-
-
-def max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _as_ids(windows) -> tuple[torch.Tensor, dict]:

@@ -42,7 +42,7 @@ class OutlierSession:
         self.allow_fallback = bool(config.getoption("outliers_allow_fallback", default=False))
         self.preflights: dict[
             str, object
-        ] = {}  # model id -> harness.preflight.checks.PreflightReport
+        ] = {}  # model id -> harness.preflight.report.PreflightReport
         self.remote = None  # a harness.runners.runpod runner when --runpod is given
         self.rerun = bool(config.getoption("rerun", default=False))
         self.reused: dict[str, RunOutcome] = {}  # model id -> the result kept (local resume)
@@ -55,7 +55,7 @@ class OutlierSession:
             getattr(opt, "runpod", False) or getattr(opt, "runpod_dry_run", False)
         ):
             return
-        from harness.runners.runpod.runner import make_runner
+        from harness.runners.runpod.pytest_glue import make_runner
 
         try:
             self.remote = make_runner(self, entries)
@@ -229,7 +229,8 @@ class OutlierSession:
 
         if os.environ.get("OUTLIERS_ON_POD"):  # the local session reports over every pod
             return {}, ""
-        from harness.reports.report import collect, summary_for_terminal, write_reports
+        from harness.reports.collect import collect
+        from harness.reports.summary import summary_for_terminal, write_reports
 
         rows = collect(self.options.results_dir)
         if not rows:

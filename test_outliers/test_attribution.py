@@ -27,9 +27,6 @@ from harness.attribution.observer import (
     ROUTER_OUTPUTS,
     attribution_observers,
     attribution_section,
-    attribution_tables,
-    decode_tables,
-    plot_expert_enrichment,
     token_attribution,
 )
 from harness.attribution.tokens import position_buckets
@@ -38,6 +35,7 @@ from harness.engine.result import _json_default
 from harness.engine.sites import find_sites
 from harness.engine.statistics import CapturedStats
 from harness.pipeline import analyze
+from harness.reports.attribution import attribution_tables, decode_tables, plot_expert_enrichment
 
 MOE_ARCHS = ("olmoe", "mixtral", "qwen3_moe", "qwen3_next", "glm4_moe", "gpt_oss")
 D, TOK, PLANT, C = 5, 7, 100.0, 0.04

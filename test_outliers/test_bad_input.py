@@ -149,7 +149,7 @@ def test_windows_from_another_tokenizer():
 
 
 def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkeypatch):
-    from harness import result as result_mod
+    from harness.engine import result as result_mod
 
     model = random_model("qwen3", seed=6)
     r = analyze(model, random_ids(2, 8))

@@ -85,7 +85,7 @@ def test_one_forward_pass_per_batch_and_no_lm_head(arch):
     finally:
         for h in handles:
             h.remove()
-    # the site self-check first (one short pass, harness.engine.sites.verify_sites), then exactly one
+    # the site self-check first (one short pass, harness.engine.selfcheck.verify_sites), then exactly one
     # forward pass per batch
     assert calls["base"] == [SELF_CHECK_TOKENS, 32, 32, 16]
     assert result.timing["forward_calls"] == result.timing["batches"] == 3
@@ -254,7 +254,8 @@ def test_a_run_with_no_value_over_the_grid_has_no_hits():
 def test_batches_committed_out_of_order_give_the_same_statistics():
     """The capture keeps each batch's hits in (position, dim) order and orders batches by their
     first position, without sorting the hits: a caller may run the batches in any order."""
-    from harness.engine.capture import Batch, base_forward
+    from harness.engine.capture import Batch
+    from harness.engine.forward import base_forward
     from harness.engine.sites import find_sites
     from harness.engine.statistics import DEFAULT_GRID
 

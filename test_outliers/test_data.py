@@ -376,10 +376,10 @@ def test_hub_dataset_offline_fails_fast_with_advice(tiny_tokenizer, monkeypatch)
 def _hub_failure(monkeypatch, err, lazy=False):
     import datasets
 
-    import harness.loading.load
+    import harness.hub
 
     # the hub "answers" the quick reachability probe, then the dataset call fails
-    monkeypatch.setattr(harness.loading.load, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(harness.hub, "hub_reachable", lambda timeout=3.0: True)
 
     def fake_load_dataset(*args, **kwargs):
         if not lazy:

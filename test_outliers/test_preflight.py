@@ -23,17 +23,11 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from harness import models
 from harness.errors import HarnessError
-from harness.preflight.checks import (
-    OK,
-    REFUSE,
-    WARN,
-    PreflightRefused,
-    kernel_path_of,
-    main,
-    parse_gpus,
-    preflight,
-    preflight_table,
-)
+from harness.loading.kernel_path import kernel_path_of
+from harness.preflight.checks import preflight
+from harness.preflight.command import preflight_table
+from harness.preflight.report import OK, REFUSE, WARN, PreflightRefused
+from harness.preflight.targets import parse_gpus
 
 # Import the modeling code now: transformers decides at import time which packages it has (and an
 # import blocked later must only be seen by the preflight's own probe, as on a machine without it).
@@ -157,16 +151,18 @@ def test_old_transformers_without_gpt_oss_is_refused(monkeypatch):
 
 def test_cli_exits_2_with_the_sentence(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss_v9"}))
-    assert main([str(tmp_path), "--gpus", "H100:80"]) == 2
+    from harness.cli import main
+
+    assert main(["preflight", str(tmp_path), "--gpus", "H100:80"]) == 2
     err = capsys.readouterr().err
     assert "does not know model_type 'gpt_oss_v9'" in err and err.startswith("error: ")
 
 
-def test_python_dash_m_entry_point(tmp_path):
+def test_the_outliers_preflight_command_in_a_fresh_process(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_oss_v9"}))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.preflight.checks", str(tmp_path)],
+        [sys.executable, "-m", "harness.cli", "preflight", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -23,15 +23,10 @@ from harness.engine.criteria import Criteria
 from harness.engine.result import find_run_dirs, write_result
 from harness.errors import HarnessError
 from harness.pipeline import analyze
-from harness.reports.report import (
-    COLUMNS,
-    EXPORT_COLUMNS,
-    NOT_COMPARABLE_SETTINGS,
-    collect,
-    render,
-    summary_for_terminal,
-    write_reports,
-)
+from harness.reports.collect import collect
+from harness.reports.render import render
+from harness.reports.rows import COLUMNS, EXPORT_COLUMNS, NOT_COMPARABLE_SETTINGS
+from harness.reports.summary import summary_for_terminal, write_reports
 
 STUDY_COLUMNS = [
     "model_name",
@@ -455,7 +450,7 @@ def test_heatmap_shows_systematic_dims_first(written, tmp_path):
 
 
 def test_the_tables_explain_their_columns(sweep):
-    from harness.reports.report import summary_for_terminal, summary_markdown
+    from harness.reports.summary import summary_for_terminal, summary_markdown
 
     rows = collect(sweep["root"], resamples=0)
     for text in (summary_for_terminal(rows), summary_markdown(rows)):

@@ -18,20 +18,17 @@ from harness.models.registry import ModelEntry
 from runpod import error as rp_error
 
 from harness.errors import HarnessError
-from harness.runners.runpod import (
+from harness.runners.resume import same_run
+from harness.runners.runpod.api import classify
+from harness.runners.runpod.collect import merge_benchmark_json, pick_benchmark
+from harness.runners.runpod.credentials import Redactor, load_credentials
+from harness.runners.runpod.options import (
     RunpodOptions,
     add_runpod_options,
-    make_plans,
-    merge_benchmark_json,
     options_from_config,
-    plan_rows,
-    plan_table,
-    same_run,
     strip_forwarded_args,
 )
-from harness.runners.runpod.api import classify
-from harness.runners.runpod.collect import pick_benchmark
-from harness.runners.runpod.credentials import Redactor, load_credentials
+from harness.runners.runpod.plan import make_plans, plan_rows, plan_table
 from harness.runners.runpod.podside import _parse_exports, _parse_nul
 from harness.runners.runpod.ship import tree_files
 
@@ -346,7 +343,7 @@ def test_podside_uses_only_the_standard_library():
 def test_pods_install_only_the_extras_their_models_need():
     import tomllib
 
-    from harness.runners.runpod.runner import pod_build_with_torch, pod_extras
+    from harness.runners.runpod.lifecycle import pod_build_with_torch, pod_extras
 
     assert pod_extras([REGISTRY["gpt_oss_20b"]]) == "mxfp4"
     assert pod_build_with_torch("mxfp4") == []  # gpt-oss pods never build causal-conv1d
@@ -498,7 +495,7 @@ def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
 
 def test_the_pod_python_is_the_one_that_imports_torch(tmp_path):
     """Newer images put a system python3 without torch first on PATH."""
-    from harness.runners.runpod.runner import FIND_PYTHON, _remote
+    from harness.runners.runpod.lifecycle import FIND_PYTHON, _remote
 
     bin_ = tmp_path / "bin"
     bin_.mkdir()

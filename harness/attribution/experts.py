@@ -36,9 +36,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from harness.engine.architectures import ROUTER_OUTPUTS
 from harness.engine.capture import Batch, Observer, dtype_threshold, hook_threads
 from harness.engine.criteria import Criteria, pooled_dims
-from harness.engine.sites import ROUTER_OUTPUTS, SiteMap
+from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 

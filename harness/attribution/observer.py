@@ -27,11 +27,11 @@ import torch
 from harness.attribution.experts import ExpertRouting, expert_section
 from harness.attribution.massive import MassiveActivations, decoder_layers, massive_section
 from harness.attribution.tokens import MIN_OCCURRENCES, token_attribution
+from harness.engine.architectures import ROUTER_OUTPUTS
 from harness.engine.capture import Batch, Observer
 from harness.engine.criteria import Criteria
-from harness.engine.sites import ROUTER_OUTPUTS, SiteMap
+from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
-from harness.reports.attribution import attribution_tables, decode_tables, plot_expert_enrichment
 
 BOS_KEY = "attr_bos_token_id"
 
@@ -42,9 +42,6 @@ __all__ = [
     "MassiveActivations",
     "attribution_observers",
     "attribution_section",
-    "attribution_tables",
-    "decode_tables",
-    "plot_expert_enrichment",
     "token_attribution",
 ]
 

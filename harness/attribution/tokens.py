@@ -116,7 +116,7 @@ def token_attribution(
     occurring at least ``min_occurrences`` times (so that a singleton cannot reach rate 1).
     The row ``any`` is the union over the systematic dims; per-dim rows are kept for the
     ``max_dims`` dims with most hits (``dims_truncated`` says when some were left out). Token ids are not decoded here
-    (``harness.attribution.observer.decode_tables``).
+    (``harness.reports.attribution.decode_tables``).
     """
     dims, arr = pooled_dims(stats, criteria)
     level = arr["g"] + 1

@@ -264,7 +264,7 @@ def _open_source(spec: DataSpec) -> tuple[Iterable[dict] | Iterable[str], dict, 
         raise HarnessError(
             f"the local path {spec.dataset} does not exist; check it, or use --dataset builtin."
         )
-    from harness.loading.load import hub_reachable
+    from harness.hub import hub_reachable
 
     if not hub_reachable():  # fail in a second, not after the hub client's retries
         raise HarnessError(

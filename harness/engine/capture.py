@@ -31,7 +31,6 @@ forward pass completed, so a batch can be retried at a smaller size after an out
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -613,39 +612,3 @@ def _at_least(counts: np.ndarray) -> np.ndarray:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def base_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
-    """The decoder stack without the LM head: all sites live inside it, and skipping the head
-    avoids a [B, T, vocab] logits tensor that can be larger than the model's activations."""
-    base = getattr(model, "base_model", model)
-    device = input_device(model)
-
-    def forward(token_ids: torch.Tensor):
-        return base(input_ids=token_ids.to(device), use_cache=False)
-
-    return forward
-
-
-def input_device(model: torch.nn.Module) -> torch.device:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and hasattr(emb, "weight"):
-        return emb.weight.device
-    return next(model.parameters()).device
-
-
-def is_oom(err: BaseException) -> bool:
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-@contextmanager
-def _timer(acc: dict, key: str, device: torch.device):
-    _sync(device)
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        _sync(device)
-        acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0

@@ -60,7 +60,7 @@ def entry_config(entry, *, configs: str | Path | None = None, download: bool = F
     cached = try_to_load_from_cache(entry.hub_id, "config.json", revision=entry.revision)
     path = cached if isinstance(cached, str) else None
     if path is None and download:
-        from harness.loading.load import hub_reachable
+        from harness.hub import hub_reachable
 
         if hub_reachable():
             try:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from harness.errors import HarnessError, WeightsUnavailable
+from harness.hub import cached_snapshot, hub_reachable
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -53,39 +52,6 @@ class LoadedModel:
     tokenizer: object
     source: ModelSource
     meta: dict = field(default_factory=dict)  # what result.json says about loading
-
-
-def silence_progress_bars() -> None:
-    """No progress bars from the libraries either (``--quiet``): the hub's downloads,
-    transformers' weight loading and GGUF dequantization, datasets' preparation. The env
-    variable reaches libraries imported later; the calls reach those already imported."""
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as tf_logging
-
-    disable_progress_bars()
-    tf_logging.disable_progress_bar()
-    try:
-        import datasets
-    except ImportError:  # optional here: only hub datasets need it
-        return
-    datasets.disable_progress_bars()
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached quickly."""
-    if hub_offline():
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def resolve(spec, revision: str | None = None) -> ModelSource:
@@ -144,34 +110,6 @@ def resolve_dtype(dtype: str, source: ModelSource, config=None) -> torch.dtype:
     if dtype not in DTYPES:
         raise HarnessError(f"--dtype must be auto, bfloat16, float16 or float32 (got {dtype!r}).")
     return DTYPES[dtype]
-
-
-def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot directory holding the config and weights, or None."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        path = Path(
-            snapshot_download(
-                hub_id,
-                revision=revision,
-                local_files_only=True,
-                allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"],
-            )
-        )
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return None
-    if not (path / "config.json").is_file():
-        return None
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        import json
-
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        return path if all((path / s).is_file() for s in shards) else None
-    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-    return path if has_weights else None
 
 
 def check_available(source: ModelSource) -> None:
@@ -251,7 +189,7 @@ def load(
 ) -> LoadedModel:
     """Load model + tokenizer through ``from_pretrained`` (multi-GPU with device_map="auto").
 
-    ``preflight`` (a ``harness.preflight.checks.PreflightReport``) adds what its fallback needs (e.g.
+    ``preflight`` (a ``harness.preflight.report.PreflightReport``) adds what its fallback needs (e.g.
     ``Mxfp4Config(dequantize=True)``); the weight format and kernel path are read back from the
     loaded model, and a path other than the one preflight expected is refused unless the
     report allows fallbacks."""
@@ -336,7 +274,7 @@ def load(
 
 def _record_kernel_path(meta: dict, model, preflight, source: ModelSource) -> None:
     """meta["weight_format"] / ["kernel_path"] as loaded; refuse an unexpected fallback."""
-    from harness.preflight.checks import kernel_path_of
+    from harness.loading.kernel_path import kernel_path_of
 
     actual = kernel_path_of(model)
     meta["weight_format"] = actual["weight_format"]

@@ -105,3 +105,11 @@ def count_from_config(config) -> ParamCounts:
             f"({err.__class__.__name__}); upgrade transformers or check the config."
         ) from None
     return count_model(model)
+
+
+def max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

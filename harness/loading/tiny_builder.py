@@ -48,246 +48,26 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.loading.tiny_plant import (
+    RESIDUAL_BOUND,
+    _plant,
+    _site_names,
+    _trigger_ids,
+    _truth_from,
+)
+from harness.models.tiny import MAX_POSITIONS, TINY_SPECS, Plant, TinySpec
+
 RECIPE_VERSION = 1
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|unk|>", "<|pad|>")
-MAX_POSITIONS = 2048
 TOKENIZER_DIR = "_tokenizer"
 MANIFEST = "tiny_build.json"
-
-
-# -- specs (data) ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PlantedDim:
-    dim: int
-    triggers: tuple[str, ...]  # texts that each encode to ONE token of the tiny tokenizer
-    sites: tuple[str, ...]  # uniform site names, e.g. "layers.0.attn_in"
-    gain: float = 1.0
-
-
-@dataclass(frozen=True)
-class Plant:
-    dims: tuple[PlantedDim, ...]
-    amplitude: float = 1000.0
-    base_gain: float = 0.5
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    model_type: str
-    config: dict = field(hash=False)
-    seed: int
-    mirrors: str  # the real model it replicates
-    plant: Plant | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-_LLAMA = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
-
-TINY_BUILDERS: dict[str, TinySpec] = {
-    "tiny_qwen3": TinySpec(
-        "qwen3", dict(_LLAMA, tie_word_embeddings=True), seed=1, mirrors="Qwen/Qwen3-0.6B"
-    ),
-    "tiny_qwen3_moe": TinySpec(
-        "qwen3_moe",
-        dict(
-            _LLAMA,
-            num_experts=8,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            norm_topk_prob=True,
-        ),
-        seed=2,
-        mirrors="Qwen/Qwen3-30B-A3B",
-    ),
-    "tiny_qwen3_next": TinySpec(
-        "qwen3_next",
-        dict(
-            _LLAMA,
-            num_experts=8,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-            shared_expert_intermediate_size=32,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            linear_num_value_heads=4,
-            linear_num_key_heads=2,
-            linear_key_head_dim=16,
-            linear_value_head_dim=16,
-            linear_conv_kernel_dim=4,
-            full_attention_interval=4,
-            layer_types=["linear_attention"] * 3 + ["full_attention"],
-        ),
-        seed=3,
-        mirrors="Qwen/Qwen3-Next-80B-A3B-Instruct",
-    ),
-    "tiny_olmoe": TinySpec(
-        "olmoe",
-        dict(
-            _LLAMA,
-            intermediate_size=32,
-            num_key_value_heads=4,
-            num_experts=8,
-            num_experts_per_tok=2,
-        ),
-        seed=4,
-        mirrors="allenai/OLMoE-1B-7B-0125",
-    ),
-    "tiny_mixtral": TinySpec(
-        "mixtral",
-        dict(
-            _LLAMA,
-            intermediate_size=64,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            sliding_window=None,
-        ),
-        seed=5,
-        mirrors="mistralai/Mixtral-8x7B-v0.1",
-    ),
-    "tiny_glm4_moe": TinySpec(
-        "glm4_moe",
-        dict(
-            _LLAMA,
-            n_routed_experts=4,
-            num_experts_per_tok=2,
-            moe_intermediate_size=32,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            n_group=1,
-            topk_group=1,
-            partial_rotary_factor=0.5,
-            use_qk_norm=False,
-        ),
-        seed=6,
-        mirrors="zai-org/GLM-4.5-Air",
-    ),
-    "tiny_gpt_oss": TinySpec(
-        "gpt_oss",
-        dict(
-            _LLAMA,
-            intermediate_size=64,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            sliding_window=128,
-            layer_types=["sliding_attention", "full_attention"] * 2,
-            max_position_embeddings=131072,  # as the real config: keeps YaRN's factor 32 consistent
-        ),
-        seed=7,
-        mirrors="openai/gpt-oss-20b",
-    ),
-    "tiny_opt": TinySpec(
-        "opt",
-        dict(
-            hidden_size=64,
-            ffn_dim=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            word_embed_proj_dim=64,
-            do_layer_norm_before=True,
-        ),
-        seed=8,
-        mirrors="facebook/opt-125m",
-    ),
-    "tiny_gpt2": TinySpec(
-        "gpt2",
-        dict(n_embd=64, n_layer=4, n_head=4, n_positions=MAX_POSITIONS),
-        seed=9,
-        mirrors="openai-community/gpt2",
-    ),
-    "tiny_pythia": TinySpec(
-        "gpt_neox",
-        dict(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            partial_rotary_factor=0.25,
-            use_parallel_residual=True,
-        ),
-        seed=10,
-        mirrors="EleutherAI/pythia-160m",
-    ),
-    "tiny_llama": TinySpec("llama", dict(_LLAMA), seed=11, mirrors="meta-llama/Llama-3.2-1B"),
-    "planted_qwen3": TinySpec(
-        "qwen3",
-        dict(_LLAMA, tie_word_embeddings=False),
-        seed=12,
-        mirrors="Qwen/Qwen3-0.6B",
-        plant=Plant(
-            (
-                # 5 of 8 sites (62.5%), ~8% of positions: systematic.
-                PlantedDim(
-                    7,
-                    (".", ",", "\n"),
-                    (
-                        "layers.0.attn_in",
-                        "layers.1.attn_in",
-                        "layers.1.mlp_in",
-                        "layers.2.attn_in",
-                        "layers.2.mlp_in",
-                    ),
-                ),
-                # 2 of 8 sites: exactly 25%, the inclusive boundary; ~7% of positions.
-                PlantedDim(
-                    23,
-                    (" the", " a", " is", " to", " of", " in"),
-                    ("layers.3.attn_in", "layers.3.mlp_in"),
-                    gain=1.5,
-                ),
-                # 1 of 8 sites (12.5%): never systematic, whatever the positions.
-                PlantedDim(41, (" and", " be"), ("layers.0.mlp_in",)),
-            )
-        ),
-    ),
-    "planted_olmoe": TinySpec(
-        "olmoe",
-        dict(
-            _LLAMA,
-            intermediate_size=32,
-            num_key_value_heads=4,
-            num_experts=4,
-            num_experts_per_tok=2,
-        ),
-        seed=13,
-        mirrors="allenai/OLMoE-1B-7B-0125",
-        plant=Plant(
-            (
-                # every site (100%), ~8% of positions: systematic.
-                PlantedDim(
-                    11,
-                    (".", ",", "\n"),
-                    tuple(f"layers.{i}.{k}" for i in range(4) for k in ("attn_in", "mlp_in")),
-                ),
-                # 3 of 8 sites (37.5%) but only " the" (~2-3% of positions): fails the 6% rule.
-                PlantedDim(
-                    50,
-                    (" the",),
-                    ("layers.0.attn_in", "layers.0.mlp_in", "layers.1.attn_in"),
-                    gain=1.25,
-                ),
-            )
-        ),
-    ),
-}
 
 
 # -- cache and fingerprints --------------------------------------------------------------------
@@ -451,10 +231,10 @@ def _spec(model_id: str) -> TinySpec:
     from harness.errors import HarnessError
 
     try:
-        return TINY_BUILDERS[model_id]
+        return TINY_SPECS[model_id]
     except KeyError:
         raise HarnessError(
-            f"unknown tiny model {model_id!r}; choose one of {', '.join(TINY_BUILDERS)}."
+            f"unknown tiny model {model_id!r}; choose one of {', '.join(TINY_SPECS)}."
         ) from None
 
 
@@ -486,6 +266,7 @@ def _make_model(spec: TinySpec, tokenizer):
     model.eval()
     if spec.plant is not None:
         _plant(model, spec.plant, tokenizer)
+        _verify_plant(model, spec.plant, tokenizer)
     return model
 
 
@@ -530,133 +311,6 @@ def build_tiny(model_id: str, cache_dir: Path | None = None) -> Path:
     return final
 
 
-# -- planting ----------------------------------------------------------------------------------
-def _trigger_ids(tokenizer, texts) -> list[int]:
-    ids = []
-    for text in texts:
-        enc = tokenizer.encode(text, add_special_tokens=False)
-        if len(enc) != 1:
-            raise RuntimeError(f"trigger {text!r} is {len(enc)} tokens, not one")
-        ids.append(int(enc[0]))
-    return ids
-
-
-_NORM_OF_KIND = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
-_WRITERS_2D = ("self_attn.o_proj", "mlp.down_proj", "mlp.shared_expert.down_proj")
-
-
-@torch.no_grad()
-def _plant(model, plant: Plant, tokenizer) -> None:
-    H = model.config.hidden_size
-    layers = model.model.layers
-    dims = [p.dim for p in plant.dims]
-    emb = model.get_input_embeddings().weight
-    emb[:, dims] = 0.0
-    for p in plant.dims:
-        emb[_trigger_ids(tokenizer, p.triggers), p.dim] = plant.amplitude
-    for layer in layers:
-        for name, param in layer.named_parameters():
-            if name.endswith(tuple(f"{w}.weight" for w in _WRITERS_2D)):
-                param[dims, :] = 0.0
-            elif name.endswith(tuple(f"{w}.bias" for w in _WRITERS_2D)):
-                param[dims] = 0.0
-            elif name.endswith("experts.down_proj"):
-                if param.dim() != 3 or param.shape[1] != H:
-                    raise RuntimeError(f"unexpected expert layout {name} {tuple(param.shape)}")
-                param[:, dims, :] = 0.0
-            elif "down_proj" in name or "o_proj" in name:
-                raise RuntimeError(f"planting does not know the writer {name}")
-        for norm in _NORM_OF_KIND.values():
-            getattr(layer, norm).weight.fill_(plant.base_gain)
-    model.model.norm.weight.fill_(plant.base_gain)  # not a site; kept small for tidiness
-    for p in plant.dims:
-        for site in p.sites:
-            _, i, kind = site.split(".")
-            getattr(layers[int(i)], _NORM_OF_KIND[kind]).weight[p.dim] = p.gain
-    _verify_plant(model, plant, tokenizer)
-
-
-@torch.no_grad()
-def _verify_plant(model, plant: Plant, tokenizer) -> None:
-    """One forward pass over every trigger and random tokens: the planted truth must hold."""
-    g = torch.Generator().manual_seed(0)
-    triggers = [i for p in plant.dims for i in _trigger_ids(tokenizer, p.triggers)]
-    ids = torch.randint(len(SPECIAL_TOKENS), len(tokenizer), (2, 128), generator=g)
-    ids[0, : len(triggers)] = torch.tensor(triggers)
-    truth = _truth_from(plant, tokenizer, model.config)
-    acts = np.abs(_site_outputs(model, ids))  # [3L, N, T, H], sites.py order for "all"
-    ln, resid = acts[np.arange(len(acts)) % 3 != 2], acts[2::3]
-    checks = [("ln", ln, m) for m in (4.001, 6.0, truth["min_planted_value"])]
-    checks += [("residual", resid, m) for m in (RESIDUAL_BOUND + 1e-3, plant.amplitude)]
-    for sites, a, m in checks:
-        if not np.array_equal(a >= m, planted_masks(truth, ids.numpy(), sites, m)):
-            raise RuntimeError(
-                f"the planted outliers do not hold on the {sites} sites at magnitude {m}; the "
-                "recipe in harness/loading/tiny_builder.py does not fit this transformers version"
-            )
-
-
-def _site_outputs(model, ids: torch.Tensor) -> np.ndarray:
-    """float32 [3L, N, T, H]: per layer the two norm outputs and the layer output."""
-    store: list = []
-    handles = []
-    for layer in model.model.layers:
-        for module in (layer.input_layernorm, layer.post_attention_layernorm, layer):
-            slot = len(store)
-            store.append(None)
-
-            def hook(_m, _a, out, slot=slot):
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                store[slot] = out.detach().float().cpu().numpy()
-
-            handles.append(module.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return np.stack(store)
-
-
-# -- planted truth -----------------------------------------------------------------------------
-RESIDUAL_BOUND = 1.0  # every non-planted residual value stays below this (checked at build)
-
-
-def _site_names(num_layers: int, sites: str = "ln") -> list[str]:
-    kinds = {"ln": ("attn_in", "mlp_in"), "residual": ("resid_out",)}.get(
-        sites, ("attn_in", "mlp_in", "resid_out")
-    )
-    return [f"layers.{i}.{k}" for i in range(num_layers) for k in kinds]
-
-
-def _truth_from(plant: Plant, tokenizer, config) -> dict:
-    H, L = config.hidden_size, config.num_hidden_layers
-    dims = {}
-    for p in plant.dims:
-        dims[p.dim] = {
-            "trigger_tokens": list(p.triggers),
-            "trigger_ids": _trigger_ids(tokenizer, p.triggers),
-            "sites": list(p.sites),
-            "gain": p.gain,
-            "approx_value": p.gain * H**0.5,
-        }
-    return {
-        "hidden_size": H,
-        "num_layers": L,
-        "site_names": _site_names(L),
-        "amplitude": plant.amplitude,
-        "base_gain": plant.base_gain,
-        "bound_elsewhere": plant.base_gain * H**0.5,
-        "min_planted_value": round(0.999 * min(p.gain for p in plant.dims) * H**0.5, 3),
-        "residual_bound": RESIDUAL_BOUND,
-        "dims": dims,
-    }
-
-
-def _truth(model_id: str, spec: TinySpec, tokenizer) -> dict:
-    return {"model_id": model_id, **_truth_from(spec.plant, tokenizer, _config(spec, tokenizer))}
-
-
 def planted_truth(model_id: str, cache_dir: Path | None = None) -> dict:
     """What was planted in ``model_id`` (a ``planted_*`` id).
 
@@ -676,7 +330,7 @@ def planted_truth(model_id: str, cache_dir: Path | None = None) -> dict:
     if spec.plant is None:
         from harness.errors import HarnessError
 
-        planted = ", ".join(k for k, v in TINY_BUILDERS.items() if v.plant)
+        planted = ", ".join(k for k, v in TINY_SPECS.items() if v.plant)
         raise HarnessError(f"{model_id} has nothing planted; the planted models are {planted}.")
     return _truth(model_id, spec, train_tokenizer(cache_dir))
 
@@ -744,15 +398,47 @@ def planted_expectations(
     return {"pairs": pairs, "dims": dims}
 
 
-__all__ = [
-    "TINY_BUILDERS",
-    "TinySpec",
-    "Plant",
-    "PlantedDim",
-    "build_tiny",
-    "planted_expectations",
-    "planted_masks",
-    "planted_truth",
-    "tiny_cache_dir",
-    "train_tokenizer",
-]
+@torch.no_grad()
+def _verify_plant(model, plant: Plant, tokenizer) -> None:
+    """One forward pass over every trigger and random tokens: the planted truth must hold."""
+    g = torch.Generator().manual_seed(0)
+    triggers = [i for p in plant.dims for i in _trigger_ids(tokenizer, p.triggers)]
+    ids = torch.randint(len(SPECIAL_TOKENS), len(tokenizer), (2, 128), generator=g)
+    ids[0, : len(triggers)] = torch.tensor(triggers)
+    truth = _truth_from(plant, tokenizer, model.config)
+    acts = np.abs(_site_outputs(model, ids))  # [3L, N, T, H], sites.py order for "all"
+    ln, resid = acts[np.arange(len(acts)) % 3 != 2], acts[2::3]
+    checks = [("ln", ln, m) for m in (4.001, 6.0, truth["min_planted_value"])]
+    checks += [("residual", resid, m) for m in (RESIDUAL_BOUND + 1e-3, plant.amplitude)]
+    for sites, a, m in checks:
+        if not np.array_equal(a >= m, planted_masks(truth, ids.numpy(), sites, m)):
+            raise RuntimeError(
+                f"the planted outliers do not hold on the {sites} sites at magnitude {m}; the "
+                "recipe in harness/loading/tiny_builder.py does not fit this transformers version"
+            )
+
+
+def _site_outputs(model, ids: torch.Tensor) -> np.ndarray:
+    """float32 [3L, N, T, H]: per layer the two norm outputs and the layer output."""
+    store: list = []
+    handles = []
+    for layer in model.model.layers:
+        for module in (layer.input_layernorm, layer.post_attention_layernorm, layer):
+            slot = len(store)
+            store.append(None)
+
+            def hook(_m, _a, out, slot=slot):
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                store[slot] = out.detach().float().cpu().numpy()
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return np.stack(store)
+
+
+def _truth(model_id: str, spec: TinySpec, tokenizer) -> dict:
+    return {"model_id": model_id, **_truth_from(spec.plant, tokenizer, _config(spec, tokenizer))}

@@ -120,7 +120,7 @@ def run_model(
         loaded = load(spec, device=opts.device, dtype=opts.dtype, preflight=report)
     if windows is None:
         from harness.engine.sites import text_config
-        from harness.pipeline import max_positions
+        from harness.loading.params import max_positions
 
         limit = max_positions(text_config(loaded.model.config))
         if limit is not None and opts.seq_len > limit:  # before building the windows

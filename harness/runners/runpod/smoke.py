@@ -175,7 +175,7 @@ def smoke(
 
 
 def _on_pod(ssh: Ssh, name: str, redact) -> list[Check]:
-    from harness.runners.runpod.runner import FIND_PYTHON, PODSIDE_SOURCE, _remote
+    from harness.runners.runpod.lifecycle import FIND_PYTHON, PODSIDE_SOURCE, _remote
 
     rows = []
     pre = _remote(name) + FIND_PYTHON

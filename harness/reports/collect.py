@@ -1,0 +1,198 @@
+"""Comparison reports over result directories: tables, exports, notes and plots.
+
+    rows = collect("results")                        # as recorded in each result.json
+    rows = collect("results", Criteria(8, .25, .06))  # re-thresholded from stats.npz
+    print(render(rows, "table"))                      # table | csv | json | md
+    write_reports(rows, "reports")                    # summary.md/.csv/.json + plots/
+
+One ``Row`` per run directory (the latest per model, data, dtype and criteria). Its export
+starts with the original study's columns exactly (METHOD.md, section 3: ``EXPORT_COLUMNS``,
+sorted by total params) and continues with ours (``EXTRA_COLUMNS``): pooled figures, the
+published count beside ours, bootstrap 95% intervals over sequences, comparability, timing.
+
+Comparability (issue 8.2): rows are comparable when they share the activation dtype, the data
+(dataset, config, revision, number of windows, window length, stride, BOS policy; and the hash
+of the token windows when the tokenizers are the same, or the windows are raw ids), the site
+set and the criteria. The configuration most rows share is the reference; every other row is
+marked "not comparable: <reason>" in every table and drawn hollow in every plot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.engine.criteria import Criteria, evaluate
+from harness.engine.result import find_run_dirs, read_result, read_stats, run_dir_name
+from harness.reports.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap
+from harness.reports.comparability import label_runs, mark_comparability
+from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row
+
+
+# -- collecting ---------------------------------------------------------------------------------
+def _family(result: dict) -> str:
+    from harness import models
+
+    model = result.get("model", {})
+    entry = models.REGISTRY.get(str(model.get("id")))
+    if entry is not None:
+        return entry.family
+    if model.get("family") in models.FAMILIES:
+        return model["family"]
+    return "moe" if (model.get("num_experts") or 0) > 1 else "dense"
+
+
+def _activation_dtype(result: dict) -> str:
+    prov = result.get("provenance") or {}
+    model = result.get("model") or {}
+    return str(
+        prov.get("activation_dtype") or model.get("activation_dtype") or model.get("dtype") or "?"
+    )
+
+
+def _data_spec(result: dict) -> dict:
+    d = result.get("data") or {}
+    keys = ("dataset", "config", "revision", "num_sequences", "seq_len", "stride", "bos")
+    spec = {k: d.get(k) for k in keys}
+    spec["windows_sha256"] = d.get("windows_sha256")
+    return spec
+
+
+def _recorded_criteria(result: dict) -> Criteria:
+    c = result["criteria"]
+    return Criteria(float(c["magnitude"]), float(c["layer_fraction"]), float(c["seq_fraction"]))
+
+
+def _published(result: dict, criteria: Criteria, num_outliers: int):
+    """(published count, deviation, deviation %) with the plugin's own settings check."""
+    from harness import models
+    from harness.engine.checks import published_deviation
+
+    entry = models.REGISTRY.get(str(result.get("model", {}).get("id")))
+    view = dict(result)
+    view["criteria"] = dict(
+        result["criteria"],
+        magnitude=criteria.magnitude,
+        layer_fraction=criteria.layer_frac,
+        seq_fraction=criteria.seq_frac,
+    )
+    view["seed_compatible"] = {"num_outliers": num_outliers}
+    dev = published_deviation(view, entry)
+    if dev is None:
+        return None, None, None
+    if not dev["comparable"]:
+        return dev["published"], NOT_COMPARABLE_SETTINGS, NOT_COMPARABLE_SETTINGS
+    return dev["published"], dev["ours"] - dev["published"], 100.0 * dev["relative_deviation"]
+
+
+def _pod(result: dict) -> tuple[float | None, float | None]:
+    pod = result.get("runpod") or result.get("pod") or {}
+    seconds = next(
+        (pod[k] for k in ("seconds", "pod_seconds", "elapsed_seconds", "wall_seconds") if k in pod),
+        None,
+    )
+    cost = next((pod[k] for k in ("cost_usd", "cost", "estimated_cost_usd") if k in pod), None)
+    return seconds, cost
+
+
+def _key(result: dict, criteria: Criteria) -> tuple:
+    data_part = run_dir_name(result).split("__", 1)[0]
+    return (
+        str(result["model"]["id"]),
+        data_part,
+        _activation_dtype(result),
+        result["criteria"].get("sites"),
+        criteria.magnitude,
+        criteria.layer_frac,
+        criteria.seq_frac,
+    )
+
+
+def collect(
+    results_dir: str | Path,
+    criteria: Criteria | None = None,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> list[Row]:
+    """One ``Row`` per run directory under ``results_dir`` (the latest result.json per model,
+    data, activation dtype and criteria), sorted by total params, comparability marked.
+
+    ``criteria=None``: the figures as recorded in result.json. With ``criteria``, EVERY figure
+    (seed-compatible, pooled, per-site) is recomputed from stats.npz with
+    ``harness.engine.criteria.evaluate``, equal to a fresh run at those thresholds; a magnitude that
+    a run did not capture raises its ``HarnessError``. ``resamples`` bootstrap resamples over
+    sequences give the 95% intervals (0: none)."""
+    latest: dict[tuple, tuple[float, Path, dict, Criteria]] = {}
+    for run in find_run_dirs(results_dir):
+        result = read_result(run)
+        crit = criteria or _recorded_criteria(result)
+        key = _key(result, crit)
+        mtime = (run / "result.json").stat().st_mtime
+        if key not in latest or mtime >= latest[key][0]:
+            latest[key] = (mtime, run, result, crit)
+    rows = [
+        _row(run, result, crit, criteria is not None, resamples, seed)
+        for _, run, result, crit in latest.values()
+    ]
+    rows.sort(key=lambda r: (r.total_params or 0, r.active_params or 0, r.model_name))
+    mark_comparability(rows)
+    label_runs(rows)
+    return rows
+
+
+def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: int, seed: int):
+    stats = read_stats(run)
+    if rethreshold:
+        figures = evaluate(stats, crit)
+    else:
+        figures = {k: result[k] for k in ("seed_compatible", "pooled", "per_site")}
+    sc, po = figures["seed_compatible"], figures["pooled"]
+    model = result["model"]
+    timing = result.get("timing") or {}
+    published, deviation, deviation_pct = _published(result, crit, sc["num_outliers"])
+    pod_seconds, pod_cost = _pod(result)
+    data = result.get("data") or {}
+    ci = bootstrap(stats, crit, resamples=resamples, seed=seed) if resamples > 0 else {}
+    attribution = result.get("attribution")
+    if rethreshold and attribution is not None:
+        from harness.attribution.observer import attribution_section
+
+        attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))
+    return Row(
+        model_name=str(model["id"]),
+        family=_family(result),
+        run_dir=str(run),
+        total_params=model.get("total_params"),
+        active_params=model.get("active_params"),
+        total_params_no_embedding=model.get("total_params_no_embedding"),
+        active_params_no_embedding=model.get("active_params_no_embedding"),
+        num_outliers=sc["num_outliers"],
+        mean_layer_pct=sc["mean_layer_pct"],
+        median_layer_pct=sc["median_layer_pct"],
+        mean_seq_pct=sc["mean_seq_pct"],
+        median_seq_pct=sc["median_seq_pct"],
+        pooled_dims=po["num_dims"],
+        pooled_layer_pct=po["mean_layer_pct"],
+        pooled_seq_pct=po["mean_seq_pct"],
+        sites_affected_pct=po["sites_affected_pct"],
+        positions_affected_pct=po["positions_affected_pct"],
+        criteria=crit,
+        rethresholded=rethreshold,
+        activation_dtype=_activation_dtype(result),
+        sites=str(result["criteria"].get("sites")),
+        data=_data_spec(result),
+        tokenizer=data.get("tokenizer_sha256") or data.get("tokenizer"),
+        published_num_outliers=published,
+        published_deviation=deviation,
+        published_deviation_pct=deviation_pct,
+        ci=ci,
+        tokens_per_second=timing.get("tokens_per_second"),
+        forward_seconds=timing.get("forward_seconds"),
+        pod_seconds=pod_seconds,
+        pod_cost_usd=pod_cost,
+        num_experts=int(model.get("num_experts") or 0),
+        figures=figures,
+        stats=stats,
+        attribution=attribution,
+        tokenizer_name=data.get("tokenizer"),
+    )

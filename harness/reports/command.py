@@ -1,0 +1,88 @@
+"""``outliers report``: the command over result directories (a thin shell over collect / render / write_reports)."""
+
+from __future__ import annotations
+
+import time
+
+from harness.engine.criteria import Criteria
+from harness.errors import HarnessError
+from harness.reports.bootstrap import DEFAULT_RESAMPLES
+from harness.reports.collect import collect
+from harness.reports.render import FORMATS, render
+from harness.reports.summary import summary_for_terminal, write_reports
+
+
+# -- the `outliers report` command --------------------------------------------------------------
+def add_report_command(sub) -> None:
+    """Add ``outliers report`` to the CLI's subparsers."""
+    from harness.options import OPTIONS
+
+    helps = {o.name: o.help for o in OPTIONS}
+    p = sub.add_parser(
+        "report", help="tables, exports and plots from result directories (no model is run)"
+    )
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="print this format on stdout (default: the terminal table and paths)",
+    )
+    p.add_argument(
+        "--magnitude",
+        type=float,
+        default=None,
+        help=helps["magnitude"] + "; re-thresholds from stats.npz (a grid value)",
+    )
+    p.add_argument("--layer-frac", type=float, default=None, help=helps["layer_frac"])
+    p.add_argument("--seq-frac", type=float, default=None, help=helps["seq_frac"])
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write the reports (tables, exports, plots) into this directory; without it "
+        "nothing is written",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help="bootstrap resamples over sequences for the 95%% intervals (0: none)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="tables and exports only")
+    p.set_defaults(func=run_report_command)
+
+
+def criteria_from_flags(magnitude, layer_frac, seq_frac) -> Criteria | None:
+    """None when no flag was given (figures as recorded); otherwise the flags, with Dettmers'
+    values for the ones left out."""
+    if magnitude is None and layer_frac is None and seq_frac is None:
+        return None
+    d = Criteria()
+    return Criteria(
+        d.magnitude if magnitude is None else magnitude,
+        d.layer_frac if layer_frac is None else layer_frac,
+        d.seq_frac if seq_frac is None else seq_frac,
+    )
+
+
+def run_report_command(args) -> int:
+    import sys
+
+    t0 = time.perf_counter()
+    criteria = criteria_from_flags(args.magnitude, args.layer_frac, args.seq_frac)
+    rows = collect(args.results, criteria, resamples=args.resamples)
+    if not rows:
+        raise HarnessError(
+            f"no result directories under {args.results}; run `pytest -m tiny` or "
+            "`outliers analyze MODEL` first, or pass --results DIR."
+        )
+    # files only when asked for (--out): a stdout format has no side effects
+    paths = write_reports(rows, args.out, plots=not args.no_plots) if args.out else {}
+    if args.format is None:
+        print(summary_for_terminal(rows, paths))
+    else:
+        print(render(rows, args.format), end="" if args.format == "csv" else "\n")
+        if args.out:
+            took = time.perf_counter() - t0
+            print(f"reports written to {args.out} ({took:.1f} s)", file=sys.stderr)
+    return 0
