@@ -96,7 +96,7 @@ def _as_original_row(result) -> list:
 def _cmd_models(args) -> int:
     from harness.reports.models_table import registry_table
 
-    print(registry_table(family=args.family, configs=args.configs, download=args.fetch_configs))
+    print(registry_table(group=args.group, configs=args.configs, download=args.fetch_configs))
     return 0
 
 
@@ -123,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("models", help="list the model registry")
-    p.add_argument("--family", choices=("moe", "dense", "reference", "tiny"), default=None)
+    p.add_argument(
+        "--group",
+        choices=("moe", "dense", "reference", "tiny"),
+        default=None,
+        help="one study group",
+    )
     p.add_argument(
         "--configs",
         default=None,

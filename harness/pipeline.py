@@ -69,7 +69,7 @@ def model_info(model: torch.nn.Module, sitemap=None, **extra) -> dict:
         "id": extra.pop("id", None) or getattr(model.config, "_name_or_path", None) or "model",
         "source": extra.pop("source", None)
         or {"path": getattr(model.config, "_name_or_path", None)},
-        "architecture": type(model).__name__,
+        "model_class": type(model).__name__,
         "model_type": getattr(model.config, "model_type", None),
         "num_layers": sitemap.num_layers if sitemap else None,
         "hidden_size": sitemap.hidden_size if sitemap else None,

@@ -65,7 +65,7 @@ def pytest_generate_tests(metafunc):
 
     params = []
     for entry in models.ENTRIES:
-        marks = [getattr(pytest.mark, entry.family)]
+        marks = [getattr(pytest.mark, entry.group)]
         if not entry.offline:
             marks.append(pytest.mark.gpu)
         params.append(pytest.param(entry, id=entry.id, marks=marks))

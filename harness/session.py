@@ -142,7 +142,7 @@ class OutlierSession:
 
     # -- one model test --------------------------------------------------------------------
     def run(self, entry, loaded, windows, benchmark) -> RunOutcome:
-        benchmark.group = entry.family
+        benchmark.group = entry.group
         if self.remote is not None:
             try:
                 outcome = benchmark.pedantic(self.remote.run, args=(entry,), rounds=1, iterations=1)
@@ -175,7 +175,7 @@ class OutlierSession:
         sc, po, m = r["seed_compatible"], r["pooled"], r["model"]
         info = {
             "model": entry.id,
-            "family": entry.family,
+            "group": entry.group,
             "num_outliers": sc["num_outliers"],
             "mean_layer_pct": sc["mean_layer_pct"],
             "median_layer_pct": sc["median_layer_pct"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.models.reference import REFERENCE
-from harness.models.registry import FAMILIES, GpuPlan, ModelEntry, Published, derive_gpu_plan
+from harness.models.registry import GROUPS, GpuPlan, ModelEntry, Published, derive_gpu_plan
 from harness.models.study import STUDY
 from harness.models.tiny import TINY
 
@@ -24,13 +24,13 @@ def get(model_id: str) -> ModelEntry:
         ) from None
 
 
-def select(family: str) -> list[ModelEntry]:
-    return [e for e in ENTRIES if e.family == family]
+def select(group: str) -> list[ModelEntry]:
+    return [e for e in ENTRIES if e.group == group]
 
 
 __all__ = [
     "ENTRIES",
-    "FAMILIES",
+    "GROUPS",
     "GpuPlan",
     "ModelEntry",
     "Published",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-FAMILIES = ("moe", "dense", "reference", "tiny")
+# the study group of an entry: the 7 MoE and 5 dense models of the study, the 2022 reference
+# families (OPT, GPT-2, Pythia, ...), the offline replicas
+GROUPS = ("moe", "dense", "reference", "tiny")
 
 # RunPod GPU type ids, in order of preference (fallbacks when one has no capacity).
 A100_80 = ("NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
@@ -69,7 +71,7 @@ class Published:
 class ModelEntry:
     id: str  # pytest id, e.g. "qwen3_0.6b"
     hub_id: str  # Hugging Face id, or "tiny:<name>" for the built-in replicas
-    family: str  # moe | dense | reference | tiny
+    group: str  # moe | dense | reference | tiny (GROUPS)
     revision: str | None = None  # pin a hub commit; None = the branch head at run time
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
@@ -84,8 +86,8 @@ class ModelEntry:
     marks: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"{self.id}: family must be one of {FAMILIES}")
+        if self.group not in GROUPS:
+            raise ValueError(f"{self.id}: group must be one of {GROUPS}")
 
     @property
     def is_tiny(self) -> bool:

@@ -48,7 +48,11 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("test_outliers/test_scaling.py",),
     ),
     "harness/engine/result.py": (
-        ("write_result", "_replace", "clean_stale"),
+        ("write_result", "clean_stale"),
+        ("test_outliers/test_result_files.py", "test_outliers/test_bad_input.py"),
+    ),
+    "harness/fileio.py": (
+        ("replace_dir", "atomic_write"),
         ("test_outliers/test_result_files.py", "test_outliers/test_bad_input.py"),
     ),
     "harness/runners/runpod/runner.py": (

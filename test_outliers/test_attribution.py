@@ -31,9 +31,9 @@ from harness.attribution.observer import (
 )
 from harness.attribution.tokens import position_buckets
 from harness.engine.criteria import Criteria
-from harness.engine.result import _json_default
 from harness.engine.sites import find_sites
 from harness.engine.statistics import CapturedStats
+from harness.fileio import dumps
 from harness.pipeline import analyze
 from harness.reports.attribution import attribution_tables, decode_tables, plot_expert_enrichment
 
@@ -152,7 +152,7 @@ def test_section_is_recomputed_from_stats_npz_alone(dense, tmp_path):
     assert "attr_massive_median_key" in stats.extra and "attr_moe_counts" not in stats.extra
     crit = Criteria(6.0, 0.25, 0.06)
     again = attribution_section(stats, crit)
-    assert json.dumps(again, default=_json_default) == json.dumps(section, default=_json_default)
+    assert dumps(again) == dumps(section)
     # re-threshold offline: at magnitude 100 nothing is systematic
     assert token_attribution(stats, Criteria(100.0, 0.25, 0.06))["dims"] == []
 
@@ -299,8 +299,8 @@ def test_routed_expert_is_top_enriched_at_every_moe_layer(arch):
     assert ex["per_expert_output"]["exposed"] is False
     assert ex["per_expert_output"]["note"].startswith("not exposed by ")
     assert (ex["shared_expert"] is not None) == (arch in ("qwen3_next", "glm4_moe"))
-    assert ex["router"]["indices"] == ROUTER_OUTPUTS[sm.family].indices
-    json.dumps(section, allow_nan=False, default=_json_default)
+    assert ex["router"]["indices"] == ROUTER_OUTPUTS[sm.architecture].indices
+    dumps(section)
 
 
 def test_binomial_pvalue_equals_scipy_binomtest():
@@ -332,7 +332,7 @@ def test_retried_batch_after_out_of_memory_gives_the_same_result():
     finally:
         h.remove()
     assert result.timing["oom_retries"] == 1
-    assert json.dumps(got, default=_json_default) == json.dumps(want, default=_json_default)
+    assert dumps(got) == dumps(want)
 
 
 def test_expert_counts_recompute_offline_and_refuse_below_capture_magnitude():
@@ -358,7 +358,7 @@ def test_tables_decode_tokens_and_plot_is_written(tmp_path, dense):
     _, _, _, section = dense
     model, _ = planted_model("qwen3_moe", route=True)
     result, moe = run(model, planted_ids(seed=4))
-    result_dict = json.loads(json.dumps(result.to_dict(), default=_json_default))
+    result_dict = json.loads(dumps(result.to_dict()))
     tables = attribution_tables(result_dict, tokenizer=_Tok())
     assert "' planted' x" in tables["outlier_tokens"]
     assert "| 1 " in tables["outlier_experts"] or "|       1 |" in tables["outlier_experts"]

@@ -154,7 +154,7 @@ def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkey
     model = random_model("qwen3", seed=6)
     r = analyze(model, random_ids(2, 8))
     calls = {"n": 0}
-    real = result_mod._fsync_write
+    real = result_mod.fsync_write
 
     def crash_on_second(path, data):
         calls["n"] += 1
@@ -162,7 +162,7 @@ def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkey
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(result_mod, "_fsync_write", crash_on_second)
+    monkeypatch.setattr(result_mod, "fsync_write", crash_on_second)
     with pytest.raises(HarnessError, match="no space left on the device"):  # one sentence
         result_mod.write_result(r, tmp_path)
     assert find_run_dirs(tmp_path) == []

@@ -91,7 +91,7 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
 
 
 def test_models_lists_the_registry_with_params_from_configs():
-    p = outliers("models", "--family", "moe")  # the configs shipped in models/configs
+    p = outliers("models", "--group", "moe")  # the configs shipped in models/configs
     assert p.returncode == 0, p.stderr
     lines = {line.split()[0]: line for line in p.stdout.splitlines()[2:] if line.strip()}
     assert set(lines) >= {

@@ -63,10 +63,10 @@ BY_ID = {e.id: e for e in REFERENCE}
 # --- the registry entries ----------------------------------------------------------------------
 
 
-def test_all_24_reference_ids_with_their_hub_ids_and_family():
+def test_all_24_reference_ids_with_their_hub_ids_and_group():
     assert len(REFERENCE) == 24 and len(BY_ID) == 24
     assert {e.id: e.hub_id for e in REFERENCE} == EXPECTED
-    assert all(e.family == "reference" for e in REFERENCE)
+    assert all(e.group == "reference" for e in REFERENCE)
 
 
 def test_reference_entries_are_in_the_registry_once_registered():

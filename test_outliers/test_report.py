@@ -175,7 +175,7 @@ def test_a_stdout_format_writes_no_file(sweep, tmp_path, capsys, monkeypatch):
 
 def test_published_figure_is_shown_only_for_matching_settings(sweep):
     row = next(r for r in collect(sweep["root"], resamples=0) if r.model_name == "qwen3_0.6b")
-    assert row.family == "dense"  # from the registry, not guessed
+    assert row.group == "dense"  # from the registry, not guessed
     assert row.published_num_outliers == 9212
     assert row.published_deviation == NOT_COMPARABLE_SETTINGS  # 8 x 32 random ids
 
@@ -195,8 +195,8 @@ def test_published_deviation_when_settings_match(sweep, tmp_path):
     assert row.published_deviation_pct == pytest.approx(100.0 * (ours - 9212) / 9212)
 
 
-def test_family_falls_back_to_the_expert_count(sweep):
-    fam = {r.model_name: r.family for r in collect(sweep["root"], resamples=0)}
+def test_the_group_falls_back_to_the_expert_count(sweep):
+    fam = {r.model_name: r.group for r in collect(sweep["root"], resamples=0)}
     assert fam["moe_o"] == fam["moe_m"] == "moe"
     assert fam["dense_q"] == fam["dense_g"] == "dense"
 
@@ -379,7 +379,7 @@ def test_eight_study_plots_and_more_are_real_images(written):
         _assert_real_image(out / "plots" / f"heatmap_{r.model_name}.png", size=None)
 
 
-def test_scatter_plot_data_has_families_labels_intervals_and_the_reference(written, tmp_path):
+def test_scatter_plot_data_has_groups_labels_intervals_and_the_reference(written, tmp_path):
     pytest.importorskip("harness.models.dettmers")
     from harness.models.dettmers import reference_series
 

@@ -57,7 +57,7 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(result, tmp_path, monkeypa
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(result_mod, "_fsync_write", full)
+    monkeypatch.setattr(result_mod, "fsync_write", full)
     with pytest.raises(HarnessError, match="no space left on the device") as err:
         write_result(result, tmp_path)
     assert "Traceback" not in str(err.value) and str(err.value).endswith("--results-dir.")
@@ -93,7 +93,7 @@ def test_a_crash_mid_write_leaves_the_previous_result_or_nothing(
     if not first:
         final = write_result(result, tmp_path)
         want = read_result(final)
-    real_write, real_rename = result_mod._fsync_write, os.rename
+    real_write, real_rename = result_mod.fsync_write, os.rename
 
     def half_then_die(path, data):
         if path.name == crash_at:
@@ -109,7 +109,7 @@ def test_a_crash_mid_write_leaves_the_previous_result_or_nothing(
     if crash_at == "rename":
         monkeypatch.setattr(result_mod.os, "rename", die_on_rename)
     else:
-        monkeypatch.setattr(result_mod, "_fsync_write", half_then_die)
+        monkeypatch.setattr(result_mod, "fsync_write", half_then_die)
     with pytest.raises(KeyboardInterrupt):
         write_result(result, tmp_path)
     monkeypatch.undo()

@@ -49,21 +49,21 @@ MIN_SELECTIONS = 5  # an "outlier expert" needs at least this many selections at
 TOP_EXPERTS = 10
 
 
-def parse_router_output(family: str, output, num_rows: int) -> tuple[torch.Tensor, int]:
+def parse_router_output(architecture: str, output, num_rows: int) -> tuple[torch.Tensor, int]:
     """(top-k expert ids [num_rows, k], number of experts) from a router's forward output."""
-    fmt = ROUTER_OUTPUTS.get(family)
+    fmt = ROUTER_OUTPUTS.get(architecture)
     if fmt is None or not isinstance(output, (tuple, list)) or len(output) != 3:
         raise HarnessError(
-            f"the router of family {family!r} returned {type(output).__name__}"
+            f"the router of architecture {architecture!r} returned {type(output).__name__}"
             f"{'' if not isinstance(output, (tuple, list)) else f' of {len(output)}'}; expert "
             "attribution expects (logits, top-k weights, top-k indices): add or fix the router_output of "
-            "its Family row in harness/engine/sites.py."
+            "its row in harness/engine/architectures.py."
         )
     idx, logits = output[fmt.indices], output[fmt.logits]
     if idx.dtype.is_floating_point or idx.numel() % num_rows:
         raise HarnessError(
-            f"the router of family {family!r} returned indices of dtype {idx.dtype} and shape "
-            f"{tuple(idx.shape)} for {num_rows} positions; the router_output of its Family row in "
+            f"the router of architecture {architecture!r} returned indices of dtype {idx.dtype} and shape "
+            f"{tuple(idx.shape)} for {num_rows} positions; the router_output of its row in "
             "harness/engine/sites.py is wrong."
         )
     return idx.reshape(num_rows, -1), int(logits.shape[-1])
@@ -87,7 +87,7 @@ class ExpertRouting(Observer):
 
     # -- observer API --------------------------------------------------------------------
     def attach(self, sitemap: SiteMap, register: Callable) -> None:
-        self.family = sitemap.family
+        self.architecture = sitemap.architecture
         self.H = sitemap.hidden_size
         self.layers = [r.layer for r in sitemap.routers]
         self.slot = {layer: j for j, layer in enumerate(self.layers)}
@@ -101,7 +101,7 @@ class ExpertRouting(Observer):
         self._cand: list[list] = [[] for _ in range(L)]  # per slot: (pos, experts, hit rows...)
         experts = sitemap.experts
         self.info = {
-            "family": sitemap.family,
+            "architecture": sitemap.architecture,
             "router_class": type(sitemap.routers[0].module).__name__ if L else "",
             "experts_class": type(next(iter(experts.values()))).__name__ if experts else "",
             "experts_implementation": str(
@@ -117,9 +117,9 @@ class ExpertRouting(Observer):
             if sitemap.shared_experts
             else "",
         }
-        if L and self.family not in ROUTER_OUTPUTS:
+        if L and self.architecture not in ROUTER_OUTPUTS:
             raise HarnessError(
-                f"family {self.family!r} has routers but no router_output in its Family row "
+                f"architecture {self.architecture!r} has routers but no router_output in its row "
                 "(harness/engine/sites.py); add one."
             )
         # when the run captures a router's input (its layer's mlp_in site), the engine's hits
@@ -215,7 +215,7 @@ class ExpertRouting(Observer):
     def _route(self, layer: int, x: torch.Tensor, output, batch: Batch) -> None:
         rows = batch.size * batch.seq_len
         h = x.reshape(rows, self.H)
-        idx, E = parse_router_output(self.family, output, rows)
+        idx, E = parse_router_output(self.architecture, output, rows)
         part = self._part.setdefault(layer, {})
         part["idx"], part["E"], part["k"] = idx, E, idx.shape[1]
         part["counts"] = torch.bincount(idx.reshape(-1), minlength=E)
@@ -323,7 +323,7 @@ class ExpertRouting(Observer):
                 [
                     info.get(key, "")
                     for key in (
-                        "family",
+                        "architecture",
                         "router_class",
                         "experts_class",
                         "experts_implementation",
@@ -419,7 +419,13 @@ def expert_section(stats: CapturedStats, criteria: Criteria) -> dict | None:
     layers_idx = [int(v) for v in x["layers"]]
     info = dict(
         zip(
-            ("family", "router_class", "experts_class", "experts_implementation", "shared_class"),
+            (
+                "architecture",
+                "router_class",
+                "experts_class",
+                "experts_implementation",
+                "shared_class",
+            ),
             (str(s) for s in x["info"]),
             strict=True,
         )
@@ -484,9 +490,9 @@ def expert_section(stats: CapturedStats, criteria: Criteria) -> dict | None:
     ]
     experts_class = info["experts_class"] or "the experts module"
     return {
-        "family": info["family"],
-        "router": {"class": info["router_class"], **ROUTER_OUTPUTS[info["family"]].__dict__}
-        if info["family"] in ROUTER_OUTPUTS
+        "architecture": info["architecture"],
+        "router": {"class": info["router_class"], **ROUTER_OUTPUTS[info["architecture"]].__dict__}
+        if info["architecture"] in ROUTER_OUTPUTS
         else {"class": info["router_class"]},
         "magnitude": criteria.magnitude,
         "systematic_dims": [int(d) for d in dims],

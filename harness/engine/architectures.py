@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RouterOutput:
-    """What a family's router module returns (transformers 5.x), checked in its modeling file."""
+    """What an architecture's router module returns (transformers 5.x), checked in its modeling file."""
 
     logits: int  # tuple slot of the router logits [B*T, E]
     weights: int  # tuple slot of the top-k routing weights [B*T, k]
@@ -17,8 +17,8 @@ class RouterOutput:
 
 
 @dataclass(frozen=True)
-class Family:
-    """What the module structure of one model family cannot tell."""
+class Architecture:
+    """What the module structure of one architecture (a transformers model_type) cannot tell."""
 
     name: str
     model_types: tuple[str, ...]
@@ -26,7 +26,7 @@ class Family:
     router_output: RouterOutput | None = None  # what that router returns
     experts: str | None = None  # path of the fused routed experts inside a layer
     shared_expert: str | None = None
-    unsupported: str | None = None  # why this family has no sites by the definition
+    unsupported: str | None = None  # why this architecture has no sites by the definition
 
 
 # Every router of transformers 5.x returns the 3-tuple (logits [B*T, E], top-k weights [B*T, k],
@@ -38,15 +38,15 @@ _SLOTS = dict(logits=0, weights=1, indices=2)
 _SOFTMAX = "softmax over all E logits (fp32), top-k, renormalised when config.norm_topk_prob"
 
 
-FAMILIES: tuple[Family, ...] = (
-    Family(
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
         "qwen3_moe",
         ("qwen3_moe",),
         router="mlp.gate",  # Qwen3MoeTopKRouter
         router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
         experts="mlp.experts",
     ),
-    Family(
+    Architecture(
         "qwen3_next",
         ("qwen3_next",),
         router="mlp.gate",  # Qwen3NextTopKRouter
@@ -54,14 +54,14 @@ FAMILIES: tuple[Family, ...] = (
         experts="mlp.experts",
         shared_expert="mlp.shared_expert",
     ),
-    Family(
+    Architecture(
         "olmoe",
         ("olmoe",),
         router="mlp.gate",  # OlmoeTopKRouter
         router_output=RouterOutput(**_SLOTS, scoring=_SOFTMAX, sorted=True),
         experts="mlp.experts",
     ),
-    Family(
+    Architecture(
         "mixtral",
         ("mixtral",),
         router="mlp.gate",  # MixtralTopKRouter
@@ -72,7 +72,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         experts="mlp.experts",
     ),
-    Family(
+    Architecture(
         "glm4_moe",
         ("glm4_moe",),
         router="mlp.gate",  # Glm4MoeTopkRouter
@@ -86,7 +86,7 @@ FAMILIES: tuple[Family, ...] = (
         experts="mlp.experts",
         shared_expert="mlp.shared_experts",
     ),
-    Family(
+    Architecture(
         "gpt_oss",
         ("gpt_oss",),
         router="mlp.router",  # GptOssTopKRouter
@@ -97,7 +97,7 @@ FAMILIES: tuple[Family, ...] = (
         ),
         experts="mlp.experts",
     ),
-    Family(
+    Architecture(
         "rwkv",
         ("rwkv",),
         unsupported="its blocks mix each position with the previous one (token shift) before "
@@ -106,7 +106,8 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-# family name -> what its router returns; stored results name the family, so reports read it here
+# architecture name -> what its router returns; stored results name the architecture, so
+# reports read it here
 ROUTER_OUTPUTS: dict[str, RouterOutput] = {
-    f.name: f.router_output for f in FAMILIES if f.router_output is not None
+    f.name: f.router_output for f in ARCHITECTURES if f.router_output is not None
 }

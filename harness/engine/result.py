@@ -22,6 +22,7 @@ from pathlib import Path
 
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
+from harness.fileio import dumps, fsync_write, replace_dir
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -108,13 +109,6 @@ def ensure_writable(path: str | Path, flag: str) -> Path:
     return path
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_result(
     result: AnalysisResult | dict,
     results_root: str | Path,
@@ -145,10 +139,9 @@ def write_result(
             f"cannot write results under {parent} ({err.strerror}); pass a writable --results-dir."
         ) from None
     try:
-        _fsync_write(tmp / STATS_FILE, stats.to_npz_bytes())
-        text = json.dumps(payload, indent=1, allow_nan=False, default=_json_default)
-        _fsync_write(tmp / RESULT_FILE, text.encode())
-        _replace(tmp, final)
+        fsync_write(tmp / STATS_FILE, stats.to_npz_bytes())
+        fsync_write(tmp / RESULT_FILE, dumps(payload).encode())
+        replace_dir(tmp, final)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
@@ -158,38 +151,6 @@ def write_result(
             ) from None
         raise
     return final
-
-
-def _replace(tmp: Path, final: Path, attempts: int = 5) -> None:
-    """Move ``tmp`` to ``final``, replacing a previous result; another writer finishing the same
-    run directory in between (ENOTEMPTY / EEXIST on the rename) makes us try again."""
-    olds: list[Path] = []  # previous results moved aside, removed once ours is in place
-    for _ in range(attempts):
-        try:
-            if final.exists():
-                old = final.parent / f".old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, old)
-                olds.append(old)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                # interrupted between the two renames (Ctrl-C, a signal): put the previous
-                # result back now; after a SIGKILL, clean_stale does it on the next write
-                if olds and not final.exists():
-                    os.rename(olds.pop(), final)
-                raise
-            for old in olds:
-                shutil.rmtree(old, ignore_errors=True)
-            return
-        except FileNotFoundError:
-            continue  # the other writer moved final away first: look again
-        except OSError as err:
-            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-    raise HarnessError(
-        f"another run kept replacing {final} while this one wrote it; run one writer per "
-        "results directory at a time."
-    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -234,20 +195,6 @@ def clean_stale(parent: Path, max_age_s: float = 24 * 3600) -> None:
                 except OSError:
                     pass
         shutil.rmtree(p, ignore_errors=True)
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def is_run_dir(path: Path) -> bool:

@@ -28,8 +28,9 @@ read the very same tensor (parallel blocks), the layer gets one site, not two: t
 criterion is a fraction of sites, and a duplicated site would add the same observation to its
 numerator and its denominator (docs/sites.md).
 
-``FAMILIES`` holds only what structure cannot tell: routers (and what they return), fused
-experts, shared experts, and families whose blocks have no site by this definition.
+``ARCHITECTURES`` (``harness.engine.architectures``) holds only what structure cannot tell:
+routers (and what they return), fused experts, shared experts, and architectures whose blocks
+have no site by this definition.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from harness.engine.architectures import FAMILIES, Family
+from harness.engine.architectures import ARCHITECTURES, Architecture
 from harness.errors import HarnessError, UnsupportedArchitecture
 
 SITE_SETS = {
@@ -51,7 +52,7 @@ SITE_SETS = {
 SITE_KIND_ORDER = ("attn_in", "mlp_in", "resid_out")
 
 
-# Attribute names and class-name patterns of blocks (structure, not model families).
+# Attribute names and class-name patterns of blocks (structure, not architectures).
 _ATTN_NAMES = {"self_attn", "attn", "attention", "self_attention", "linear_attn", "self_att"}
 _MLP_NAMES = {"mlp", "feed_forward", "ffn", "ff", "block_sparse_moe", "moe", "intermediate"}
 _ATTN_CLASS = re.compile(r"attention|attn", re.I)
@@ -86,9 +87,9 @@ class Router:
 
 @dataclass(frozen=True)
 class SiteMap:
-    family: str
+    architecture: str  # the ARCHITECTURES row's name, else the config's model_type
     model_type: str
-    architecture: str
+    model_class: str  # the model's class, e.g. Qwen3ForCausalLM
     num_layers: int
     hidden_size: int
     site_set: str
@@ -152,9 +153,9 @@ def _tree_summary(model: nn.Module, depth: int = 3, limit: int = 12) -> str:
     return ", ".join(names) or "(no submodules)"
 
 
-def family_of(model: nn.Module) -> Family | None:
+def architecture_of(model: nn.Module) -> Architecture | None:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return next((f for f in FAMILIES if model_type in f.model_types), None)
+    return next((a for a in ARCHITECTURES if model_type in a.model_types), None)
 
 
 def text_config(config):
@@ -260,7 +261,7 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
     parse_site_set(sites)
     cls = type(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
-    fam = family_of(model)
+    fam = architecture_of(model)
     if fam is not None and fam.unsupported:
         raise UnsupportedArchitecture(
             f"unsupported architecture {cls} (model_type {model_type!r}): {fam.unsupported}."
@@ -298,9 +299,9 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
             if fam.shared_expert and (sh := _get(layer, fam.shared_expert)) is not None:
                 shared[i] = sh
     return SiteMap(
-        family=fam.name if fam else model_type,
+        architecture=fam.name if fam else model_type,
         model_type=model_type,
-        architecture=cls,
+        model_class=cls,
         num_layers=len(layers),
         hidden_size=hidden_size_of(model.config),
         site_set=sites,

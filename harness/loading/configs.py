@@ -5,6 +5,7 @@ Used to count parameters and plan GPUs before anything is downloaded.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -31,54 +32,83 @@ def config_files(entry, configs: str | Path | None = None) -> list[Path]:
     return [f / n / "config.json" for f in folders for n in names]
 
 
-def entry_config(entry, *, configs: str | Path | None = None, download: bool = False):
-    """The ``transformers`` config of a registry entry, or None when it is not at hand."""
-    from transformers import AutoConfig
+def find_config(entry=None, source=None, *, configs=None, config=None, download: bool = True):
+    """The one config look-up: ``(raw config.json dict or None, built config or None, origin)``.
 
-    candidates = [] if entry.is_tiny else [p.parent for p in config_files(entry, configs)]
-    if entry.is_tiny:
-        from harness.loading.tiny_builder import build_tiny
+    In order: ``config`` (a ``PretrainedConfig``, a dict, a file or a folder), the model's own
+    folder, a GGUF file's metadata, the ``configs`` folder and the configs shipped with the
+    registry, a built tiny replica, then the hub cache and (``download``, hub reachable) a
+    download of config.json alone. ``source`` (a ``harness.loading.load.ModelSource``) defaults
+    to the entry's. Gated or missing on the hub: not at hand (preflight's access row says why).
+    """
+    from transformers import PretrainedConfig
 
-        candidates.append(Path(build_tiny(entry.id)))
-    if entry.gguf is not None:  # the config is in the file's metadata
+    if isinstance(config, PretrainedConfig):
+        return config.to_dict(), config, "given config"
+    if isinstance(config, dict):
+        return dict(config), None, "given config"
+    if source is None:
         from harness.errors import WeightsUnavailable
-        from harness.loading.gguf import packaged_file, read_config
+        from harness.loading.load import resolve
 
         try:
-            return read_config(packaged_file(*entry.gguf))
-        except WeightsUnavailable:
-            return None
-    for c in candidates:
-        if (c / "config.json").is_file():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return AutoConfig.from_pretrained(c)
-    if entry.is_tiny:
-        return None
+            source = resolve(entry)
+        except WeightsUnavailable:  # a GGUF entry whose package is not installed
+            return None, None, "not at hand"
+    paths: list[Path] = []
+    if config is not None:
+        paths.append(Path(config) / "config.json" if Path(config).is_dir() else Path(config))
+    if source.kind == "local":
+        paths.append(Path(source.location) / "config.json")
+    if source.kind == "gguf":  # the config is in the file's metadata
+        from harness.loading.gguf import read_config
+
+        built = read_config(Path(source.location))
+        return built.to_dict(), built, source.location
+    if entry is not None and not entry.is_tiny:
+        paths += config_files(entry, configs)
+    if source.kind == "tiny":
+        paths.append(Path(source.location) / "config.json")
+    for p in paths:
+        if p.is_file():
+            try:
+                return json.loads(p.read_text()), None, str(p.parent)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise HarnessError(
+                    f"{p} is not valid JSON ({getattr(err, 'msg', type(err).__name__)}); "
+                    "fix it or download the model's config.json again."
+                ) from None
+    if "hub" in source.kind and (path := _hub_config(source.location, source.revision, download)):
+        return json.loads(Path(path).read_text()), None, "hub"
+    return None, None, "not at hand"
+
+
+def _hub_config(hub_id: str, revision: str | None, download: bool) -> str | None:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(entry.hub_id, "config.json", revision=entry.revision)
-    path = cached if isinstance(cached, str) else None
-    if path is None and download:
-        from harness.hub import hub_reachable
+    from harness.hub import hub_reachable
 
-        if hub_reachable():
-            try:
-                path = hf_hub_download(
-                    entry.hub_id,
-                    "config.json",
-                    revision=entry.revision,
-                    token=os.environ.get("HF_TOKEN") or None,
-                )
-            except Exception as err:  # gated, missing: the caller reports "unknown"
-                if "gated" in str(err).lower():
-                    raise HarnessError(
-                        f"{entry.hub_id} is gated: accept its license on huggingface.co and set "
-                        "HF_TOKEN."
-                    ) from None
-                path = None
-    if path is None:
+    cached = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return cached
+    if not download or not hub_reachable():
         return None
+    try:  # a few kB; weights are never fetched here
+        token = os.environ.get("HF_TOKEN") or None
+        return hf_hub_download(hub_id, "config.json", revision=revision, token=token)
+    except Exception:  # noqa: BLE001 - gated or missing: not at hand
+        return None
+
+
+def entry_config(entry, *, configs: str | Path | None = None, download: bool = False):
+    """The ``transformers`` config of a registry entry, or None when it is not at hand."""
+    from transformers import CONFIG_MAPPING
+
+    raw, built, _ = find_config(entry, configs=configs, download=download)
+    if built is not None or raw is None:
+        return built
+    if raw.get("model_type") not in CONFIG_MAPPING:
+        return None  # this transformers does not know it: preflight says so
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return AutoConfig.from_pretrained(Path(path).parent)
+        return CONFIG_MAPPING[raw["model_type"]].from_dict(raw)

@@ -258,7 +258,7 @@ def load(
         "quantization": _quantization(model),
     }
     if source.entry is not None:
-        meta["family"] = source.entry.family
+        meta["group"] = source.entry.group
     _record_kernel_path(meta, model, preflight, source)
     if source.kind == "gguf":
         from harness.loading.gguf import describe

@@ -46,7 +46,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.fileio import replace_dir
 from harness.loading.tiny_plant import (
     RESIDUAL_BOUND,
     _plant,
@@ -126,20 +126,11 @@ def _publish(tmp: Path, final: Path, fingerprint: str) -> None:
     if manifest is not None and manifest.get("fingerprint") == fingerprint:  # built meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        with contextlib.suppress(OSError):
-            os.replace(final, old)
     try:
-        os.replace(tmp, final)
-    except OSError:  # another process published first
+        replace_dir(tmp, final)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        manifest = _read_manifest(final)
-        if manifest is None or manifest.get("fingerprint") != fingerprint:
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        raise
 
 
 def _tokenizer_fingerprint() -> str:
@@ -295,7 +286,7 @@ def build_tiny(model_id: str, cache_dir: Path | None = None) -> Path:
             "fingerprint": fingerprint,
             "mirrors": spec.mirrors,
             "model_type": spec.model_type,
-            "architecture": type(model).__name__,
+            "model_class": type(model).__name__,
             "seed": spec.seed,
             "recipe": RECIPE_VERSION,
             **_versions(),

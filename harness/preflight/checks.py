@@ -29,12 +29,11 @@ refusal sentences.
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.loading.configs import find_config
 from harness.loading.kernel_path import _dtype_name
 from harness.preflight.access import _access_row
 from harness.preflight.kernels import (
@@ -100,7 +99,7 @@ def preflight(
             probed[key] = probe(key)
         return probed[key]
 
-    raw, built, where = _config_source(entry, source, configs, config)
+    raw, built, where = find_config(entry, source, configs=configs, config=config)
     report.facts["config_source"] = config_note or where
     meta_model = _model_type_row(report, raw, built, entry)
     if meta_model is None:
@@ -214,63 +213,6 @@ def preflight(
         }
     _disk_row(report, raw, counts.total, mxfp4_params, source, target)
     return report
-
-
-def _config_source(entry, source, configs, config) -> tuple[dict | None, object, str]:
-    """(the raw config dict or None, a built config or None, where it came from)."""
-    from transformers import PretrainedConfig
-
-    from harness.loading.configs import config_files
-
-    if isinstance(config, PretrainedConfig):
-        return config.to_dict(), config, "given config"
-    if isinstance(config, dict):
-        return dict(config), None, "given config"
-    paths: list[Path] = []
-    if config is not None:
-        paths.append(Path(config) / "config.json" if Path(config).is_dir() else Path(config))
-    if source.kind == "local":
-        paths.append(Path(source.location) / "config.json")
-    if source.kind == "gguf":  # the config is in the file's metadata
-        from harness.loading.gguf import read_config
-
-        built = read_config(Path(source.location))
-        return built.to_dict(), built, source.location
-    if entry is not None and not entry.is_tiny:
-        paths += config_files(entry, configs)
-    if source.kind == "tiny":
-        from harness.loading.tiny_builder import build_tiny
-
-        paths.append(Path(build_tiny(entry.id)) / "config.json")
-    for p in paths:
-        if p.is_file():
-            try:
-                return json.loads(p.read_text()), None, str(p.parent)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise HarnessError(
-                    f"{p} is not valid JSON ({getattr(err, 'msg', type(err).__name__)}); "
-                    "fix it or download the model's config.json again."
-                ) from None
-    if "hub" in source.kind and (path := _hub_config(source.location, source.revision)):
-        return json.loads(Path(path).read_text()), None, "hub"
-    return None, None, "not at hand"
-
-
-def _hub_config(hub_id: str, revision: str | None) -> str | None:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    from harness.hub import hub_reachable
-
-    cached = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    if isinstance(cached, str):
-        return cached
-    if not hub_reachable():
-        return None
-    try:  # a few kB; weights are never fetched here
-        token = os.environ.get("HF_TOKEN") or None
-        return hf_hub_download(hub_id, "config.json", revision=revision, token=token)
-    except Exception:  # noqa: BLE001 - gated or missing: the access row says which
-        return None
 
 
 def _known_model_types():

@@ -29,15 +29,16 @@ from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row
 
 
 # -- collecting ---------------------------------------------------------------------------------
-def _family(result: dict) -> str:
+def _group(result: dict) -> str:
     from harness import models
 
     model = result.get("model", {})
     entry = models.REGISTRY.get(str(model.get("id")))
     if entry is not None:
-        return entry.family
-    if model.get("family") in models.FAMILIES:
-        return model["family"]
+        return entry.group
+    recorded = model.get("group") or model.get("family")  # "family" in schema 1
+    if recorded in models.GROUPS:
+        return recorded
     return "moe" if (model.get("num_experts") or 0) > 1 else "dense"
 
 
@@ -160,7 +161,7 @@ def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: 
         attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))
     return Row(
         model_name=str(model["id"]),
-        family=_family(result),
+        group=_group(result),
         run_dir=str(run),
         total_params=model.get("total_params"),
         active_params=model.get("active_params"),

@@ -5,14 +5,14 @@ from __future__ import annotations
 from tabulate import tabulate
 
 
-def registry_rows(family: str | None = None, configs=None, download: bool = False) -> list[dict]:
+def registry_rows(group: str | None = None, configs=None, download: bool = False) -> list[dict]:
     from harness import models
     from harness.loading.configs import entry_config
     from harness.loading.params import count_from_config
 
     rows = []
     for entry in models.ENTRIES:
-        if family and entry.family != family:
+        if group and entry.group != group:
             continue
         counts = None
         config = entry_config(entry, configs=configs, download=download)
@@ -22,7 +22,7 @@ def registry_rows(family: str | None = None, configs=None, download: bool = Fals
         rows.append(
             {
                 "id": entry.id,
-                "family": entry.family,
+                "group": entry.group,
                 "hub_id": entry.hub_id,
                 "revision": entry.revision or "main",
                 "dtype": entry.dtype,
@@ -36,8 +36,8 @@ def registry_rows(family: str | None = None, configs=None, download: bool = Fals
     return rows
 
 
-def registry_table(family: str | None = None, configs=None, download: bool = False) -> str:
-    rows = registry_rows(family, configs, download)
+def registry_table(group: str | None = None, configs=None, download: bool = False) -> str:
+    rows = registry_rows(group, configs, download)
 
     def num(x, fmt="{:.2f}"):
         return "?" if x is None else fmt.format(x)
@@ -45,7 +45,7 @@ def registry_table(family: str | None = None, configs=None, download: bool = Fal
     table = [
         [
             r["id"],
-            r["family"],
+            r["group"],
             r["hub_id"],
             r["dtype"],
             num(r["total_params_b"]),
@@ -58,7 +58,7 @@ def registry_table(family: str | None = None, configs=None, download: bool = Fal
     ]
     headers = [
         "id",
-        "family",
+        "group",
         "hub id",
         "dtype",
         "total B",

@@ -19,9 +19,7 @@ tests can check what is on a figure without reading pixels.
 from __future__ import annotations
 
 import math
-import os
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, Nul
 
 from harness.engine.criteria import Criteria, pooled_dims, seed_compatible
 from harness.engine.result import slug
+from harness.fileio import atomic_write
 
 FIGSIZE = (8.0, 6.0)
 DPI = 120
@@ -42,7 +41,7 @@ HOLLOW_NOTE = "hollow: not comparable (see summary.md)"
 CLUSTER_PX = 9.0  # points this close on the canvas share one label
 
 # style key (``style_key``) -> (marker, colour, legend label)
-FAMILY_STYLE = {
+GROUP_STYLE = {
     "moe": ("o", "tab:red", "MoE"),
     "dense": ("s", "tab:blue", "dense"),
     "reference": ("^", "tab:green", "reference (2022 families)"),
@@ -85,17 +84,8 @@ def new_figure(figsize=FIGSIZE) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """PNG at ``DPI`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """PNG at ``DPI``, written atomically."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
 
 
 def _reference_series() -> dict | None:
@@ -116,10 +106,10 @@ def _params_text(n: float) -> str:
 
 # -- scatter plots ----------------------------------------------------------------------------
 def style_key(row) -> str:
-    """The marker group of a row: its family, with the tiny replicas split by MoE / dense."""
-    if row.family == "tiny":
+    """The marker group of a row: its study group, with the tiny replicas split by MoE / dense."""
+    if row.group == "tiny":
         return "tiny_moe" if row.is_moe else "tiny_dense"
-    return row.family if row.family in FAMILY_STYLE else "dense"
+    return row.group if row.group in GROUP_STYLE else "dense"
 
 
 def _place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> None:
@@ -167,7 +157,7 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
     series: dict[str, dict] = {}
     labels: list[tuple[float, float, str]] = []
     any_hollow = False
-    for key, (marker, colour, label) in FAMILY_STYLE.items():
+    for key, (marker, colour, label) in GROUP_STYLE.items():
         pts = [
             r for r in rows if style_key(r) == key and getattr(r, x) and getattr(r, y) is not None
         ]
@@ -463,7 +453,7 @@ def write_plots(rows, out_dir: str | Path) -> dict[str, Path]:
 
 
 __all__ = [
-    "FAMILY_STYLE",
+    "GROUP_STYLE",
     "HOLLOW_NOTE",
     "POOLED_PLOTS",
     "REFERENCE_LABEL",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 from harness.errors import HarnessError
+from harness.fileio import dumps
 from harness.reports.bootstrap import Interval
 from harness.reports.comparability import reference_configuration
 from harness.reports.rows import COLUMNS, NOT_COMPARABLE_SETTINGS, Row
@@ -57,7 +57,7 @@ def _dev_text(r: Row) -> str:
 
 _HEADERS = (
     "model",
-    "family",
+    "group",
     "total",
     "active",
     "pairs",
@@ -86,7 +86,7 @@ def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
         body.append(
             [
                 r.label,
-                r.family,
+                r.group,
                 _params(r.total_params),
                 _params(r.active_params),
                 r.num_outliers,
@@ -140,17 +140,7 @@ def _json(rows: list[Row]) -> str:
             for r in rows
         ],
     }
-    return json.dumps(payload, indent=1, allow_nan=False, default=_json_default)
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return dumps(payload)
 
 
 def render(rows: list[Row], fmt: str = "table") -> str:

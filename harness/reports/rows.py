@@ -37,7 +37,7 @@ CI_METRICS: tuple[str, ...] = (
 
 EXTRA_COLUMNS: tuple[str, ...] = (
     "label",
-    "family",
+    "group",
     "total_params_no_emb_b",
     "active_params_no_emb_b",
     "pooled_dims",
@@ -80,7 +80,7 @@ class Row:
     no pairs). ``ci`` maps each of ``CI_METRICS`` to its bootstrap ``Interval``."""
 
     model_name: str
-    family: str
+    group: str  # study group: moe | dense | reference | tiny
     run_dir: str
     total_params: int | None
     active_params: int | None
@@ -139,7 +139,7 @@ class Row:
             "median_layer_pct": self.median_layer_pct,
             "mean_seq_pct": self.mean_seq_pct,
             "median_seq_pct": self.median_seq_pct,
-            "family": self.family,
+            "group": self.group,
             "total_params_no_emb_b": _billions(self.total_params_no_embedding),
             "active_params_no_emb_b": _billions(self.active_params_no_embedding),
             "pooled_dims": self.pooled_dims,
@@ -182,7 +182,7 @@ class Row:
         """The flat dict ``harness.reports.scaling.analyze_trends`` and ``harness.models.dettmers`` read."""
         return {
             "id": self.model_name,
-            "family": self.family,
+            "group": self.group,
             "total_params": self.total_params,
             "active_params": self.active_params,
             "num_outliers": self.num_outliers,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 from harness.engine.criteria import Criteria
 from harness.engine.result import slug
 from harness.errors import HarnessError
+from harness.fileio import atomic_write_bytes
 from harness.reports.bootstrap import DEFAULT_RESAMPLES
 from harness.reports.comparability import (
     reference_configuration,
@@ -20,22 +20,6 @@ MIN_TREND_MODELS = 4
 
 
 # -- files --------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _trend_section(rows: list[Row]) -> list[str]:
     usable = [r for r in rows if r.comparable]
     if len(usable) < MIN_TREND_MODELS:

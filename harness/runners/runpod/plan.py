@@ -39,7 +39,7 @@ RUNPOD_CUDA_VERSIONS = (
 )
 VCPUS_PER_GPU = 4
 MEMORY_GB_PER_GPU = 24  # host RAM: safetensors pages, tokenizer, the dataset; not the weights
-PACKABLE_FAMILIES = ("dense", "reference", "tiny")
+PACKABLE_GROUPS = ("dense", "reference", "tiny")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def make_plans(entries, options: RunpodOptions, params_for=None) -> list[PodPlan
         types = tuple(options.gpu) if options.gpu else g.gpu_types
         est = estimate(e, g.count, params_for)
         item = (e, types, g.count, g.disk_gb, est)
-        if options.pack and e.family in PACKABLE_FAMILIES and g.count == 1:
+        if options.pack and e.group in PACKABLE_GROUPS and g.count == 1:
             packable.setdefault(types, []).append(item)
         else:
             singles.append(item)

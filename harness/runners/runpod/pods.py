@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+from harness.fileio import atomic_write_bytes
 from harness.runners.runpod.plan import POD_PREFIX
 
 RUN_ID_RE = r"\d{8}T\d{6}-[0-9a-f]{4}"
@@ -44,10 +45,7 @@ def register_run(run_id: str, info: dict) -> Path | None:
     path = d / f"{run_id}.json"
     data = {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(), **info}
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data, indent=1).encode())
     except OSError:
         return None
     return path
