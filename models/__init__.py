@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.models.reference import REFERENCE
-from harness.models.registry import GROUPS, GpuPlan, ModelEntry, Published, derive_gpu_plan
+from harness.models.registry import GROUPS, GpuPlan, ModelEntry, Published
 from harness.models.study import STUDY
 from harness.models.tiny import TINY
 
@@ -35,7 +35,6 @@ __all__ = [
     "ModelEntry",
     "Published",
     "REGISTRY",
-    "derive_gpu_plan",
     "get",
     "select",
 ]

@@ -1,12 +1,12 @@
 """The model registry: one frozen, declarative entry per model.
 
 Entries are data. Parameter counts are never typed in: they come from the model config
-(``harness.loading.params``); the GPU plan is derived from them when an entry does not give one.
+(``harness.loading.params``); when an entry gives no GPU plan, preflight's memory model sizes one
+from its config (``harness.preflight.sizing``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 # the study group of an entry: the 7 MoE and 5 dense models of the study, the 2022 reference
@@ -76,7 +76,7 @@ class ModelEntry:
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
     gated: bool = False
-    gpu: GpuPlan | None = None  # None: derived from the parameter count
+    gpu: GpuPlan | None = None  # None: sized by preflight's memory model from the config
     published: Published | None = None
     config_dir: str | None = None  # folder name in models/configs, for offline checks
     load_kwargs: tuple[tuple[str, object], ...] = ()
@@ -99,21 +99,3 @@ class ModelEntry:
         """Runs on this machine without the hub or a GPU: a tiny replica, or a GGUF file that a
         pip package ships."""
         return self.is_tiny or self.gguf is not None
-
-    def gpu_plan(self, total_params: int | None = None) -> GpuPlan | None:
-        """The explicit plan, else one derived from params x dtype bytes + 30% headroom."""
-        if self.gpu is not None or total_params is None:
-            return self.gpu
-        return derive_gpu_plan(total_params, self.dtype)
-
-
-def derive_gpu_plan(total_params: int, dtype: str = "bfloat16") -> GpuPlan:
-    weights_gb = total_params * DTYPE_BYTES.get(dtype, 2) / 1e9
-    need_gb = weights_gb * 1.3 + 6  # activations, CUDA context, fragmentation
-    if need_gb <= 22:
-        types, per_gpu = SMALL_24, 24
-    else:
-        types, per_gpu = A100_80, 80
-    count = max(1, math.ceil(need_gb / per_gpu))
-    disk = max(50, int(math.ceil(weights_gb * 1.5 / 10) * 10) + 30)
-    return GpuPlan(types, count, disk)

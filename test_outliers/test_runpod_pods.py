@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from harness.models.registry import ModelEntry
+from harness.models.registry import SMALL_24, GpuPlan, ModelEntry
 from runpod_fakes.args import fake_args
 from runpod_fakes.values import HF_TOKEN, USER_KEY
 
@@ -22,11 +22,13 @@ from harness.runners.runpod.options import RunpodOptions, Timings
 from harness.runners.runpod.pods import harness_pods, pods_command, terminate_pods
 from harness.runners.runpod.runner import RunpodRunner, dry_run_table
 
+FAKE_PLAN = GpuPlan(SMALL_24, 1, 50)  # the fake models have no config to size them by
+
 pytest_plugins = ["runpod_fakes.fixtures"]
 
 
 def entries_of(modes: dict) -> list[ModelEntry]:
-    return [ModelEntry(m, f"tiny:{m}", "tiny", dtype="float32") for m in modes]
+    return [ModelEntry(m, f"tiny:{m}", "tiny", dtype="float32", gpu=FAKE_PLAN) for m in modes]
 
 
 def make_runner(tmp_path, modes, lines, expected_for=None, **opts) -> RunpodRunner:

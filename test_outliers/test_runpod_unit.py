@@ -206,11 +206,41 @@ def test_the_plan_follows_the_registry_gpu_plans():
 
 
 def test_pack_puts_small_dense_models_on_one_pod():
-    dense = [REGISTRY[i] for i in ("qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_14b")]
+    dense = [REGISTRY[i] for i in ("qwen3_0.6b", "qwen3_8b", "opt_125m", "qwen3_14b")]
     plans = make_plans(dense, RunpodOptions(enabled=True, pack=True))
     packed = [p for p in plans if len(p.entries) > 1]
-    assert len(packed) == 1 and {e.id for e in packed[0].entries} >= {"qwen3_0.6b", "qwen3_1.7b"}
+    assert len(packed) == 1 and {e.id for e in packed[0].entries} >= {"qwen3_0.6b", "opt_125m"}
     assert all(len(p.entries) == 1 for p in make_plans(dense, RunpodOptions(enabled=True)))
+
+
+def test_the_rented_plan_is_preflights_memory_model():
+    """One sizing model: the plan a sweep rents for Qwen3-30B-A3B (no plan in the registry) is
+    the smallest of the GPU menu on which preflight's memory check passes, and preflight refuses
+    the menu's next smaller plan."""
+    from harness.models.registry import GpuPlan
+
+    from harness.preflight.checks import preflight
+    from harness.preflight.targets import plan_target
+
+    entry = REGISTRY["qwen3_30b_a3b"]
+    assert entry.gpu is None
+    (plan,) = make_plans([entry], RunpodOptions(enabled=True))
+    rented = plan_target(GpuPlan(plan.gpu_types, plan.count, plan.disk_gb))
+    assert preflight(entry, gpus=rented, hub=False).row("memory").status == "ok"
+    smaller = (
+        GpuPlan(("NVIDIA RTX A6000",), 1)
+        if plan.count == 1
+        else GpuPlan(plan.gpu_types, plan.count - 1)
+    )
+    assert preflight(entry, gpus=plan_target(smaller), hub=False).row("memory").status != "ok"
+
+
+def test_a_model_without_a_config_at_hand_gets_no_guessed_plan(monkeypatch):
+    monkeypatch.delenv("OUTLIERS_CONFIGS_DIR", raising=False)
+    with pytest.raises(
+        HarnessError, match=r"cannot size the GPUs of qwen3_4b .*OUTLIERS_CONFIGS_DIR"
+    ):
+        make_plans([REGISTRY["qwen3_4b"]], RunpodOptions(enabled=True))
 
 
 def test_plan_table_has_prices_estimates_and_a_total():
@@ -431,9 +461,13 @@ def test_pods_ask_for_hosts_whose_cuda_driver_runs_the_image(image, allowed):
 
 
 def test_the_default_deadline_has_a_floor_and_a_volume_does_not_size_the_disk():
+    from harness.models.registry import SMALL_24, GpuPlan
+
     from harness.runners.runpod.plan import MIN_DEADLINE_MINUTES, make_plans
 
-    tiny = ModelEntry("fake_a", "tiny:fake_a", "tiny", dtype="float32")
+    tiny = ModelEntry(
+        "fake_a", "tiny:fake_a", "tiny", dtype="float32", gpu=GpuPlan(SMALL_24, 1, 50)
+    )
     (p,) = make_plans([tiny], RunpodOptions(enabled=True))
     assert p.max_minutes == MIN_DEADLINE_MINUTES == 30  # the estimate alone gives 16
     (p,) = make_plans([tiny], RunpodOptions(enabled=True, max_minutes=7))

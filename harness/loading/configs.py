@@ -67,8 +67,10 @@ def find_config(entry=None, source=None, *, configs=None, config=None, download:
         return built.to_dict(), built, source.location
     if entry is not None and not entry.is_tiny:
         paths += config_files(entry, configs)
-    if source.kind == "tiny":
-        paths.append(Path(source.location) / "config.json")
+    if source.kind == "tiny":  # built here (cached): its folder, not the "tiny:" id
+        from harness.loading.tiny_builder import build_tiny
+
+        paths.append(Path(build_tiny(source.entry.id)) / "config.json")
     for p in paths:
         if p.is_file():
             try:

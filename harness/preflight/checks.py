@@ -30,6 +30,7 @@ refusal sentences.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -43,7 +44,18 @@ from harness.preflight.kernels import (
     _mxfp4_row,
     _qwen3_next_row,
 )
-from harness.preflight.memory import _batch, _disk_row, _memory_row, _Shape, estimate, implied_plan
+from harness.preflight.memory import (
+    DISK_FACTOR,
+    _batch,
+    _disk_row,
+    _memory_row,
+    _Shape,
+    _stored_bytes,
+    estimate,
+    implied_plan,
+    pod_disk_gb,
+    smallest_plan,
+)
 from harness.preflight.packages import _transformers_requirement, _vtuple, probe
 from harness.preflight.report import OK, REFUSE, WARN, PreflightReport
 from harness.preflight.targets import GIB, Target, local_target, parse_gpus, plan_target
@@ -117,7 +129,12 @@ def preflight(
         top_k=counts.top_k,
     )
 
-    target = _target(gpus, device, source, counts.total, dtype, built)
+    target = _target(gpus, device, source)
+    implied = target is _IMPLIED
+    if implied:  # the weight rows only need "a CUDA GPU"; the memory model picks the plan below
+        from harness.models.registry import A100_80, GpuPlan
+
+        target = plan_target(GpuPlan(A100_80, 1))
     report.target = target
     if target is None:
         report.add(
@@ -200,6 +217,13 @@ def preflight(
     shape = _Shape.of(text_cfg, counts, attn, reference)
     dense = counts.total - mxfp4_params
     weights = dense * act_bytes + mxfp4_params * (MXFP4_BYTES_PER_PARAM if packed else act_bytes)
+    if implied:
+        plan = smallest_plan(shape, weights, act_bytes, T, N)
+        if plan is not None:
+            stored = _stored_bytes(raw, counts.total, mxfp4_params)[1] * DISK_FACTOR / 1e9
+            target = plan_target(replace(plan, disk_gb=pod_disk_gb(stored)))
+            report.target = target
+            report.facts["target"] = target.label
     _memory_row(report, shape, weights, act_bytes, T, N, batch_size, target)
     if quant == "mxfp4":  # the other path, for tables
         alt = dense * act_bytes + mxfp4_params * (act_bytes if packed else MXFP4_BYTES_PER_PARAM)
@@ -291,11 +315,18 @@ def _model_type_row(report, raw, built, entry):
         return None
 
 
-def _target(gpus, device, source, total, dtype, config) -> Target | None:
+PLAN = "plan"  # gpus=PLAN: the registry plan, else the smallest the memory model fits on
+_IMPLIED = Target("plan", (), label="the smallest plan that fits")
+
+
+def _target(gpus, device, source) -> Target | None:
     import torch
 
-    from harness.models.registry import GpuPlan, derive_gpu_plan
+    from harness.models.registry import GpuPlan
 
+    if gpus == PLAN:
+        entry = source.entry
+        return plan_target(entry.gpu) if entry is not None and entry.gpu else _IMPLIED
     if isinstance(gpus, Target):
         return gpus
     if isinstance(gpus, GpuPlan):
@@ -310,8 +341,6 @@ def _target(gpus, device, source, total, dtype, config) -> Target | None:
         return local_target("cpu" if device == "auto" else device)
     if device == "cuda":
         return None
-    if source.entry is not None:  # no GPU here: check the plan the model would run on
-        return plan_target(source.entry.gpu_plan(total))
-    from harness.loading.load import resolve_dtype
-
-    return plan_target(derive_gpu_plan(total, _dtype_name(resolve_dtype(dtype, source, config))))
+    if source.entry is not None and source.entry.gpu is not None:  # no GPU here: its plan
+        return plan_target(source.entry.gpu)
+    return _IMPLIED  # no GPU here: the smallest plan the model fits on

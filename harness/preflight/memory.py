@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from harness.preflight.kernels import (
@@ -151,23 +152,38 @@ def _batch(batch_size, T, N, target) -> int:
     )
 
 
-def implied_plan(s: _Shape, weights: float, ab: int, T: int, N: int) -> str:
-    """The smallest plan of the registry's GPU menu that fits at the automatic batch."""
+def smallest_plan(s: _Shape, weights: float, ab: int, T: int, N: int):
+    """The smallest plan of the GPU menu on which this memory model fits a run at the automatic
+    batch (a ``GpuPlan`` with the menu's fallback types), or None above 8x 80 GB. The one GPU
+    sizing model: preflight's verdict and what a RunPod run rents both come from it."""
     from harness.models.registry import A100_80, SMALL_24, GpuPlan
 
-    menu = [(SMALL_24[0], 1), ("NVIDIA RTX A6000", 1)] + [(A100_80[0], k) for k in range(1, 9)]
-    for name, count in menu:
-        target = plan_target(GpuPlan((name,), count))
+    menu = [(SMALL_24, 1), (("NVIDIA RTX A6000",), 1)] + [(A100_80, k) for k in range(1, 9)]
+    for types, count in menu:
+        target = plan_target(GpuPlan(types, count))
         if estimate(s, weights, ab, T, _batch(None, T, N, target), target)["fits"]:
-            return target.label
-    return "more than 8x 80 GB"
+            return GpuPlan(types, count)
+    return None
+
+
+def implied_plan(s: _Shape, weights: float, ab: int, T: int, N: int) -> str:
+    plan = smallest_plan(s, weights, ab, T, N)
+    return "more than 8x 80 GB" if plan is None else plan_target(plan).label
+
+
+def pod_disk_gb(stored_gb: float) -> int:
+    """Container disk for a checkpoint of ``stored_gb``: the download's partial files and the
+    image's own layers on top, in steps of 10 GB."""
+    return max(50, 10 * math.ceil(1.5 * stored_gb / 10) + 30)
 
 
 def _memory_row(report, s, weights, ab, T, N, batch_size, target) -> None:
     batch = _batch(batch_size, T, N, target)
     est = estimate(s, weights, ab, T, batch, target)
+    smallest = smallest_plan(s, weights, ab, T, N)
     plan = implied_plan(s, weights, ab, T, N)
     report.facts.update(
+        implied_gpus=None if smallest is None else [list(smallest.gpu_types), smallest.count],
         weights_gib=est["weights_gib"],
         needed_gib=est["needed_gib"],
         batch=batch,

@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from harness.models.registry import ModelEntry  # noqa: E402
+from harness.models.registry import SMALL_24, GpuPlan, ModelEntry  # noqa: E402
 
 from harness.runners.outcome import RunFailed, RunSkipped  # noqa: E402
 from harness.runners.runpod.options import RunpodOptions, Timings  # noqa: E402
@@ -23,11 +23,13 @@ from harness.runners.runpod.runner import RunpodRunner  # noqa: E402
 sys.path.insert(0, str(HERE))
 from args import fake_args  # noqa: E402
 
+FAKE_PLAN = GpuPlan(SMALL_24, 1, 50)  # the fake models have no config to size them by
+
 
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     modes = spec["models"]
-    entries = [ModelEntry(m, f"tiny:{m}", "tiny", dtype="float32") for m in modes]
+    entries = [ModelEntry(m, f"tiny:{m}", "tiny", dtype="float32", gpu=FAKE_PLAN) for m in modes]
     options = RunpodOptions(enabled=True, timings=Timings.from_env(), **spec.get("options", {}))
     runner = RunpodRunner(
         options,

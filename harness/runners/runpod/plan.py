@@ -1,6 +1,7 @@
 """What a RunPod run will rent: one pod per model (or per pack of small models), its GPU type
-list (fallbacks in order), GPU count and disk from the registry's GPU plan, and a time estimate
-(setup + download + load + analysis) that sets the default deadline (twice the estimate)."""
+list (fallbacks in order), GPU count and disk from the registry's GPU plan or, where an entry
+gives none, from preflight's memory model of its config (``harness.preflight.sizing``), and a
+time estimate (setup + download + load + analysis) that sets the default deadline (twice it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from harness.models.registry import DTYPE_BYTES, GpuPlan, derive_gpu_plan
+from harness.errors import HarnessError
+from harness.models.registry import DTYPE_BYTES, GpuPlan
 from harness.runners.runpod.options import RunpodOptions
 
 POD_PREFIX = "outliers"  # every pod of the harness is named "<prefix>-<run id>-<label>"
@@ -85,27 +87,13 @@ class PodPlan:
         return None if p is None else p * self.estimate.total_s / 3600
 
 
-def _params(entry, params_for) -> tuple[float, float]:
-    """(total, active) parameter counts: from ``params_for``, else the published figures."""
-    if params_for is not None:
-        got = params_for(entry)
-        if got:
-            return float(got[0]), float(got[1] if len(got) > 1 and got[1] else got[0])
-    pub = entry.published
-    if pub is not None and pub.total_params_b:
-        total = pub.total_params_b * 1e9
-        return total, (pub.active_params_b or pub.total_params_b) * 1e9
-    return 1e6, 1e6  # tiny replicas
-
-
 def bytes_per_param(entry) -> float:
     if "gpt-oss" in entry.hub_id:
         return 0.55  # MXFP4 experts (4.25 bits) + bf16 attention: ~13 GB / 21B, ~65 GB / 117B
     return float(DTYPE_BYTES.get(entry.dtype, 2))
 
 
-def estimate(entry, count: int, params_for=None, tokens: int = DEFAULT_TOKENS) -> Estimate:
-    total, active = _params(entry, params_for)
+def estimate(entry, count: int, total: float, active: float, tokens: int = DEFAULT_TOKENS):
     weight_bytes = total * bytes_per_param(entry)
     if entry.is_tiny:
         return Estimate(SETUP_S, 0.0, 5.0, 30.0)
@@ -115,20 +103,28 @@ def estimate(entry, count: int, params_for=None, tokens: int = DEFAULT_TOKENS) -
     )
 
 
-def gpu_plan_of(entry, params_for=None) -> GpuPlan:
-    if entry.gpu is not None:
-        return entry.gpu
-    total, _ = _params(entry, params_for)
-    return derive_gpu_plan(int(total), entry.dtype)
+def gpu_plan_of(entry) -> tuple[GpuPlan, float, float]:
+    """(the plan, total and active parameters) of ``entry``, or one sentence saying why not."""
+    from harness.preflight.sizing import size
+
+    sized = size(entry, hub=None)  # config.json from the hub when it is not at hand here
+    if sized.plan is None:
+        raise HarnessError(
+            f"cannot size the GPUs of {entry.id} ({sized.why.rstrip('.')}); put its config.json "
+            "at $OUTLIERS_CONFIGS_DIR/<org>__<name>/config.json or let this machine reach the "
+            "hub, or give its registry entry a GpuPlan."
+        )
+    total = float(sized.total_params or 1e6)
+    return sized.plan, total, float(sized.active_params or total)
 
 
-def make_plans(entries, options: RunpodOptions, params_for=None) -> list[PodPlan]:
+def make_plans(entries, options: RunpodOptions) -> list[PodPlan]:
     """One plan per entry; with ``options.pack``, small single-GPU dense models share pods."""
     singles, packable = [], {}
     for e in entries:
-        g = gpu_plan_of(e, params_for)
+        g, total, active = gpu_plan_of(e)
         types = tuple(options.gpu) if options.gpu else g.gpu_types
-        est = estimate(e, g.count, params_for)
+        est = estimate(e, g.count, total, active)
         item = (e, types, g.count, g.disk_gb, est)
         if options.pack and e.group in PACKABLE_GROUPS and g.count == 1:
             packable.setdefault(types, []).append(item)

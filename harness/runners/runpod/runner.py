@@ -58,8 +58,7 @@ class RunpodRunner(PodLifecycle):
     options and the pod-owned ones (results dir, benchmark JSON) are removed before forwarding.
     ``expected_for(entry)``: optional, a partial result (model id + source revision, data spec,
     criteria) of the run about to happen; an existing result that is ``same_run`` is reused
-    unless ``--rerun``. ``params_for(entry)``: optional (total, active) parameter counts for the
-    plan; by default the registry's published figures.
+    unless ``--rerun``.
     """
 
     def __init__(
@@ -70,7 +69,6 @@ class RunpodRunner(PodLifecycle):
         reporter=None,
         *,
         expected_for=None,
-        params_for=None,
         project_dir=None,
         credentials: Credentials | None = None,
         api: RunpodApi | None = None,
@@ -82,7 +80,6 @@ class RunpodRunner(PodLifecycle):
         self.pytest_args_for = pytest_args_for
         self.reporter = reporter
         self.expected_for = expected_for
-        self.params_for = params_for
         self.project_dir = Path(project_dir) if project_dir else project_root()
         self.exclude = [Path(p) for p in exclude]  # folders not to ship (local reports...)
         self.run_id = new_run_id()
@@ -120,9 +117,7 @@ class RunpodRunner(PodLifecycle):
             else:
                 todo.append(e)
         if self.options.dry_run:
-            self.dry_run_text = dry_run_table(
-                todo, self.options, self.params_for, self._creds, self.api
-            )
+            self.dry_run_text = dry_run_table(todo, self.options, self._creds, self.api)
             self._say("dry run, nothing is created:\n" + self.dry_run_text)
             return
         if not todo:
@@ -150,7 +145,7 @@ class RunpodRunner(PodLifecycle):
         self._git = gitinfo.git_state(self.project_dir) or {}
         if self.api is None:
             self.api = RunpodApi(creds.api_key, self.t, self.redact)
-        self.plans = make_plans(todo, self.options, self.params_for)
+        self.plans = make_plans(todo, self.options)
         self._run_info = {"pods": [], "results_dir": str(self.results_dir)}
         register_run(self.run_id, self._run_info)
         self._install_handlers()
@@ -463,10 +458,10 @@ class RunpodRunner(PodLifecycle):
 
 
 def dry_run_table(
-    entries, options: RunpodOptions, params_for=None, credentials=None, api: RunpodApi | None = None
+    entries, options: RunpodOptions, credentials=None, api: RunpodApi | None = None
 ) -> str:
     """The plan as a table with $/h from the API's gpuTypes prices; creates nothing."""
-    plans = make_plans(list(entries), options, params_for)
+    plans = make_plans(list(entries), options)
     note = ""
     try:
         if api is None:
