@@ -147,10 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report_command(sub) -> None:
-    try:
-        from harness.reports.command import add_report_command
-    except ImportError:
-        return
+    from harness.reports.command import add_report_command
+
     add_report_command(sub)
 
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from harness.config_fields import config_field
 from harness.engine.capture import Batch, Capture, Observer, run_together
 from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
 from harness.engine.forward import base_forward, input_device, is_oom
@@ -143,7 +144,7 @@ def analyze(
         batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
         if getattr(model.config, "_attn_implementation", None) == "eager":
             # eager attention materialises [B, heads, T, T] scores: keep them near 4 GiB
-            heads = getattr(model.config, "num_attention_heads", 32) or 32
+            heads = config_field(model.config, "num_heads", 32)
             batch_size = max(1, min(batch_size, (4 << 30) // (heads * T * T * 4)))
     if batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1 (got {batch_size}).")

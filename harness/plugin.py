@@ -9,8 +9,6 @@ import pytest
 
 from harness.options import add_to_pytest
 
-MARKS = ("moe", "dense", "reference", "tiny")
-
 
 def pytest_addoption(parser):
     group = parser.getgroup("outliers", "outlier-feature analysis")
@@ -41,10 +39,8 @@ def pytest_addoption(parser):
         default=None,
         help="relative tolerance for --expect-published (default 0.25)",
     )
-    try:
-        from harness.runners.runpod.options import add_runpod_options
-    except ImportError:
-        return
+    from harness.runners.runpod.options import add_runpod_options
+
     add_runpod_options(group)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.loading.load import LoadedModel, NoGpu, WeightsUnavailable, free, load, resolve_device
+from harness.loading.load import LoadedModel, NoGpu, WeightsUnavailable, free, resolve_device
 from harness.options import AnalysisOptions, from_pytest
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
 
@@ -78,16 +78,16 @@ class OutlierSession:
                     f"no usable GPU for {entry.id}; run it with --runpod, with --device cpu if it "
                     "is small enough for this machine's memory, or on a GPU machine."
                 )
-            report = None
-            if not entry.is_tiny:  # before any download: refusals end here, in one sentence
-                from harness.runners.local import preflight_here
+            from harness.runners.local import preflight_then_load
 
-                report = preflight_here(entry, opts, allow_fallback=self.allow_fallback)
+            def seen(report):  # before any download: refusals end here, in one sentence
                 self.preflights[entry.id] = report
                 if report.resource_only:
                     pytest.skip(report.sentence())
-                report.raise_if_refused()
-            return load(entry, device=opts.device, dtype=opts.dtype, preflight=report)
+
+            return preflight_then_load(
+                entry, opts, allow_fallback=self.allow_fallback, on_report=seen
+            )
         except (NoGpu, WeightsUnavailable) as err:
             _skip(err)
         except HarnessError as err:

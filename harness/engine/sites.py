@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.config_fields import config_field
 from harness.engine.architectures import ARCHITECTURES, Architecture
 from harness.errors import HarnessError, UnsupportedArchitecture
 
@@ -164,11 +165,9 @@ def text_config(config):
 
 
 def hidden_size_of(config) -> int:
-    config = text_config(config)
-    for key in ("hidden_size", "n_embd", "d_model", "dim", "embed_dim"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
+    value = config_field(text_config(config), "hidden_size")
+    if value is not None:
+        return value
     raise HarnessError(f"the model config ({type(config).__name__}) has no hidden size field.")
 
 

@@ -12,10 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from harness.config_fields import config_field
 from harness.errors import HarnessError
-
-_NUM_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")
-_TOP_K = ("num_experts_per_tok", "experts_per_token", "moe_top_k", "top_k")
 
 
 @dataclass(frozen=True)
@@ -48,9 +46,7 @@ class ParamCounts:
 
 def moe_shape(config) -> tuple[int, int]:
     """(num_experts, top_k) of a config; (0, 0) for a dense model."""
-    experts = next((getattr(config, k) for k in _NUM_EXPERTS if getattr(config, k, None)), 0)
-    top_k = next((getattr(config, k) for k in _TOP_K if getattr(config, k, None)), 0)
-    return int(experts or 0), int(top_k or 0)
+    return config_field(config, "num_experts", 0), config_field(config, "top_k", 0)
 
 
 def count_model(model: torch.nn.Module) -> ParamCounts:
@@ -108,8 +104,4 @@ def count_from_config(config) -> ParamCounts:
 
 
 def max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return config_field(config, "max_positions")

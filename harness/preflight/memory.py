@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness.config_fields import config_field
 from harness.preflight.kernels import (
     MXFP4_BYTES_PER_PARAM,
 )
@@ -63,22 +64,22 @@ class _Shape:
 
     @classmethod
     def of(cls, cfg, counts, attn, reference) -> _Shape:
-        def g(*names, default=0):
-            return next((int(getattr(cfg, n)) for n in names if getattr(cfg, n, None)), default)
+        def g(name, default=0):
+            return config_field(cfg, name, default)
 
-        hidden, heads = g("hidden_size", "d_model", "n_embd"), g("num_attention_heads", "n_head")
-        inter = g("intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+        hidden, heads = g("hidden_size"), g("num_heads")
+        inter = g("intermediate_size", default=4 * hidden)
         moe = counts.is_moe
-        some_dense = g("first_k_dense_replace") or getattr(cfg, "mlp_only_layers", None)
+        some_dense = g("first_dense_layers") or getattr(cfg, "mlp_only_layers", None)
         moe_inter = g("moe_intermediate_size", default=inter) if moe else 0
-        shared = g("shared_expert_intermediate_size") or g("n_shared_experts") * moe_inter
+        shared = g("shared_intermediate_size") or g("num_shared_experts") * moe_inter
         kd, vd = g("linear_key_head_dim"), g("linear_value_head_dim")
         kh, vh = g("linear_num_key_heads"), g("linear_num_value_heads")
         return cls(
             hidden=hidden,
-            layers=g("num_hidden_layers", "n_layer", default=1),
+            layers=g("num_layers", default=1),
             heads=heads,
-            kv_heads=g("num_key_value_heads", default=heads),
+            kv_heads=g("num_kv_heads", default=heads),
             head_dim=g("head_dim", default=hidden // max(heads, 1)),
             intermediate=inter if not moe or some_dense else 0,
             moe_intermediate=moe_inter,

@@ -88,11 +88,9 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
 
 
-def _reference_series() -> dict | None:
-    try:
-        from harness.models.dettmers import reference_series
-    except ImportError:
-        return None
+def _reference_series() -> dict:
+    from harness.models.dettmers import reference_series
+
     return reference_series()
 
 

@@ -27,10 +27,8 @@ def _trend_section(rows: list[Row]) -> list[str]:
             f"Trend statistics need at least {MIN_TREND_MODELS} comparable models "
             f"({len(usable)} here)."
         ]
-    try:
-        from harness.reports import scaling
-    except ImportError:
-        return ["Trend statistics: harness.reports.scaling is not available in this checkout."]
+    from harness.reports import scaling
+
     results = scaling.analyze_trends([r.trend_row() for r in usable])
     lines = [scaling.trend_table(results), ""]
     for res in results:
@@ -46,11 +44,9 @@ def _trend_section(rows: list[Row]) -> list[str]:
 
 
 def _reference_section(rows: list[Row]) -> list[str]:
-    try:
-        from harness.models import dettmers as reference
-    except ImportError:
-        return ["Dettmers' table 4: harness.models.dettmers is not available in this checkout."]
     from tabulate import tabulate
+
+    from harness.models import dettmers as reference
 
     s = reference.reference_series()
     lines = [

@@ -77,6 +77,20 @@ def preflight_here(spec, opts: AnalysisOptions, *, allow_fallback: bool = False)
     )
 
 
+def preflight_then_load(spec, opts: AnalysisOptions, *, allow_fallback=False, on_report=None):
+    """The one path from a model to its weights in memory, for ``outliers analyze`` and the
+    pytest plugin: a real model is preflighted on this machine first and a refusal raises its
+    sentence before any download (``on_report(report)`` sees the report before that: the plugin
+    records it and skips on resource-only refusals); tiny replicas load directly."""
+    report = None
+    if not is_tiny(spec):
+        report = preflight_here(spec, opts, allow_fallback=allow_fallback)
+        if on_report is not None:
+            on_report(report)
+        report.raise_if_refused()
+    return load(spec, device=opts.device, dtype=opts.dtype, preflight=report)
+
+
 def load_data(loaded: LoadedModel, opts: AnalysisOptions, *, progress: bool = False):
     from harness.data.windows import DataSpec, load_windows
 
@@ -114,10 +128,7 @@ def run_model(
 
     ensure_writable(opts.results_dir, "--results-dir")  # before any download or forward pass
     if loaded is None:
-        report = None
-        if not is_tiny(spec):
-            report = preflight_here(spec, opts, allow_fallback=allow_fallback).raise_if_refused()
-        loaded = load(spec, device=opts.device, dtype=opts.dtype, preflight=report)
+        loaded = preflight_then_load(spec, opts, allow_fallback=allow_fallback)
     if windows is None:
         from harness.engine.sites import text_config
         from harness.loading.params import max_positions

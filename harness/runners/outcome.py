@@ -1,20 +1,14 @@
-"""Where a model test runs: here (``LocalRunner``) or on rented GPUs (``harness.runners.runpod``).
-
-Both sit behind one small interface used by the pytest plugin:
-
-    runner.prepare(entries)   once, after collection, with the selected registry entries
-    runner.run(entry)         blocks until that model's result exists; returns a RunOutcome
-    runner.close()            always called at session end (pods are terminated here)
-
-A runner never fakes a result: ``run`` either returns an outcome whose ``result_dir`` holds a
-complete ``result.json`` (+ stats) or raises ``RunSkipped`` / ``RunFailed`` with one sentence.
+"""What a model test's run came to: a ``RunOutcome`` (its result directory), or ``RunSkipped`` /
+``RunFailed`` with one sentence. Runs happen here (``harness.runners.local``, through the
+plugin's session) or on rented GPUs (``harness.runners.runpod.runner.RunpodRunner``: ``prepare``
+once, ``run(entry)`` per model, ``close`` at session end, where its pods are terminated).
+A run never fakes a result: an outcome's ``result_dir`` holds a complete result.json + stats.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from harness.errors import HarnessError
 
@@ -37,14 +31,3 @@ class RunOutcome:
     pod: dict | None = None  # pod id, gpu, count, seconds, cost_usd (remote only)
     reused: bool = False  # an existing result (same model revision, data, criteria) was kept
     extra: dict = field(default_factory=dict)
-
-
-class Runner(Protocol):
-    def prepare(self, entries: list) -> None: ...
-
-    def run(self, entry) -> RunOutcome: ...
-
-    def close(self) -> None: ...
-
-
-__all__ = ["RunFailed", "RunOutcome", "RunSkipped", "Runner", "Path"]
