@@ -607,8 +607,3 @@ def _block(T: int) -> int:
 def _at_least(counts: np.ndarray) -> np.ndarray:
     """counts[..., l] for levels l = 0..G  ->  number at level >= g for g = 1..G."""
     return np.flip(np.cumsum(np.flip(counts[..., 1:], axis=-1), axis=-1), axis=-1)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
