@@ -1,7 +1,7 @@
 """``outliers``: the command line, a thin shell over the library.
 
-    outliers analyze MODEL [options] --out DIR   one model -> one result directory
-    outliers report [--results DIR] [--format table|csv|json|md] [--magnitude M ...]
+    outliers analyze MODEL [options] [--results-dir DIR]   one model -> one result directory
+    outliers report [--results-dir DIR] [--reports-dir DIR] [--format table|csv|json|md] [--magnitude M ...]
     outliers models                                the registry as a table
     outliers pods [--terminate [--all]]            the harness's RunPod pods, age and cost
     outliers pods smoke [--gpu T] [--max-minutes M] one cheap pod checks what a sweep relies on
@@ -30,13 +30,6 @@ def _cmd_analyze(args) -> int:
         from harness.hub import silence_progress_bars
 
         silence_progress_bars()
-    if args.out:
-        from dataclasses import replace
-
-        from harness.engine.result import ensure_writable
-
-        ensure_writable(args.out, "--out")  # the sentence names the flag the user typed
-        opts = replace(opts, results_dir=args.out)
     result, run_dir = run_model(
         args.model, opts, progress=not args.quiet, allow_fallback=args.allow_fallback
     )
@@ -111,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse one model and write its result directory")
     p.add_argument("model", help="registry id (see `outliers models`), hub id or local directory")
     add_to_argparse(p)
-    p.add_argument("--out", default=None, help="results directory (same as --results-dir)")
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars (ours and the libraries')"
     )

@@ -30,7 +30,7 @@ def run_cli(*args, cwd=None):
 
 
 def test_unknown_hub_id_offline(tmp_path):
-    p = run_cli("analyze", "no-such-org/no-such-model", "--out", str(tmp_path / "r"), "--quiet")
+    p = run_cli("analyze", "no-such-org/no-such-model", "--results-dir", str(tmp_path / "r"), "--quiet")
     assert p.returncode == 2
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
@@ -40,7 +40,7 @@ def test_unknown_hub_id_offline(tmp_path):
 
 
 def test_missing_local_path(tmp_path):
-    p = run_cli("analyze", str(tmp_path / "missing" / "model"), "--out", str(tmp_path / "r"))
+    p = run_cli("analyze", str(tmp_path / "missing" / "model"), "--results-dir", str(tmp_path / "r"))
     assert p.returncode == 2
     assert (
         p.stderr.strip()
@@ -50,7 +50,7 @@ def test_missing_local_path(tmp_path):
 
 
 def test_unknown_registry_like_name(tmp_path):
-    p = run_cli("analyze", "qwen9_99b", "--out", str(tmp_path / "r"))
+    p = run_cli("analyze", "qwen9_99b", "--results-dir", str(tmp_path / "r"))
     assert p.returncode == 2
     assert "unknown model 'qwen9_99b'" in p.stderr and "outliers models" in p.stderr
 

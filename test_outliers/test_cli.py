@@ -32,7 +32,7 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
         "--seq-len",
         "128",
         "--quiet",
-        "--out",
+        "--results-dir",
         str(tmp_path),
         tiny_cache=tiny_cache,
     )
@@ -51,11 +51,11 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
     # then re-threshold it offline, attribution included, without the model
     q = outliers(
         "report",
-        "--results",
+        "--results-dir",
         str(tmp_path),
         "--magnitude",
         "8",
-        "--out",
+        "--reports-dir",
         str(tmp_path / "reports"),
         "--format",
         "csv",
@@ -77,7 +77,7 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
                 "-c",
                 "import sys, contextlib, io; from harness.cli import main\n"
                 "with contextlib.redirect_stdout(io.StringIO()):\n"
-                f"    rc = main(['report', '--results', {str(tmp_path)!r}, '--format', {fmt!r}])\n"
+                f"    rc = main(['report', '--results-dir', {str(tmp_path)!r}, '--format', {fmt!r}])\n"
                 "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)",
             ],
             capture_output=True,

@@ -147,11 +147,11 @@ def test_outliers_report_command_prints_the_csv(sweep, tmp_path, capsys):
     code = main(
         [
             "report",
-            "--results",
+            "--results-dir",
             str(sweep["root"]),
             "--format",
             "csv",
-            "--out",
+            "--reports-dir",
             str(out),
             "--resamples",
             "200",
@@ -167,7 +167,7 @@ def test_a_stdout_format_writes_no_file(sweep, tmp_path, capsys, monkeypatch):
     from harness.cli import main
 
     monkeypatch.chdir(tmp_path)
-    code = main(["report", "--results", str(sweep["root"]), "--format", "csv", "--resamples", "50"])
+    code = main(["report", "--results-dir", str(sweep["root"]), "--format", "csv", "--resamples", "50"])
     assert code == 0
     check_csv_against_result_files(capsys.readouterr().out, sweep["root"])
     assert list(tmp_path.iterdir()) == []  # no reports/, no PNG in the working directory

@@ -21,7 +21,11 @@ def add_report_command(sub) -> None:
     p = sub.add_parser(
         "report", help="tables, exports and plots from result directories (no model is run)"
     )
-    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument(
+        "--results-dir",
+        default="results",
+        help="where the result directories are, as for analyze and pytest (default: results)",
+    )
     p.add_argument(
         "--format",
         choices=FORMATS,
@@ -37,10 +41,10 @@ def add_report_command(sub) -> None:
     p.add_argument("--layer-frac", type=float, default=None, help=helps["layer_frac"])
     p.add_argument("--seq-frac", type=float, default=None, help=helps["seq_frac"])
     p.add_argument(
-        "--out",
+        "--reports-dir",
         default=None,
-        help="write the reports (tables, exports, plots) into this directory; without it "
-        "nothing is written",
+        help="write the reports (tables, exports, plots) into this directory, as pytest "
+        "--reports-dir does; without it nothing is written",
     )
     p.add_argument(
         "--resamples",
@@ -70,19 +74,19 @@ def run_report_command(args) -> int:
 
     t0 = time.perf_counter()
     criteria = criteria_from_flags(args.magnitude, args.layer_frac, args.seq_frac)
-    rows = collect(args.results, criteria, resamples=args.resamples)
+    rows = collect(args.results_dir, criteria, resamples=args.resamples)
     if not rows:
         raise HarnessError(
-            f"no result directories under {args.results}; run `pytest -m tiny` or "
-            "`outliers analyze MODEL` first, or pass --results DIR."
+            f"no result directories under {args.results_dir}; run `pytest -m tiny` or "
+            "`outliers analyze MODEL` first, or pass --results-dir DIR."
         )
-    # files only when asked for (--out): a stdout format has no side effects
-    paths = write_reports(rows, args.out, plots=not args.no_plots) if args.out else {}
+    # files only when asked for (--reports-dir): a stdout format has no side effects
+    paths = write_reports(rows, args.reports_dir, plots=not args.no_plots) if args.reports_dir else {}
     if args.format is None:
         print(summary_for_terminal(rows, paths))
     else:
         print(render(rows, args.format), end="" if args.format == "csv" else "\n")
-        if args.out:
+        if args.reports_dir:
             took = time.perf_counter() - t0
-            print(f"reports written to {args.out} ({took:.1f} s)", file=sys.stderr)
+            print(f"reports written to {args.reports_dir} ({took:.1f} s)", file=sys.stderr)
     return 0
