@@ -18,11 +18,15 @@ The notebook API (imported lazily: ``import harness`` loads neither torch nor tr
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
 
 # public name -> module that defines it
 _API = {
     "analyze": "pipeline",
-    "AnalysisResult": "engine.result",
+    "AnalysisResult": "engine.schema",
     "load": "loading.load",
     "load_windows": "data.windows",
     "DataSpec": "data.windows",
@@ -36,6 +40,26 @@ _API = {
 }
 
 __all__ = sorted(_API)
+
+
+class _RegistryFolder(importlib.abc.MetaPathFinder):
+    """``harness.models`` from the repository's ``models/`` folder for a checkout used without
+    installing it (a pod's unpacked tree, ``benchmarks/gpu_check.py``); an installed harness
+    (pyproject maps ``harness.models`` to that folder) never reaches this finder."""
+
+    folder = Path(__file__).resolve().parent.parent / "models"
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "harness.models" or not (self.folder / "__init__.py").is_file():
+            return None
+        init = self.folder / "__init__.py"
+        return importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[str(self.folder)]
+        )
+
+
+if not any(isinstance(f, _RegistryFolder) for f in sys.meta_path):
+    sys.meta_path.append(_RegistryFolder())
 
 
 def __getattr__(name: str):

@@ -50,28 +50,22 @@ def _summary(result, run_dir) -> str:
     def pct(x):
         return "-" if x is None else f"{x:.1f}"
 
+    d, c = result.data, result.criteria
     rows = [
-        ["model", m["id"]],
-        [
-            "params total / active",
-            f"{m['total_params'] / 1e9:.3f}B / {m['active_params'] / 1e9:.3f}B",
-        ],
-        [
-            "windows",
-            f"{result.data['num_sequences']} x {result.data['seq_len']} "
-            f"(stride {result.data['stride']}, {result.data['dataset']})",
-        ],
-        ["sites", f"{result.criteria['num_sites']} ({result.criteria['sites']})"],
-        ["systematic (seq, dim) pairs", sc["num_outliers"]],
-        ["mean / median layer %", f"{pct(sc['mean_layer_pct'])} / {pct(sc['median_layer_pct'])}"],
-        ["mean / median seq %", f"{pct(sc['mean_seq_pct'])} / {pct(sc['median_seq_pct'])}"],
+        ["model", m.id],
+        ["params total / active", f"{m.total_params / 1e9:.3f}B / {m.active_params / 1e9:.3f}B"],
+        ["windows", f"{d.num_seqs} x {d.seq_len} (stride {d.stride}, {d.dataset})"],
+        ["sites", f"{c.num_sites} ({c.sites})"],
+        ["systematic (seq, dim) pairs", sc.num_outliers],
+        ["mean / median layer %", f"{pct(sc.mean_layer_pct)} / {pct(sc.median_layer_pct)}"],
+        ["mean / median seq %", f"{pct(sc.mean_seq_pct)} / {pct(sc.median_seq_pct)}"],
         *_as_original_row(result),
-        ["pooled systematic dims", po["num_dims"]],
+        ["pooled systematic dims", po.num_dims],
         [
             "sites / positions affected %",
-            f"{po['sites_affected_pct']:.1f} / {po['positions_affected_pct']:.1f}",
+            f"{po.sites_affected_pct:.1f} / {po.positions_affected_pct:.1f}",
         ],
-        ["tokens/s", f"{result.timing['tokens_per_second']:.0f}"],
+        ["tokens/s", f"{result.timing.tokens_per_second:.0f}"],
         ["result", str(run_dir)],
     ]
     return tabulate(rows, tablefmt="simple")

@@ -17,7 +17,7 @@ from harness.config_fields import config_field
 from harness.engine.capture import Batch, Capture, Observer, run_together
 from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
 from harness.engine.forward import base_forward, input_device, is_oom
-from harness.engine.result import AnalysisResult
+from harness.engine.schema import AnalysisResult
 from harness.engine.selfcheck import verify_sites
 from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid
@@ -231,7 +231,7 @@ def analyze(
     info = model_info(model, sitemap, **meta)
     data = {
         "dataset": data_info.get("dataset", "tensor"),
-        "num_sequences": int(N),
+        "num_seqs": int(N),
         "seq_len": int(T),
         "stride": int(data_info.get("stride", T)),
         "tokens": int(N * T),
@@ -300,8 +300,8 @@ def _kind_map(sitemap, site_set: str):
 def _criteria_record(criteria: Criteria, sitemap, grid_values) -> dict:
     return {
         "magnitude": criteria.magnitude,
-        "layer_fraction": criteria.layer_frac,
-        "seq_fraction": criteria.seq_frac,
+        "layer_frac": criteria.layer_frac,
+        "seq_frac": criteria.seq_frac,
         "sites": sitemap.site_set,
         "num_sites": len(sitemap.sites),
         "site_names": sitemap.names,

@@ -99,16 +99,17 @@ class OutlierSession:
         if self.rerun:
             return None
         if entry.id not in self.reused:
-            from harness.engine.result import RESULT_FILE
-            from harness.runners.resume import expected_run, find_existing, read_json
+            from harness.engine.result import read_result
+            from harness.runners.resume import expected_run, find_existing
 
             found = find_existing(
                 self.options.results_dir, expected_run(self.options_for(entry), entry)
             )
             if found is None:
                 return None
-            data = read_json(found / RESULT_FILE) or {}
-            self.reused[entry.id] = RunOutcome(entry.id, found, data, where="local", reused=True)
+            self.reused[entry.id] = RunOutcome(
+                entry.id, found, read_result(found), where="local", reused=True
+            )
         return self.reused[entry.id]
 
     def windows(self, entry, loaded: LoadedModel | None):
@@ -164,7 +165,7 @@ class OutlierSession:
                 result, run_dir = benchmark.pedantic(measured, rounds=1, iterations=1)
             except HarnessError as err:
                 _fail(err)
-            outcome = RunOutcome(entry.id, run_dir, result.to_dict() | {"environment": None})
+            outcome = RunOutcome(entry.id, run_dir, result)
             outcome.extra["stats"] = result.stats
         self.outcomes[entry.id] = outcome
         self._record(entry, outcome, benchmark)
@@ -172,21 +173,21 @@ class OutlierSession:
 
     def _record(self, entry, outcome: RunOutcome, benchmark) -> None:
         r = outcome.result
-        sc, po, m = r["seed_compatible"], r["pooled"], r["model"]
+        sc, po, m = r.seed_compatible, r.pooled, r.model
         info = {
             "model": entry.id,
             "group": entry.group,
-            "num_outliers": sc["num_outliers"],
-            "mean_layer_pct": sc["mean_layer_pct"],
-            "median_layer_pct": sc["median_layer_pct"],
-            "mean_seq_pct": sc["mean_seq_pct"],
-            "median_seq_pct": sc["median_seq_pct"],
-            "pooled_dims": po["num_dims"],
-            "sites_affected_pct": po["sites_affected_pct"],
-            "positions_affected_pct": po["positions_affected_pct"],
-            "total_params": m["total_params"],
-            "active_params": m["active_params"],
-            "tokens_per_second": r["timing"].get("tokens_per_second"),
+            "num_outliers": sc.num_outliers,
+            "mean_layer_pct": sc.mean_layer_pct,
+            "median_layer_pct": sc.median_layer_pct,
+            "mean_seq_pct": sc.mean_seq_pct,
+            "median_seq_pct": sc.median_seq_pct,
+            "pooled_dims": po.num_dims,
+            "sites_affected_pct": po.sites_affected_pct,
+            "positions_affected_pct": po.positions_affected_pct,
+            "total_params": m.total_params,
+            "active_params": m.active_params,
+            "tokens_per_second": r.timing.tokens_per_second,
             "result_dir": str(outcome.result_dir),
             "where": outcome.where,
             "reused": outcome.reused,
@@ -204,7 +205,7 @@ class OutlierSession:
         r = outcome.result
         # the sites the structural discovery defines for this model (one per block input that
         # exists, parallel blocks merged), as recorded before the capture ran
-        expected = len(r["criteria"].get("site_modules") or r["criteria"]["site_names"])
+        expected = len(r.criteria.get("site_modules") or r.criteria["site_names"])
         failures = honest_run_failures(r, stats, expected_sites=expected)
         dev = published_deviation(r, entry)
         if dev is not None:

@@ -30,7 +30,9 @@ def run_cli(*args, cwd=None):
 
 
 def test_unknown_hub_id_offline(tmp_path):
-    p = run_cli("analyze", "no-such-org/no-such-model", "--results-dir", str(tmp_path / "r"), "--quiet")
+    p = run_cli(
+        "analyze", "no-such-org/no-such-model", "--results-dir", str(tmp_path / "r"), "--quiet"
+    )
     assert p.returncode == 2
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
@@ -40,7 +42,9 @@ def test_unknown_hub_id_offline(tmp_path):
 
 
 def test_missing_local_path(tmp_path):
-    p = run_cli("analyze", str(tmp_path / "missing" / "model"), "--results-dir", str(tmp_path / "r"))
+    p = run_cli(
+        "analyze", str(tmp_path / "missing" / "model"), "--results-dir", str(tmp_path / "r")
+    )
     assert p.returncode == 2
     assert (
         p.stderr.strip()

@@ -41,7 +41,7 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
     runs = list(tmp_path.glob("planted_qwen3/*/result.json"))
     assert len(runs) == 1
     result = json.loads(runs[0].read_text())
-    assert result["data"]["num_sequences"] == 4 and result["data"]["seq_len"] == 128
+    assert result["data"]["num_seqs"] == 4 and result["data"]["seq_len"] == 128
     assert result["criteria"]["num_sites"] == 8
     # the printed summary is the result's own figures
     rows = {line[:30].strip(): line[30:].strip() for line in p.stdout.splitlines()}

@@ -101,7 +101,7 @@ def test_windows_equal_the_bruteforce_oracle(tmp_path, tiny_tokenizer, docs, fmt
     np.testing.assert_array_equal(w.ids.numpy(), want)
     info = w.info
     assert info["source"] == "local" and info["config"] is None
-    assert info["num_sequences"] == N and info["seq_len"] == T and info["stride"] == stride
+    assert info["num_seqs"] == N and info["seq_len"] == T and info["stride"] == stride
     assert info["tokens"] == N * T
     assert info["distinct_positions"] == (N * T if stride == T else (N - 1) * stride + T)
     assert info["num_documents"] == used  # reading stopped as soon as enough tokens were there

@@ -167,7 +167,9 @@ def test_a_stdout_format_writes_no_file(sweep, tmp_path, capsys, monkeypatch):
     from harness.cli import main
 
     monkeypatch.chdir(tmp_path)
-    code = main(["report", "--results-dir", str(sweep["root"]), "--format", "csv", "--resamples", "50"])
+    code = main(
+        ["report", "--results-dir", str(sweep["root"]), "--format", "csv", "--resamples", "50"]
+    )
     assert code == 0
     check_csv_against_result_files(capsys.readouterr().out, sweep["root"])
     assert list(tmp_path.iterdir()) == []  # no reports/, no PNG in the working directory
@@ -185,12 +187,11 @@ def test_published_deviation_when_settings_match(sweep, tmp_path):
 
     run = next(p for p in find_run_dirs(sweep["root"]) if "qwen3_0.6b" in str(p))
     res = read_result(run)
-    res["data"].update(
-        dataset="HuggingFaceFW/fineweb-edu", num_sequences=16, seq_len=2048, stride=1024
-    )
+    d = res.data
+    d.dataset, d.num_seqs, d.seq_len, d.stride = "HuggingFaceFW/fineweb-edu", 16, 2048, 1024
     write_result(res, tmp_path, stats=read_stats(run))
     (row,) = collect(tmp_path, resamples=0)
-    ours = res["seed_compatible"]["num_outliers"]
+    ours = res.seed_compatible.num_outliers
     assert row.published_deviation == ours - 9212
     assert row.published_deviation_pct == pytest.approx(100.0 * (ours - 9212) / 9212)
 
@@ -505,7 +506,7 @@ def test_the_reference_configuration_is_the_study_default_else_the_most_common(s
     assert not rows["moe_m"].comparable
     # the same three rows, but moe_m made at the study's settings: its configuration wins
     data = json.loads((run / "result.json").read_text())
-    data["data"].update(dataset="HuggingFaceFW/fineweb-edu", num_sequences=16, seq_len=2048)
+    data["data"].update(dataset="HuggingFaceFW/fineweb-edu", num_seqs=16, seq_len=2048)
     (run / "result.json").write_text(json.dumps(data))
     rows = {r.model_name: r for r in collect(root, resamples=0)}
     assert rows["moe_m"].comparable and rows["moe_m"].comparability == "reference configuration"

@@ -77,7 +77,7 @@ def test_a_writer_racing_on_the_final_rename_is_retried(result, tmp_path, monkey
     monkeypatch.setattr(result_mod.os, "rename", racing)
     final = write_result(result, tmp_path)
     monkeypatch.setattr(result_mod.os, "rename", real)
-    assert read_result(final)["seed_compatible"] == result.seed_compatible
+    assert read_result(final).seed_compatible == result.seed_compatible
     assert [p.name for p in final.parent.iterdir()] == [final.name]
 
 

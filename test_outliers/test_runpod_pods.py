@@ -74,7 +74,7 @@ def assert_result_home(outcome, model_id: str) -> None:
     assert outcome.where.startswith("runpod:")
     assert (outcome.result_dir / "result.json").is_file()
     assert (outcome.result_dir / "stats.npz").is_file()
-    assert outcome.result["model"]["id"] == model_id
+    assert outcome.result.model.id == model_id
     assert outcome.result_dir.parent.name == model_id
 
 
@@ -237,17 +237,18 @@ def test_the_local_deadline_terminates_a_pod_that_runs_too_long(
 def test_an_existing_result_is_reused_and_no_pod_is_created(runpod_env, fake_runpod, tmp_path):
     from runpod_fakes.remote_suite import write_result
 
-    existing = write_result(str(tmp_path / "results"), "fake_a")
+    existing = write_result(str(tmp_path / "results"), "fake_a")  # a schema 1 file
     result = json.loads((existing / "result.json").read_text())
+    assert result["schema_version"] == 1 and "num_sequences" in result["data"]
 
-    def expected_for(entry):
+    def expected_for(entry):  # a plan in today's names: the old file answers it all the same
+        d, c = result["data"], result["criteria"]
         return {
             "model": {"id": entry.id, "source": {"revision": "rev1"}},
-            "data": {
-                k: result["data"][k]
-                for k in ("dataset", "num_sequences", "seq_len", "stride", "bos")
-            },
-            "criteria": result["criteria"],
+            "data": {"num_seqs": d["num_sequences"]}
+            | {k: d[k] for k in ("dataset", "seq_len", "stride", "bos")},
+            "criteria": {"sites": c["sites"], "magnitude": c["magnitude"]}
+            | {"layer_frac": c["layer_fraction"], "seq_frac": c["seq_fraction"]},
         }
 
     runner, out, lines = run_models(tmp_path, {"fake_a": "ok"}, expected_for=expected_for)

@@ -94,7 +94,10 @@ def test_the_kill_switch_ends_a_pod_whose_creator_is_gone(fake_runpod, monkeypat
     ended = fake_runpod.wait(lambda: fake_runpod.ops("podTerminate", pod=pod["id"]), timeout=20)
     assert ended and ended[0]["auth"] == f"pod:{pod['id']}" and ended[0]["status"] == 200
     assert ended[0]["t"] >= killswitch.deadline_of(fake_runpod.pods[pod["id"]].fields["dockerArgs"])
-    log = (fake_runpod.pods[pod["id"]].root / "tmp" / "outliers-killswitch.log").read_text()
+    log_file = fake_runpod.pods[pod["id"]].root / "tmp" / "outliers-killswitch.log"
+    # the switch logs "done" after the API has answered: give it the moment it needs
+    fake_runpod.wait(lambda: "podTerminate: done" in log_file.read_text(), timeout=10)
+    log = log_file.read_text()
     assert "deadline passed" in log and "podTerminate: done" in log
     assert fake_runpod.agents and all(
         a == killswitch.USER_AGENT for who, a in fake_runpod.agents if who == f"pod:{pod['id']}"

@@ -89,7 +89,7 @@ RESULT = {
     },
     "data": {
         "dataset": "d",
-        "num_sequences": 16,
+        "num_seqs": 16,
         "seq_len": 2048,
         "stride": 2048,
         "bos": "none",
@@ -98,8 +98,8 @@ RESULT = {
     "criteria": {
         "sites": "ln",
         "magnitude": 6.0,
-        "layer_fraction": 0.25,
-        "seq_fraction": 0.06,
+        "layer_frac": 0.25,
+        "seq_frac": 0.06,
         "site_names": ["a", "b"],
     },
 }
@@ -152,7 +152,7 @@ def test_same_run_compares_revision_data_and_criteria(path, value, same):
     ],
 )
 def test_a_kept_result_holds_every_section_the_run_asks_for(tmp_path, wants, has, reused):
-    from harness.engine.result import SCHEMA_VERSION
+    from harness.engine.schema import SCHEMA_VERSION
     from harness.runners.resume import covers, find_existing
 
     result = json.loads(json.dumps(RESULT)) | {k: {"x": 1} for k in has}

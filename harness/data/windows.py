@@ -421,7 +421,7 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
         info["revision"] = _resolved_hub_revision(spec)
     info.update(
         {
-            "num_sequences": N,
+            "num_seqs": N,
             "seq_len": T,
             "stride": stride,
             "tokens": N * T,

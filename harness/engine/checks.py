@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from harness.engine.criteria import Criteria
+from harness.engine.schema import AnalysisResult, as_result
 from harness.engine.statistics import CapturedStats
 
 
@@ -45,15 +46,16 @@ def independent_outliers(stats: CapturedStats, c: Criteria) -> tuple[set, set]:
     return set(zip(seq.tolist(), dim.tolist(), strict=True)), set(dims.tolist())
 
 
-def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int | None = None):
+def honest_run_failures(
+    result: AnalysisResult | dict, stats: CapturedStats, expected_sites: int | None = None
+):
+    result = as_result(result)
     fails: list[str] = []
-    crit = result["criteria"]
-    c = Criteria(crit["magnitude"], crit["layer_fraction"], crit["seq_fraction"])
-    data = result["data"]
-    N, T, S = data["num_sequences"], data["seq_len"], crit["num_sites"]
+    crit, c = result.criteria, result.criteria_tuple
+    N, T, S = result.data.num_seqs, result.data.seq_len, crit.num_sites
     if stats.num_seqs != N or stats.seq_len != T:
         fails.append(f"statistics cover {stats.num_seqs} x {stats.seq_len}, not {N} x {T}")
-    if result["timing"].get("forward_calls") != result["timing"].get("batches"):
+    if result.timing.get("forward_calls") != result.timing.batches:
         fails.append("the number of forward passes differs from the number of batches")
     if expected_sites is not None and S != expected_sites:
         fails.append(f"{S} sites captured, {expected_sites} expected")
@@ -69,27 +71,27 @@ def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int 
     # every (token) position counted in a window must be a real token of that window
     if int((stats.token_ids < 0).sum()):
         fails.append("negative token ids in the windows")
-    sc = result["seed_compatible"]
-    if sc["num_outliers"] != len(sc.get("pairs", [])):
+    sc = result.seed_compatible
+    if sc.num_outliers != len(sc.pairs):
         fails.append("num_outliers differs from the number of listed pairs")
     want_pairs, want_dims = independent_outliers(stats, c)
-    got_pairs = {(p["seq"], p["dim"]) for p in sc.get("pairs", [])}
-    if "pairs" in sc and got_pairs != want_pairs:
+    got_pairs = {(p["seq"], p["dim"]) for p in sc.pairs}
+    if got_pairs != want_pairs:
         extra, missing = sorted(got_pairs - want_pairs), sorted(want_pairs - got_pairs)
         fails.append(
             f"the systematic pairs disagree with the per-site levels and hit lists "
             f"({len(extra)} extra, e.g. {extra[:2]}; {len(missing)} missing, e.g. {missing[:2]})"
         )
-    if sc["num_outliers"] != len(want_pairs):
-        fails.append(f"num_outliers is {sc['num_outliers']}, the statistics give {len(want_pairs)}")
-    po = result["pooled"]
-    got_dims = {d["dim"] for d in po["dims"]}
+    if sc.num_outliers != len(want_pairs):
+        fails.append(f"num_outliers is {sc.num_outliers}, the statistics give {len(want_pairs)}")
+    po = result.pooled
+    got_dims = {d["dim"] for d in po.dims}
     if got_dims != want_dims:
         fails.append(
             f"the pooled systematic dims {sorted(got_dims)[:5]} disagree with the per-site levels "
             f"and hit lists {sorted(want_dims)[:5]}"
         )
-    for p in sc.get("pairs", []):
+    for p in sc.pairs:
         if not (
             p["max_magnitude"] >= c.magnitude
             and 0 <= p["layer_pct"] <= 100
@@ -98,14 +100,14 @@ def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int 
             fails.append(f"pair (seq {p['seq']}, dim {p['dim']}) has values out of range")
             break
     for key in ("sites_affected_pct", "positions_affected_pct"):
-        if not (0 <= po[key] <= 100):
-            fails.append(f"{key} = {po[key]} is outside 0-100")
+        if not (0 <= getattr(po, key) <= 100):
+            fails.append(f"{key} = {getattr(po, key)} is outside 0-100")
     # consistency of the two views: a dim systematic in EVERY sequence is pooled-systematic,
     # and each pooled dim's sequence count equals its number of seed-compatible pairs
     per_dim: dict[int, int] = {}
-    for p in sc.get("pairs", []):
+    for p in sc.pairs:
         per_dim[p["dim"]] = per_dim.get(p["dim"], 0) + 1
-    pooled_dims = {d["dim"]: d for d in po["dims"]}
+    pooled_dims = {d["dim"]: d for d in po.dims}
     for dim, n in per_dim.items():
         if n == N and dim not in pooled_dims:
             fails.append(f"dim {dim} is systematic in every sequence but not pooled-systematic")
@@ -115,36 +117,33 @@ def honest_run_failures(result: dict, stats: CapturedStats, expected_sites: int 
             fails.append(f"pooled dim {dim}: sequence count disagrees with the pairs")
             break
     for key in ("mean_layer_pct", "median_layer_pct", "mean_seq_pct", "median_seq_pct"):
-        v = sc.get(key)
+        v = getattr(sc, key)
         if v is not None and (math.isnan(v) or not 0 <= v <= 100):
             fails.append(f"{key} = {v} is outside 0-100")
-    if sc["num_outliers"]:
-        if sc["mean_layer_pct"] + 1e-9 < 100 * c.layer_frac:
+    if sc.num_outliers:
+        if sc.mean_layer_pct + 1e-9 < 100 * c.layer_frac:
             fails.append("mean layer % of passing pairs is below the layer criterion")
-        if sc["mean_seq_pct"] + 1e-9 < 100 * c.seq_frac:
+        if sc.mean_seq_pct + 1e-9 < 100 * c.seq_frac:
             fails.append("mean seq % of passing pairs is below the sequence criterion")
     return fails
 
 
-def published_deviation(result: dict, entry) -> dict | None:
-    """Our seed-compatible count beside the published one, when the settings match."""
+def published_deviation(result: AnalysisResult | dict, entry) -> dict | None:
+    """Our seed-compatible count beside the published one, when the settings match (the
+    published settings are named as the data and criteria fields are)."""
     pub = getattr(entry, "published", None)
     if pub is None or pub.num_outliers is None:
         return None
-    ours = {
-        "dataset": result["data"].get("dataset"),
-        "num_seqs": result["data"]["num_sequences"],
-        "seq_len": result["data"]["seq_len"],
-        "stride": result["data"]["stride"],
-        "sites": result["criteria"]["sites"],
-        "magnitude": result["criteria"]["magnitude"],
-        "layer_frac": result["criteria"]["layer_fraction"],
-        "seq_frac": result["criteria"]["seq_fraction"],
-    }
-    differs = [k for k, v in pub.settings if ours.get(k) != v]
+    result = as_result(result)
+
+    def ours(name):
+        section = result.data if name in result.data.names() else result.criteria
+        return getattr(section, name)
+
+    differs = [k for k, v in pub.settings if ours(k) != v]
     out = {
         "published": pub.num_outliers,
-        "ours": result["seed_compatible"]["num_outliers"],
+        "ours": result.seed_compatible.num_outliers,
         "source": pub.source,
     }
     if differs:

@@ -17,50 +17,15 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.engine.schema import AnalysisResult
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 from harness.fileio import dumps, fsync_write, replace_dir
 
-SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 STATS_FILE = "stats.npz"
-
-
-@dataclass
-class AnalysisResult:
-    """What ``harness.analyze`` returns. ``to_dict()`` is exactly what result.json holds, minus
-    the ``environment`` section that the caller adds (``write_result(..., environment=...)``)."""
-
-    model: dict
-    data: dict
-    criteria: dict
-    seed_compatible: dict
-    pooled: dict
-    per_site: list
-    timing: dict
-    stats: CapturedStats = field(repr=False)
-    sections: dict = field(default_factory=dict)  # observers' summaries (attribution, ...)
-    # --sites all: one result per site kind ("ln", "residual"), measured in the same pass; a
-    # run writes these, never the pooled one (residual values are far larger than block
-    # inputs: one layer denominator over both makes almost every dim "systematic")
-    parts: dict = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict:
-        out = {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "data": self.data,
-            "criteria": self.criteria,
-            "seed_compatible": self.seed_compatible,
-            "pooled": self.pooled,
-            "per_site": self.per_site,
-            "timing": self.timing,
-        }
-        out.update(self.sections)
-        return out
 
 
 def slug(text: str, limit: int | None = None) -> str:
@@ -72,20 +37,19 @@ def _slug(text: str) -> str:
     return slug(text, 60)
 
 
-def run_dir_name(result: dict) -> str:
+def run_dir_name(result: AnalysisResult | dict) -> str:
     """``<data slug>__<criteria slug>__<dtype>``: stable for the same data, criteria and dtype
     (a bf16 and an fp32 run of one model live side by side)."""
-    d, c = result["data"], result["criteria"]
-    dataset = _slug(str(d.get("dataset", "data")).rsplit("/", 1)[-1])
+    if not isinstance(result, AnalysisResult):
+        result = AnalysisResult.from_json(result)
+    d, c, m = result.data, result.criteria, result.model
+    dataset = _slug(str(d.dataset or "data").rsplit("/", 1)[-1])
     data = (
-        f"{dataset}-{d['num_sequences']}x{d['seq_len']}-s{d['stride']}-bos_{d.get('bos', 'none')}"
-        f"-{str(d.get('windows_sha256', ''))[:8]}"
+        f"{dataset}-{d.num_seqs}x{d.seq_len}-s{d.stride}-bos_{d.bos or 'none'}"
+        f"-{str(d.windows_sha256 or '')[:8]}"
     )
-    crit = f"{c['sites']}-m{c['magnitude']:g}-l{c['layer_fraction']:g}-q{c['seq_fraction']:g}"
-    dtype = _slug(
-        result.get("model", {}).get("activation_dtype") or result["model"].get("dtype", "")
-    )
-    return f"{data}__{crit}__{dtype}"
+    crit = f"{c.sites}-m{c.magnitude:g}-l{c.layer_frac:g}-q{c.seq_frac:g}"
+    return f"{data}__{crit}__{_slug(m.activation_dtype or m.dtype or '')}"
 
 
 def ensure_writable(path: str | Path, flag: str) -> Path:
@@ -117,18 +81,16 @@ def write_result(
     environment: dict | None = None,
 ) -> Path:
     """Write ``result.json`` and ``stats.npz`` atomically; return the run directory."""
-    if isinstance(result, AnalysisResult):
-        stats = result.stats
-        payload = result.to_dict()
-    else:
-        payload = dict(result)
+    if not isinstance(result, AnalysisResult):
+        result = AnalysisResult.from_json(result)
+    stats = stats if stats is not None else result.stats
     if stats is None:
         raise ValueError("write_result needs the captured statistics")
+    payload = result.to_dict()
     if environment is not None:
         payload["environment"] = environment
-    model_id = _slug(payload["model"]["id"])
-    parent = Path(results_root) / model_id
-    final = parent / run_dir_name(payload)
+    parent = Path(results_root) / _slug(result.model.id)
+    final = parent / run_dir_name(result)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         clean_stale(parent)
@@ -223,19 +185,18 @@ def find_run_dirs(results_root: str | Path) -> list[Path]:
     return found
 
 
-def read_result(run_dir: str | Path) -> dict:
+def read_result(run_dir: str | Path) -> AnalysisResult:
+    """A run directory's result.json as a typed result (its statistics: ``read_stats``);
+    schema 1 files are read with today's names."""
     path = Path(run_dir) / RESULT_FILE
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise HarnessError(f"cannot read {path} ({err}); rerun the model or delete it.") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise HarnessError(
-            f"{path} has schema version {data.get('schema_version')}, this harness reads "
-            f"{SCHEMA_VERSION}; rerun the model with this version."
-        )
-    return data
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path} is not a result file; rerun the model or delete it.")
+    return AnalysisResult.from_json(data, where=str(path))
 
 
 def read_stats(run_dir: str | Path) -> CapturedStats:

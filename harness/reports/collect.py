@@ -19,64 +19,67 @@ marked "not comparable: <reason>" in every table and drawn hollow in every plot.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.engine.criteria import Criteria, evaluate
 from harness.engine.result import find_run_dirs, read_result, read_stats, run_dir_name
+from harness.engine.schema import AnalysisResult, Pooled, SeedCompatible
 from harness.reports.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap
 from harness.reports.comparability import label_runs, mark_comparability
 from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row
 
 
 # -- collecting ---------------------------------------------------------------------------------
-def _group(result: dict) -> str:
+def _group(result: AnalysisResult) -> str:
     from harness import models
 
-    model = result.get("model", {})
-    entry = models.REGISTRY.get(str(model.get("id")))
+    model = result.model
+    entry = models.REGISTRY.get(str(model.id))
     if entry is not None:
         return entry.group
-    recorded = model.get("group") or model.get("family")  # "family" in schema 1
-    if recorded in models.GROUPS:
-        return recorded
-    return "moe" if (model.get("num_experts") or 0) > 1 else "dense"
+    if model.group in models.GROUPS:
+        return model.group
+    return "moe" if (model.num_experts or 0) > 1 else "dense"
 
 
-def _activation_dtype(result: dict) -> str:
-    prov = result.get("provenance") or {}
-    model = result.get("model") or {}
-    return str(
-        prov.get("activation_dtype") or model.get("activation_dtype") or model.get("dtype") or "?"
-    )
+def _activation_dtype(result: AnalysisResult) -> str:
+    prov = result.sections.get("provenance") or {}
+    model = result.model
+    return str(prov.get("activation_dtype") or model.activation_dtype or model.dtype or "?")
 
 
-def _data_spec(result: dict) -> dict:
-    d = result.get("data") or {}
-    keys = ("dataset", "config", "revision", "num_sequences", "seq_len", "stride", "bos")
-    spec = {k: d.get(k) for k in keys}
-    spec["windows_sha256"] = d.get("windows_sha256")
-    return spec
+def _data_spec(result: AnalysisResult) -> dict:
+    """What comparability compares of the data (``harness.reports.comparability``)."""
+    d = result.data
+    return {
+        "dataset": d.dataset,
+        "config": d.config,
+        "revision": d.revision,
+        "num_seqs": d.num_seqs,
+        "seq_len": d.seq_len,
+        "stride": d.stride,
+        "bos": d.bos,
+        "windows_sha256": d.windows_sha256,
+    }
 
 
-def _recorded_criteria(result: dict) -> Criteria:
-    c = result["criteria"]
-    return Criteria(float(c["magnitude"]), float(c["layer_fraction"]), float(c["seq_fraction"]))
-
-
-def _published(result: dict, criteria: Criteria, num_outliers: int):
+def _published(result: AnalysisResult, criteria: Criteria, num_outliers: int):
     """(published count, deviation, deviation %) with the plugin's own settings check."""
     from harness import models
     from harness.engine.checks import published_deviation
 
-    entry = models.REGISTRY.get(str(result.get("model", {}).get("id")))
-    view = dict(result)
-    view["criteria"] = dict(
-        result["criteria"],
-        magnitude=criteria.magnitude,
-        layer_fraction=criteria.layer_frac,
-        seq_fraction=criteria.seq_frac,
+    entry = models.REGISTRY.get(str(result.model.id))
+    view = replace(
+        result,
+        criteria=replace(
+            result.criteria,
+            magnitude=criteria.magnitude,
+            layer_frac=criteria.layer_frac,
+            seq_frac=criteria.seq_frac,
+        ),
+        seed_compatible=replace(result.seed_compatible, num_outliers=num_outliers),
     )
-    view["seed_compatible"] = {"num_outliers": num_outliers}
     dev = published_deviation(view, entry)
     if dev is None:
         return None, None, None
@@ -85,8 +88,8 @@ def _published(result: dict, criteria: Criteria, num_outliers: int):
     return dev["published"], dev["ours"] - dev["published"], 100.0 * dev["relative_deviation"]
 
 
-def _pod(result: dict) -> tuple[float | None, float | None]:
-    pod = result.get("runpod") or result.get("pod") or {}
+def _pod(result: AnalysisResult) -> tuple[float | None, float | None]:
+    pod = result.sections.get("runpod") or result.sections.get("pod") or {}
     seconds = next(
         (pod[k] for k in ("seconds", "pod_seconds", "elapsed_seconds", "wall_seconds") if k in pod),
         None,
@@ -95,13 +98,13 @@ def _pod(result: dict) -> tuple[float | None, float | None]:
     return seconds, cost
 
 
-def _key(result: dict, criteria: Criteria) -> tuple:
+def _key(result: AnalysisResult, criteria: Criteria) -> tuple:
     data_part = run_dir_name(result).split("__", 1)[0]
     return (
-        str(result["model"]["id"]),
+        str(result.model.id),
         data_part,
         _activation_dtype(result),
-        result["criteria"].get("sites"),
+        result.criteria.sites,
         criteria.magnitude,
         criteria.layer_frac,
         criteria.seq_frac,
@@ -123,10 +126,10 @@ def collect(
     ``harness.engine.criteria.evaluate``, equal to a fresh run at those thresholds; a magnitude that
     a run did not capture raises its ``HarnessError``. ``resamples`` bootstrap resamples over
     sequences give the 95% intervals (0: none)."""
-    latest: dict[tuple, tuple[float, Path, dict, Criteria]] = {}
+    latest: dict[tuple, tuple[float, Path, AnalysisResult, Criteria]] = {}
     for run in find_run_dirs(results_dir):
         result = read_result(run)
-        crit = criteria or _recorded_criteria(result)
+        crit = criteria or result.criteria_tuple
         key = _key(result, crit)
         mtime = (run / "result.json").stat().st_mtime
         if key not in latest or mtime >= latest[key][0]:
@@ -141,57 +144,59 @@ def collect(
     return rows
 
 
-def _row(run: Path, result: dict, crit: Criteria, rethreshold: bool, resamples: int, seed: int):
+def _row(run: Path, result: AnalysisResult, crit: Criteria, rethreshold, resamples, seed):
     stats = read_stats(run)
     if rethreshold:
         figures = evaluate(stats, crit)
+        sc, po = (
+            SeedCompatible.from_json(figures["seed_compatible"]),
+            Pooled.from_json(figures["pooled"]),
+        )
     else:
-        figures = {k: result[k] for k in ("seed_compatible", "pooled", "per_site")}
-    sc, po = figures["seed_compatible"], figures["pooled"]
-    model = result["model"]
-    timing = result.get("timing") or {}
-    published, deviation, deviation_pct = _published(result, crit, sc["num_outliers"])
+        sc, po = result.seed_compatible, result.pooled
+        figures = {"seed_compatible": sc, "pooled": po, "per_site": result.per_site}
+    model, timing, data = result.model, result.timing, result.data
+    published, deviation, deviation_pct = _published(result, crit, sc.num_outliers)
     pod_seconds, pod_cost = _pod(result)
-    data = result.get("data") or {}
     ci = bootstrap(stats, crit, resamples=resamples, seed=seed) if resamples > 0 else {}
-    attribution = result.get("attribution")
+    attribution = result.sections.get("attribution")
     if rethreshold and attribution is not None:
         from harness.attribution.observer import attribution_section
 
         attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))
     return Row(
-        model_name=str(model["id"]),
+        model_name=str(model.id),
         group=_group(result),
         run_dir=str(run),
-        total_params=model.get("total_params"),
-        active_params=model.get("active_params"),
-        total_params_no_embedding=model.get("total_params_no_embedding"),
-        active_params_no_embedding=model.get("active_params_no_embedding"),
-        num_outliers=sc["num_outliers"],
-        mean_layer_pct=sc["mean_layer_pct"],
-        median_layer_pct=sc["median_layer_pct"],
-        mean_seq_pct=sc["mean_seq_pct"],
-        median_seq_pct=sc["median_seq_pct"],
-        pooled_dims=po["num_dims"],
-        pooled_layer_pct=po["mean_layer_pct"],
-        pooled_seq_pct=po["mean_seq_pct"],
-        sites_affected_pct=po["sites_affected_pct"],
-        positions_affected_pct=po["positions_affected_pct"],
+        total_params=model.total_params,
+        active_params=model.active_params,
+        total_params_no_embedding=model.total_params_no_embedding,
+        active_params_no_embedding=model.active_params_no_embedding,
+        num_outliers=sc.num_outliers,
+        mean_layer_pct=sc.mean_layer_pct,
+        median_layer_pct=sc.median_layer_pct,
+        mean_seq_pct=sc.mean_seq_pct,
+        median_seq_pct=sc.median_seq_pct,
+        pooled_dims=po.num_dims,
+        pooled_layer_pct=po.mean_layer_pct,
+        pooled_seq_pct=po.mean_seq_pct,
+        sites_affected_pct=po.sites_affected_pct,
+        positions_affected_pct=po.positions_affected_pct,
         criteria=crit,
         rethresholded=rethreshold,
         activation_dtype=_activation_dtype(result),
-        sites=str(result["criteria"].get("sites")),
+        sites=str(result.criteria.sites),
         data=_data_spec(result),
         tokenizer=data.get("tokenizer_sha256") or data.get("tokenizer"),
         published_num_outliers=published,
         published_deviation=deviation,
         published_deviation_pct=deviation_pct,
         ci=ci,
-        tokens_per_second=timing.get("tokens_per_second"),
-        forward_seconds=timing.get("forward_seconds"),
+        tokens_per_second=timing.tokens_per_second,
+        forward_seconds=timing.forward_seconds,
         pod_seconds=pod_seconds,
         pod_cost_usd=pod_cost,
-        num_experts=int(model.get("num_experts") or 0),
+        num_experts=int(model.num_experts or 0),
         figures=figures,
         stats=stats,
         attribution=attribution,

@@ -81,7 +81,9 @@ def run_report_command(args) -> int:
             "`outliers analyze MODEL` first, or pass --results-dir DIR."
         )
     # files only when asked for (--reports-dir): a stdout format has no side effects
-    paths = write_reports(rows, args.reports_dir, plots=not args.no_plots) if args.reports_dir else {}
+    paths = (
+        write_reports(rows, args.reports_dir, plots=not args.no_plots) if args.reports_dir else {}
+    )
     if args.format is None:
         print(summary_for_terminal(rows, paths))
     else:

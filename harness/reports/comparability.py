@@ -11,7 +11,7 @@ _SPEC_NAMES = {
     "dataset": "dataset",
     "config": "dataset config",
     "revision": "dataset revision",
-    "num_sequences": "windows",
+    "num_seqs": "windows",
     "seq_len": "window length",
     "stride": "stride",
     "bos": "BOS policy",
@@ -63,7 +63,7 @@ def is_study_default(row: Row) -> bool:
     d = row.data
     return (
         d.get("dataset") == STUDY_DATASET
-        and (d.get("num_sequences"), d.get("seq_len")) == (16, 2048)
+        and (d.get("num_seqs"), d.get("seq_len")) == (16, 2048)
         and row.sites == "ln"
         and row.criteria == Criteria(6.0, 0.25, 0.06)
     )
@@ -99,7 +99,7 @@ _LABEL_PARTS = {
     "dataset": "{}",
     "config": "config {}",
     "revision": "revision {}",
-    "num_sequences": "{} windows",
+    "num_seqs": "{} windows",
     "seq_len": "length {}",
     "stride": "stride {}",
     "bos": "BOS {}",
@@ -149,6 +149,6 @@ def reference_configuration(rows: list[Row]) -> str:
     d = ref.data
     return (
         f"activations {ref.activation_dtype}; data {d.get('dataset')} "
-        f"{d.get('num_sequences')} x {d.get('seq_len')} tokens, stride {d.get('stride')}, "
+        f"{d.get('num_seqs')} x {d.get('seq_len')} tokens, stride {d.get('stride')}, "
         f"BOS {d.get('bos')}; sites {ref.sites}; criteria {_criteria_text(ref.criteria)}"
     )

@@ -53,7 +53,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "comparability",
     "activation_dtype",
     "dataset",
-    "num_sequences",
+    "num_seqs",
     "seq_len",
     "stride",
     "bos",
@@ -100,7 +100,7 @@ class Row:
     rethresholded: bool
     activation_dtype: str
     sites: str
-    data: dict  # dataset, config, revision, num_sequences, seq_len, stride, bos, windows_sha256
+    data: dict  # dataset, config, revision, num_seqs, seq_len, stride, bos, windows_sha256
     tokenizer: str | None
     published_num_outliers: int | None = None
     published_deviation: int | str | None = None  # ours - published, or NOT_COMPARABLE_SETTINGS
@@ -160,7 +160,7 @@ class Row:
             comparability=self.comparability,
             activation_dtype=self.activation_dtype,
             dataset=self.data.get("dataset"),
-            num_sequences=self.data.get("num_sequences"),
+            num_seqs=self.data.get("num_seqs"),
             seq_len=self.data.get("seq_len"),
             stride=self.data.get("stride"),
             bos=self.data.get("bos"),

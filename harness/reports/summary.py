@@ -200,7 +200,11 @@ def attribution_section_md(rows: list[Row]) -> list[str]:
 
 
 def write_reports(
-    rows: list[Row], out_dir: str | Path = "reports", *, plots: bool = True, flag: str = "--reports-dir"
+    rows: list[Row],
+    out_dir: str | Path = "reports",
+    *,
+    plots: bool = True,
+    flag: str = "--reports-dir",
 ) -> dict[str, Path]:
     """Write summary.md, summary.csv, summary.json and plots/*.png under ``out_dir``, each
     atomically; returns {name: path}. ``flag`` names the option that chose ``out_dir`` in the

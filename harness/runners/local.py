@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.engine.result import AnalysisResult, write_result
+from harness.engine.result import write_result
+from harness.engine.schema import AnalysisResult
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.loading.load import LoadedModel, load

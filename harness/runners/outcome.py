@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.engine.schema import AnalysisResult
 from harness.errors import HarnessError
 
 
@@ -25,7 +26,7 @@ class RunFailed(HarnessError):
 class RunOutcome:
     model_id: str
     result_dir: Path
-    result: dict  # the parsed result.json
+    result: AnalysisResult  # its result.json, typed
     where: str = "local"  # "local" or "runpod:<pod id>"
     benchmark: dict | None = None  # a pytest-benchmark record made where the model ran
     pod: dict | None = None  # pod id, gpu, count, seconds, cost_usd (remote only)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.engine.result import RESULT_FILE, SCHEMA_VERSION, STATS_FILE
+from harness.engine.result import RESULT_FILE, STATS_FILE
+from harness.engine.schema import SCHEMA_VERSION, AnalysisResult, upgrade
 
-_CORE_DATA = ("dataset", "num_sequences", "seq_len", "stride")
-_CORE_CRITERIA = ("sites", "magnitude", "layer_fraction", "seq_fraction")
+_CORE_DATA = ("dataset", "num_seqs", "seq_len", "stride")
+_CORE_CRITERIA = ("sites", "magnitude", "layer_frac", "seq_frac")
 _OPTIONAL_CRITERIA = ("site_names", "num_sites", "grid")
 
 
@@ -29,6 +30,7 @@ def same_run(a: dict, b: dict) -> bool:
     - criteria: magnitude, fractions and site set equal; site names / grid when both have them;
     - dtype: the requested dtype equal when both give one.
     """
+    a, b = _top(a), _top(b)
     ma, mb = a.get("model") or {}, b.get("model") or {}
     if ma.get("id") != mb.get("id"):
         return False
@@ -49,6 +51,14 @@ def same_run(a: dict, b: dict) -> bool:
     if any(_num(ca.get(k)) != _num(cb.get(k)) for k in _CORE_CRITERIA):
         return False
     return all(ca[k] == cb[k] for k in _OPTIONAL_CRITERIA if k in ca and k in cb)
+
+
+def _top(x) -> dict:
+    """The top-level sections of a typed result, a parsed result.json (older schemas in
+    today's names) or a planned run (``expected_run``), as one mapping."""
+    if isinstance(x, AnalysisResult):
+        return {"model": x.model, "data": x.data, "criteria": x.criteria, **x.sections}
+    return upgrade(dict(x)) if "schema_version" in x else x
 
 
 def _num(x):
@@ -84,8 +94,11 @@ def find_existing(results_dir: Path, expected: dict) -> Path | None:
     candidates = []
     for d in result_dirs(results_dir):
         data = read_json(d / RESULT_FILE)
+        version = (data or {}).get("schema_version")
         if not (
-            data and data.get("schema_version") == SCHEMA_VERSION and (d / STATS_FILE).is_file()
+            isinstance(version, int)
+            and 1 <= version <= SCHEMA_VERSION
+            and (d / STATS_FILE).is_file()
         ):
             continue
         if (data.get("model") or {}).get("id") == model_id and covers(data, expected):
@@ -97,7 +110,7 @@ def covers(result: dict, expected: dict) -> bool:
     """``same_run`` and the result holds every section the planned run asks for
     (``expected["wants"]``)."""
     wants = expected.get("wants") or ()
-    return same_run(result, expected) and all(result.get(k) is not None for k in wants)
+    return same_run(result, expected) and all(_top(result).get(k) is not None for k in wants)
 
 
 def expected_run(opts, entry) -> dict:
@@ -105,7 +118,7 @@ def expected_run(opts, entry) -> dict:
     run will add (``wants``)."""
     data = {
         "dataset": opts.dataset,
-        "num_sequences": opts.num_seqs,
+        "num_seqs": opts.num_seqs,
         "seq_len": opts.seq_len,
         "stride": opts.stride or opts.seq_len,
     }
@@ -133,7 +146,7 @@ def expected_run(opts, entry) -> dict:
         "criteria": {
             "sites": opts.sites,
             "magnitude": opts.magnitude,
-            "layer_fraction": opts.layer_frac,
-            "seq_fraction": opts.seq_frac,
+            "layer_frac": opts.layer_frac,
+            "seq_frac": opts.seq_frac,
         },
     }

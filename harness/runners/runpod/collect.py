@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
 
-from harness.runners.resume import RESULT_FILE, read_json, result_dirs
+from harness.engine.result import read_result
+from harness.engine.schema import AnalysisResult
+from harness.errors import HarnessError
+from harness.fileio import replace_dir
+from harness.runners.resume import RESULT_FILE, result_dirs
 
 
 def install_run_dir(src: Path, results_dir: Path, rel: Path) -> Path:
@@ -22,13 +25,11 @@ def install_run_dir(src: Path, results_dir: Path, rel: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(src, tmp)
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    try:
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -40,15 +41,15 @@ def install_results(fetched_results: Path, results_dir: Path) -> list[Path]:
     return installed
 
 
-def result_for(entry, dirs: list[Path]) -> tuple[Path, dict] | None:
+def result_for(entry, dirs: list[Path]) -> tuple[Path, AnalysisResult] | None:
     """The run folder among ``dirs`` that belongs to ``entry`` (by model id, else folder name)."""
     best = None
     for d in dirs:
-        data = read_json(d / RESULT_FILE)
-        if not data:
+        try:
+            data = read_result(d)
+        except HarnessError:  # unreadable, or a newer schema: not this run's result
             continue
-        mid = (data.get("model") or {}).get("id")
-        hub = ((data.get("model") or {}).get("source") or {}).get("hub_id")
+        mid, hub = data.model.id, data.model.source.get("hub_id")
         if mid == entry.id or d.parent.name == entry.id or (hub and hub == entry.hub_id):
             mtime = (d / RESULT_FILE).stat().st_mtime
             if best is None or mtime > best[0]:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from harness import gitinfo
+from harness.engine.result import read_result
 from harness.errors import HarnessError
 from harness.runners import resume
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
@@ -230,8 +231,7 @@ class RunpodRunner(PodLifecycle):
         found = resume.find_existing(self.results_dir, expected)
         if found is None:
             return None
-        data = resume.read_json(found / resume.RESULT_FILE) or {}
-        return RunOutcome(entry.id, found, data, where="local", reused=True)
+        return RunOutcome(entry.id, found, read_result(found), where="local", reused=True)
 
     # -- one pod, start to end -----------------------------------------------------------------
     def _work(self, task: PodTask, sem) -> None:
