@@ -220,7 +220,7 @@ def check_model(
     return row
 
 
-# (b): Qwen3-30B-A3B's config from the registry, and a tiny one of the same family for --small
+# (b): Qwen3-30B-A3B's config from the registry, and a tiny one of the same architecture for --small
 MOE_ENTRY = "qwen3_30b_a3b"
 MOE_SMALL = dict(
     vocab_size=1024,

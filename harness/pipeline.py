@@ -114,24 +114,12 @@ def analyze(
     parse_site_set(sites)
     ids, data_info = _as_ids(windows)
     N, T = ids.shape
-    limit = max_positions(model.config)
-    if limit is not None and T > limit:
-        raise HarnessError(
-            f"--seq-len {T} is above this model's maximum of {limit} positions; use --seq-len "
-            f"{limit} or less."
-        )
-    vocab = getattr(model.config, "vocab_size", None)
-    if isinstance(vocab, int) and int(ids.max()) >= vocab:
-        raise HarnessError(
-            f"token id {int(ids.max())} is outside the model's vocabulary of {vocab}; the windows "
-            "were made with another tokenizer."
-        )
+    _check_windows(model, ids)
     grid = tuple(grid) if grid is not None else None
     # the original study's rounding (every activation cast to bf16 before the test): one more
     # grid level gives its figures beside the exact ones, in the same pass
-    model_dtype = next(model.parameters()).dtype
     as_original = None
-    if model_dtype != torch.bfloat16:
+    if next(model.parameters()).dtype != torch.bfloat16:
         as_original = bf16_rounding_threshold(criteria.magnitude)
         if as_original != criteria.magnitude:
             grid = (grid if grid is not None else DEFAULT_GRID) + (as_original,)
@@ -140,16 +128,7 @@ def analyze(
     sitemap = verify_sites(model, sitemap, ids[:1, : min(T, SELF_CHECK_TOKENS)])
     grid_values = make_grid(criteria.magnitude, grid)
     device = input_device(model)
-    if batch_size is None:
-        batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
-        if getattr(model.config, "_attn_implementation", None) == "eager":
-            # eager attention materialises [B, heads, T, T] scores: keep them near 4 GiB
-            heads = config_field(model.config, "num_heads", 32)
-            batch_size = max(1, min(batch_size, (4 << 30) // (heads * T * T * 4)))
-    if batch_size < 1:
-        raise HarnessError(f"--batch-size must be at least 1 (got {batch_size}).")
-    batch_size = min(batch_size, N)
-    forward = base_forward(model)
+    batch_size = _batch_size(model, device, batch_size, N, T)
     observers = list(observers)
     if attribution:  # tokens/positions, massive activations, MoE experts: same forward pass
         from harness.attribution.observer import attribution_observers
@@ -162,11 +141,6 @@ def analyze(
 
         observers.append(Perplexity(model))
     timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=N * T, unit="tok", desc="forward", leave=False)
     t_start = time.perf_counter()
     # --sites all: each site kind is also captured on its own, in the same forward pass
     side_maps = {k: _kind_map(sitemap, k) for k in ("ln", "residual")} if sites == "all" else {}
@@ -175,8 +149,112 @@ def analyze(
         sides = {
             k: stack.enter_context(Capture(m, grid_values, N, T)) for k, m in side_maps.items()
         }
-        captures = [cap, *sides.values()]
-        start, index = 0, 0
+        _forward_batches(
+            [cap, *sides.values()], base_forward(model), ids, batch_size, device, timing, progress
+        )
+        stats = cap.stats()
+        side_stats = {k: c.stats() for k, c in sides.items()}
+        timing["forward_calls"] = cap.forward_calls
+        activation_dtypes = sorted(cap.activation_dtypes)
+    t_analysis = time.perf_counter()
+    figures = evaluate(stats, criteria)
+    sections = {"seed_compatible_as_original": _as_original(stats, criteria, as_original)}
+    for obs in observers:
+        summary = getattr(obs, "summary", None)
+        if callable(summary):
+            sections.update(summary(stats, criteria))
+    timing["analysis_seconds"] = time.perf_counter() - t_analysis
+    timing["capture_seconds"] = t_analysis - t_start
+    timing["tokens_per_second"] = (
+        N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
+    )
+    timing["self_check_seconds"] = sitemap.self_check["seconds"]
+    meta = dict(model_meta or {})
+    if "load_seconds" in meta:
+        timing["load_seconds"] = meta.pop("load_seconds")
+    meta.setdefault("activation_dtype", ",".join(activation_dtypes))
+    info = model_info(model, sitemap, **meta)
+    data = _data_record(ids, data_info)
+    parts = {
+        kind: AnalysisResult(
+            model=info,
+            data=data,
+            criteria={
+                **_criteria_record(criteria, side_maps[kind], grid_values),
+                "measured_with": "--sites all: every site kind in one forward pass",
+            },
+            **evaluate(kind_stats, criteria),
+            timing=timing,
+            stats=kind_stats,
+            sections={
+                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original)
+            },
+        )
+        for kind, kind_stats in side_stats.items()
+    }
+    if parts:
+        sections["by_site_kind"] = {
+            k: {
+                "seed_compatible": {kk: v for kk, v in p.seed_compatible.items() if kk != "pairs"},
+                "pooled": {kk: v for kk, v in p.pooled.items() if kk != "dims"}
+                | {"dims": [d["dim"] for d in p.pooled.dims]},
+            }
+            for k, p in parts.items()
+        }
+    return AnalysisResult(
+        model=info,
+        data=data,
+        criteria=_criteria_record(criteria, sitemap, grid_values),
+        seed_compatible=figures["seed_compatible"],
+        pooled=figures["pooled"],
+        per_site=figures["per_site"],
+        timing=timing,
+        stats=stats,
+        sections=sections,
+        parts=parts,
+    )
+
+
+def _check_windows(model, ids: torch.Tensor) -> None:
+    """Windows the model can read: no longer than its positions, ids inside its vocabulary."""
+    T = ids.shape[1]
+    limit = max_positions(model.config)
+    if limit is not None and T > limit:
+        raise HarnessError(
+            f"--seq-len {T} is above this model's maximum of {limit} positions; use --seq-len "
+            f"{limit} or less."
+        )
+    vocab = getattr(model.config, "vocab_size", None)
+    if isinstance(vocab, int) and int(ids.max()) >= vocab:
+        raise HarnessError(
+            f"token id {int(ids.max())} is outside the model's vocabulary of {vocab}; the windows "
+            "were made with another tokenizer."
+        )
+
+
+def _batch_size(model, device: torch.device, batch_size: int | None, N: int, T: int) -> int:
+    if batch_size is None:
+        batch_size = max(1, AUTO_BATCH_TOKENS.get(device.type, 8192) // T)
+        if getattr(model.config, "_attn_implementation", None) == "eager":
+            # eager attention materialises [B, heads, T, T] scores: keep them near 4 GiB
+            heads = config_field(model.config, "num_heads", 32)
+            batch_size = max(1, min(batch_size, (4 << 30) // (heads * T * T * 4)))
+    if batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1 (got {batch_size}).")
+    return min(batch_size, N)
+
+
+def _forward_batches(captures, forward, ids, batch_size, device, timing, progress) -> None:
+    """One forward pass per batch for every capture; on out-of-memory the batch is halved and
+    retried (a failed batch leaves every capture as it was), down to one window."""
+    N, T = ids.shape
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=N * T, unit="tok", desc="forward", leave=False)
+    start, index = 0, 0
+    try:
         while start < N:
             size = min(batch_size, N - start)
             batch = Batch(start, ids[start : start + size], index)
@@ -204,31 +282,14 @@ def analyze(
                 bar.update(size * T)
             start += size
             index += 1
-        stats = cap.stats()
-        side_stats = {k: c.stats() for k, c in sides.items()}
-        timing["forward_calls"] = cap.forward_calls
-        activation_dtypes = sorted(cap.activation_dtypes)
-    if bar is not None:
-        bar.close()
+    finally:
+        if bar is not None:
+            bar.close()
     timing["batch_size"] = batch_size
-    t_analysis = time.perf_counter()
-    figures = evaluate(stats, criteria)
-    sections_first = {"seed_compatible_as_original": _as_original(stats, criteria, as_original)}
-    sections = dict(sections_first)
-    for obs in observers:
-        summary = getattr(obs, "summary", None)
-        if callable(summary):
-            sections.update(summary(stats, criteria))
-    timing["analysis_seconds"] = time.perf_counter() - t_analysis
-    timing["capture_seconds"] = t_analysis - t_start
-    timing["tokens_per_second"] = (
-        N * T / timing["forward_seconds"] if timing["forward_seconds"] else None
-    )
-    meta = dict(model_meta or {})
-    if "load_seconds" in meta:
-        timing["load_seconds"] = meta.pop("load_seconds")
-    meta.setdefault("activation_dtype", ",".join(activation_dtypes))
-    info = model_info(model, sitemap, **meta)
+
+
+def _data_record(ids: torch.Tensor, data_info: dict) -> dict:
+    N, T = ids.shape
     data = {
         "dataset": data_info.get("dataset", "tensor"),
         "num_seqs": int(N),
@@ -241,51 +302,9 @@ def analyze(
     if "windows_sha256" not in data:
         import hashlib
 
-        data["windows_sha256"] = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()[
-            :16
-        ]
-    crit = _criteria_record(criteria, sitemap, grid_values)
-    timing["self_check_seconds"] = sitemap.self_check["seconds"]
-    parts = {}
-    for kind, kind_stats in side_stats.items():
-        f = evaluate(kind_stats, criteria)
-        parts[kind] = AnalysisResult(
-            model=info,
-            data=data,
-            criteria={
-                **_criteria_record(criteria, side_maps[kind], grid_values),
-                "measured_with": "--sites all: every site kind in one forward pass",
-            },
-            seed_compatible=f["seed_compatible"],
-            pooled=f["pooled"],
-            per_site=f["per_site"],
-            timing=timing,
-            stats=kind_stats,
-            sections={
-                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original)
-            },
-        )
-    if parts:
-        sections["by_site_kind"] = {
-            k: {
-                "seed_compatible": {kk: v for kk, v in p.seed_compatible.items() if kk != "pairs"},
-                "pooled": {kk: v for kk, v in p.pooled.items() if kk != "dims"}
-                | {"dims": [d["dim"] for d in p.pooled["dims"]]},
-            }
-            for k, p in parts.items()
-        }
-    return AnalysisResult(
-        model=info,
-        data=data,
-        criteria=crit,
-        seed_compatible=figures["seed_compatible"],
-        pooled=figures["pooled"],
-        per_site=figures["per_site"],
-        timing=timing,
-        stats=stats,
-        sections=sections,
-        parts=parts,
-    )
+        digest = hashlib.sha256(ids.numpy().astype("<i8").tobytes()).hexdigest()
+        data["windows_sha256"] = digest[:16]
+    return data
 
 
 def _kind_map(sitemap, site_set: str):

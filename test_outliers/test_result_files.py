@@ -136,3 +136,60 @@ def test_stale_means_older_than_a_day_and_only_our_own_folders(result, tmp_path)
         os.utime(d, (now - age, now - age))
     clean_stale(parent)
     assert young.exists() and not old.exists() and other.exists()
+
+
+# -- schema versions ------------------------------------------------------------------------
+def _as_schema_1(d: dict) -> dict:
+    """A schema 2 result.json written back the way schema 1 spelled it (the renames typed
+    here by hand, not read from schema.py)."""
+    import copy
+
+    old = copy.deepcopy(d)
+    old["schema_version"] = 1
+    old["data"]["num_sequences"] = old["data"].pop("num_seqs")
+    old["criteria"]["layer_fraction"] = old["criteria"].pop("layer_frac")
+    old["criteria"]["seq_fraction"] = old["criteria"].pop("seq_frac")
+    old["model"]["architecture"] = old["model"].pop("model_class")
+    return old
+
+
+def test_a_schema_1_result_is_read_with_todays_names_and_reported(result, tmp_path):
+    import json
+
+    from harness.engine.schema import SCHEMA_VERSION
+    from harness.reports.collect import collect
+
+    final = write_result(result, tmp_path)
+    written = json.loads((final / "result.json").read_text())
+    assert written["schema_version"] == SCHEMA_VERSION == 2
+    assert "num_seqs" in written["data"] and "layer_frac" in written["criteria"]
+    (final / "result.json").write_text(json.dumps(_as_schema_1(written)))
+    back = read_result(final)
+    assert back.schema_version == 1
+    assert (back.data.num_seqs, back.data.seq_len) == (2, 8)
+    assert (back.criteria.layer_frac, back.criteria.seq_frac) == (0.25, 0.06)
+    assert back.model.model_class == "Qwen3ForCausalLM"
+    assert back.seed_compatible == result.seed_compatible and back.pooled == result.pooled
+    (row,) = collect(tmp_path, resamples=0)
+    assert row.num_outliers == result.seed_compatible.num_outliers and row.data["num_seqs"] == 2
+
+
+def test_a_newer_schema_is_refused_in_one_sentence(result, tmp_path):
+    import json
+
+    final = write_result(result, tmp_path)
+    d = json.loads((final / "result.json").read_text())
+    d["schema_version"] = 99
+    (final / "result.json").write_text(json.dumps(d))
+    with pytest.raises(HarnessError, match="schema version 99; this harness reads 1 to 2") as e:
+        read_result(final)
+    assert "\n" not in str(e.value) and "upgrade the harness" in str(e.value)
+
+
+def test_result_records_read_as_fields_and_as_the_json_they_are(result):
+    d = result.to_dict()
+    assert result.data.num_seqs == d["data"]["num_seqs"] == result.data["num_seqs"] == 2
+    assert result.pooled.num_dims == d["pooled"]["num_dims"]
+    # what a section holds beyond its fields survives the round trip, in place
+    assert result.criteria["site_names"] == d["criteria"]["site_names"]
+    assert list(d["criteria"]) == list(result.criteria)

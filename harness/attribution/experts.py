@@ -9,7 +9,7 @@ per MoE layer:
   and the sparse hits (candidate row, dim, grid level) that put them there.
 
 The router's input IS the layer's ``mlp_in`` site (the post-attention norm's output) in every
-family below, so this works whatever site set the run captures: when the run captures mlp_in
+architecture below, so this works whatever site set the run captures: when the run captures mlp_in
 (the default ``ln`` set), the hits come from the engine's own reduction of that site
 (``Observer.on_hits``) and the router hook only reads the router's outputs; otherwise the hook
 finds them in the router's input itself. Both ways give identical arrays (tested). Because the systematic dims are
@@ -21,7 +21,7 @@ Size (worst case: every position a candidate): layers x N*T x k bytes, e.g. Qwen
 16 x 2048: 48 x 32768 x 8 = 12.6 MB, Qwen3-Next-80B (512 experts, uint16, k=10): 31 MB; typical
 runs keep only the positions with a value >= 6 at that layer, plus 7 bytes per hit.
 
-Per-expert outputs: every family here uses fused 3-D expert weights (``@use_experts_implementation``:
+Per-expert outputs: every architecture here uses fused 3-D expert weights (``@use_experts_implementation``:
 eager loop, ``grouped_mm`` or ``batched_mm``); an expert's own output is an intermediate tensor
 of that one forward, never a module output, so no hook can see it without recomputing the
 experts (a second pass). Reported instead, and labelled so: max |routed output| (the experts

@@ -5,7 +5,7 @@ invariants of the method, not expectations about a model: they hold for every mo
 
 The outlier sets of the result (seed-compatible pairs, pooled dims) are recomputed here from
 OTHER arrays of the statistics than the criteria read (the per-site levels ``site_seq_level``
-and the per-position hit lists, where ``outliers.py`` reads the per-sequence counts and
+and the per-position hit lists, where ``criteria.py`` reads the per-sequence counts and
 ``site_max``), with float division instead of ``outliers.meets``' integer arithmetic: a bug in
 either the criteria or the capture's counts shows as a disagreement. The remaining checks
 (ranges, denominators, the two views against each other) are consistency checks.

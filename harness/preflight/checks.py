@@ -146,73 +146,15 @@ def preflight(
         return report
     report.facts["target"] = target.label
 
-    # weight format and kernel path
     load_dtype = _dtype_name(resolve_dtype(dtype, source, built))
     act_bytes = torch.tensor([], dtype=getattr(torch, load_dtype)).element_size()
-    qcfg = raw.get("quantization_config") or {}
-    quant = qcfg.get("quant_method")
-    packed = quant == "mxfp4"
-    mxfp4_params = _mxfp4_params(meta_model) if packed else 0
-    report.facts.update(weight_format=quant or "dense", kernel_path="torch")
-    report.facts["loaded_dtype"] = load_dtype
-    if source.kind == "gguf":
-        report.facts["weight_format"] = "gguf"
-        report.add(
-            "weights",
-            OK,
-            f"a GGUF file, which transformers dequantizes to {load_dtype} at load time "
-            "(needs the package gguf).",
-        )
-        if pkg("gguf") is None:
-            report.add(
-                "weights", REFUSE, "reading .gguf files needs the package gguf: pip install gguf."
-            )
-    elif packed:
-        packed, why = _mxfp4_path(target, qcfg, pkg, hub)
-        if why and not target.local and packages is None and "environment" in why:
-            why += " (the packages of this machine, where the preflight ran)"
-        _mxfp4_row(report, packed, why, load_dtype)
-    elif quant:
-        report.add(
-            "weights",
-            WARN,
-            f"{source.id} ships {quant} weights, which preflight does not "
-            "know; the memory figure assumes the loaded dtype.",
-        )
-    else:
-        report.add("weights", OK, f"loads dense in {load_dtype} with standard PyTorch ops.")
+    quant = (raw.get("quantization_config") or {}).get("quant_method")
+    mxfp4_params = _mxfp4_params(meta_model) if quant == "mxfp4" else 0
+    packed = _weights_row(report, source, target, raw, load_dtype, pkg, hub, packages)
     reference = raw.get("model_type") == "qwen3_next" and _qwen3_next_row(report, pkg)
-
-    # attention and experts implementation
-    attn = getattr(cfg, "_attn_implementation", None)
-    experts = getattr(cfg, "_experts_implementation", None) if counts.is_moe else None
-    experts = "mxfp4 triton (matmul_ogs)" if packed else experts
-    report.facts.update(attn_implementation=attn, experts_implementation=experts)
-    eager = (
-        " (it materializes [batch, heads, T, T] scores: counted below)" if attn == "eager" else ""
-    )
-    report.add("attention", OK, f"attention runs as {attn!r}{eager}.")
-    if counts.is_moe:
-        report.add(
-            "experts", OK, f"{counts.num_experts} experts, top {counts.top_k}, run as {experts!r}."
-        )
-
+    attn = _implementation_rows(report, cfg, counts, packed)
     _access_row(report, entry, hub_id, hub)
-
-    from harness.loading.params import max_positions
-
-    T = seq_len or (256 if source.kind == "tiny" else 2048)
-    N = num_seqs or 16
-    limit = max_positions(text_cfg)
-    if limit is not None and T > limit:
-        report.add(
-            "seq_len",
-            REFUSE,
-            f"--seq-len {T} is above {source.id}'s maximum of {limit} "
-            f"positions; use --seq-len {limit} or less.",
-        )
-    else:
-        report.add("seq_len", OK, f"{N} windows x {T} tokens (max positions {limit}).")
+    T, N = _seq_len_row(report, source, text_cfg, seq_len, num_seqs)
 
     shape = _Shape.of(text_cfg, counts, attn, reference)
     dense = counts.total - mxfp4_params
@@ -237,6 +179,77 @@ def preflight(
         }
     _disk_row(report, raw, counts.total, mxfp4_params, source, target)
     return report
+
+
+def _weights_row(report, source, target, raw, load_dtype, pkg, hub, packages) -> bool:
+    """The weight format and kernel path that WILL be used; True when MXFP4 stays packed."""
+    qcfg = raw.get("quantization_config") or {}
+    quant = qcfg.get("quant_method")
+    report.facts.update(weight_format=quant or "dense", kernel_path="torch")
+    report.facts["loaded_dtype"] = load_dtype
+    if source.kind == "gguf":
+        report.facts["weight_format"] = "gguf"
+        report.add(
+            "weights",
+            OK,
+            f"a GGUF file, which transformers dequantizes to {load_dtype} at load time "
+            "(needs the package gguf).",
+        )
+        if pkg("gguf") is None:
+            report.add(
+                "weights", REFUSE, "reading .gguf files needs the package gguf: pip install gguf."
+            )
+    elif quant == "mxfp4":
+        packed, why = _mxfp4_path(target, qcfg, pkg, hub)
+        if why and not target.local and packages is None and "environment" in why:
+            why += " (the packages of this machine, where the preflight ran)"
+        _mxfp4_row(report, packed, why, load_dtype)
+        return packed
+    elif quant:
+        report.add(
+            "weights",
+            WARN,
+            f"{source.id} ships {quant} weights, which preflight does not "
+            "know; the memory figure assumes the loaded dtype.",
+        )
+    else:
+        report.add("weights", OK, f"loads dense in {load_dtype} with standard PyTorch ops.")
+    return False
+
+
+def _implementation_rows(report, cfg, counts, packed: bool) -> str | None:
+    """The attention and experts implementations transformers picks; returns the attention's."""
+    attn = getattr(cfg, "_attn_implementation", None)
+    experts = getattr(cfg, "_experts_implementation", None) if counts.is_moe else None
+    experts = "mxfp4 triton (matmul_ogs)" if packed else experts
+    report.facts.update(attn_implementation=attn, experts_implementation=experts)
+    eager = (
+        " (it materializes [batch, heads, T, T] scores: counted below)" if attn == "eager" else ""
+    )
+    report.add("attention", OK, f"attention runs as {attn!r}{eager}.")
+    if counts.is_moe:
+        report.add(
+            "experts", OK, f"{counts.num_experts} experts, top {counts.top_k}, run as {experts!r}."
+        )
+    return attn
+
+
+def _seq_len_row(report, source, text_cfg, seq_len, num_seqs) -> tuple[int, int]:
+    from harness.loading.params import max_positions
+
+    T = seq_len or (256 if source.kind == "tiny" else 2048)
+    N = num_seqs or 16
+    limit = max_positions(text_cfg)
+    if limit is not None and T > limit:
+        report.add(
+            "seq_len",
+            REFUSE,
+            f"--seq-len {T} is above {source.id}'s maximum of {limit} "
+            f"positions; use --seq-len {limit} or less.",
+        )
+    else:
+        report.add("seq_len", OK, f"{N} windows x {T} tokens (max positions {limit}).")
+    return T, N
 
 
 def _known_model_types():

@@ -1,9 +1,9 @@
-"""Comparison reports over result directories: tables, exports, notes and plots.
+"""Result directories to report rows: tables, exports, notes and plots start here.
 
     rows = collect("results")                        # as recorded in each result.json
     rows = collect("results", Criteria(8, .25, .06))  # re-thresholded from stats.npz
-    print(render(rows, "table"))                      # table | csv | json | md
-    write_reports(rows, "reports")                    # summary.md/.csv/.json + plots/
+    print(render(rows, "table"))                      # harness.reports.render: table|csv|json|md
+    write_reports(rows, "reports")                    # harness.reports.summary: files + plots/
 
 One ``Row`` per run directory (the latest per model, data, dtype and criteria). Its export
 starts with the original study's columns exactly (METHOD.md, section 3: ``EXPORT_COLUMNS``,

@@ -109,7 +109,7 @@ def _reference_section(rows: list[Row]) -> list[str]:
     else:
         lines += [
             "",
-            "None of our comparable rows is a reference family (opt_*, gpt2_*, "
+            "None of our comparable rows is of a 2022 reference family (opt_*, gpt2_*, "
             "pythia_*); the plots show table 4 as its own series.",
         ]
     return lines

@@ -1,4 +1,4 @@
-"""``RunpodRunner``: the Runner (``harness.runners.outcome``) that runs model tests on RunPod pods.
+"""``RunpodRunner``: runs the selected model tests on RunPod pods (outcomes: ``harness.runners.outcome``).
 
     prepare(entries)  resume check, credentials, plan, then one background thread per pod
                       (at most ``--runpod-parallel`` at a time): create -> RUNNING + SSH ->
