@@ -129,17 +129,9 @@ def analyze(
     grid_values = make_grid(criteria.magnitude, grid)
     device = input_device(model)
     batch_size = _batch_size(model, device, batch_size, N, T)
-    observers = list(observers)
-    if attribution:  # tokens/positions, massive activations, MoE experts: same forward pass
-        from harness.attribution.observer import attribution_observers
-
-        observers += attribution_observers(
-            model, criteria.magnitude, grid_values, bos_token_id=data_info.get("bos_token_id")
-        )
-    if perplexity:
-        from harness.engine.perplexity import Perplexity
-
-        observers.append(Perplexity(model))
+    observers = list(observers) + _builtin_observers(
+        model, criteria, grid_values, data_info, attribution=attribution, perplexity=perplexity
+    )
     timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}
     t_start = time.perf_counter()
     # --sites all: each site kind is also captured on its own, in the same forward pass
@@ -175,7 +167,43 @@ def analyze(
     meta.setdefault("activation_dtype", ",".join(activation_dtypes))
     info = model_info(model, sitemap, **meta)
     data = _data_record(ids, data_info)
-    parts = {
+    parts = _site_kind_parts(
+        side_stats, side_maps, info, data, criteria, grid_values, timing, as_original
+    )
+    if parts:
+        sections["by_site_kind"] = _by_site_kind(parts)
+    return AnalysisResult(
+        model=info,
+        data=data,
+        criteria=_criteria_record(criteria, sitemap, grid_values),
+        seed_compatible=figures["seed_compatible"],
+        pooled=figures["pooled"],
+        per_site=figures["per_site"],
+        timing=timing,
+        stats=stats,
+        sections=sections,
+        parts=parts,
+    )
+
+
+def _builtin_observers(model, criteria, grid_values, data_info, *, attribution, perplexity):
+    out = []
+    if attribution:  # tokens/positions, massive activations, MoE experts: same forward pass
+        from harness.attribution.observer import attribution_observers
+
+        out += attribution_observers(
+            model, criteria.magnitude, grid_values, bos_token_id=data_info.get("bos_token_id")
+        )
+    if perplexity:
+        from harness.engine.perplexity import Perplexity
+
+        out.append(Perplexity(model))
+    return out
+
+
+def _site_kind_parts(side_stats, side_maps, info, data, criteria, grid_values, timing, as_original):
+    """--sites all: one result per site kind, from the captures that ran beside the main one."""
+    return {
         kind: AnalysisResult(
             model=info,
             data=data,
@@ -192,27 +220,17 @@ def analyze(
         )
         for kind, kind_stats in side_stats.items()
     }
-    if parts:
-        sections["by_site_kind"] = {
-            k: {
-                "seed_compatible": {kk: v for kk, v in p.seed_compatible.items() if kk != "pairs"},
-                "pooled": {kk: v for kk, v in p.pooled.items() if kk != "dims"}
-                | {"dims": [d["dim"] for d in p.pooled.dims]},
-            }
-            for k, p in parts.items()
+
+
+def _by_site_kind(parts: dict) -> dict:
+    return {
+        k: {
+            "seed_compatible": {kk: v for kk, v in p.seed_compatible.items() if kk != "pairs"},
+            "pooled": {kk: v for kk, v in p.pooled.items() if kk != "dims"}
+            | {"dims": [d["dim"] for d in p.pooled.dims]},
         }
-    return AnalysisResult(
-        model=info,
-        data=data,
-        criteria=_criteria_record(criteria, sitemap, grid_values),
-        seed_compatible=figures["seed_compatible"],
-        pooled=figures["pooled"],
-        per_site=figures["per_site"],
-        timing=timing,
-        stats=stats,
-        sections=sections,
-        parts=parts,
-    )
+        for k, p in parts.items()
+    }
 
 
 def _check_windows(model, ids: torch.Tensor) -> None:

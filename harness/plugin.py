@@ -124,7 +124,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     sess = getattr(config, "_outliers", None)
     remote = [o.benchmark for o in (sess.outcomes.values() if sess else ()) if o.benchmark]
     if remote:
-        from harness.runners.runpod.collect import merge_benchmark_json
+        from harness.runners.runpod.bring_home import merge_benchmark_json
 
         merge_benchmark_json(output_json, remote)
 

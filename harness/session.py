@@ -42,7 +42,7 @@ class OutlierSession:
         self.allow_fallback = bool(config.getoption("outliers_allow_fallback", default=False))
         self.preflights: dict[
             str, object
-        ] = {}  # model id -> harness.preflight.report.PreflightReport
+        ] = {}  # model id -> harness.preflight.verdict.PreflightReport
         self.remote = None  # a harness.runners.runpod runner when --runpod is given
         self.rerun = bool(config.getoption("rerun", default=False))
         self.reused: dict[str, RunOutcome] = {}  # model id -> the result kept (local resume)
@@ -198,7 +198,7 @@ class OutlierSession:
 
     def check(self, entry, outcome: RunOutcome, benchmark) -> list[str]:
         """Honest-run invariants, plus the published figure beside ours when comparable."""
-        from harness.engine.checks import honest_run_failures, published_deviation
+        from harness.engine.invariants import honest_run_failures, published_deviation
         from harness.engine.result import read_stats
 
         stats = outcome.extra.get("stats") or read_stats(outcome.result_dir)

@@ -63,7 +63,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("load_windows", "_texts"),
         ("test_outliers/test_data.py",),
     ),
-    "harness/engine/checks.py": (
+    "harness/engine/invariants.py": (
         ("independent_outliers", "honest_run_failures"),
         ("test_outliers/test_checks.py",),
     ),

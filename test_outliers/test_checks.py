@@ -10,7 +10,7 @@ import pytest
 from factories import random_ids, random_model
 
 from harness import analyze
-from harness.engine.checks import honest_run_failures
+from harness.engine.invariants import honest_run_failures
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def test_the_independent_sets_equal_the_brute_force_oracle_at_every_boundary(S, 
     5 but not 6: the check's own computation equals the definition by the letter."""
     from oracle import oracle_figures, stats_from_activations
 
-    from harness.engine.checks import independent_outliers
     from harness.engine.criteria import Criteria
+    from harness.engine.invariants import independent_outliers
 
     N = 3
     ks, kt, kp = _need("1/4", S), _need("3/50", T), _need("3/50", N * T)

@@ -26,8 +26,8 @@ from harness.errors import HarnessError
 from harness.loading.kernel_path import kernel_path_of
 from harness.preflight.checks import preflight
 from harness.preflight.command import preflight_table
-from harness.preflight.report import OK, REFUSE, WARN, PreflightRefused
 from harness.preflight.targets import parse_gpus
+from harness.preflight.verdict import OK, REFUSE, WARN, PreflightRefused
 
 # Import the modeling code now: transformers decides at import time which packages it has (and an
 # import blocked later must only be seen by the preflight's own probe, as on a machine without it).

@@ -103,6 +103,6 @@ def test_pytest_runpod_runs_two_tiny_models_on_two_pods(runpod_env, fake_runpod,
     if not made_on_pod and not hasattr(harness.plugin, "pytest_benchmark_update_json"):
         pytest.xfail(
             "harness/plugin.py does not merge the pods' benchmark records yet "
-            "(pytest_benchmark_update_json -> harness.runners.runpod.collect.merge_benchmark_json)"
+            "(pytest_benchmark_update_json -> harness.runners.runpod.bring_home.merge_benchmark_json)"
         )
     assert len(made_on_pod) == len(records) == 2, [r.get("fullname") for r in records]

@@ -17,7 +17,7 @@ from runpod_fakes.args import fake_args
 from runpod_fakes.values import HF_TOKEN, USER_KEY
 
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
-from harness.runners.runpod.collect import merge_benchmark_json
+from harness.runners.runpod.bring_home import merge_benchmark_json
 from harness.runners.runpod.options import RunpodOptions, Timings
 from harness.runners.runpod.pods import harness_pods, pods_command, terminate_pods
 from harness.runners.runpod.runner import RunpodRunner, dry_run_table

@@ -20,7 +20,7 @@ from runpod import error as rp_error
 from harness.errors import HarnessError
 from harness.runners.resume import same_run
 from harness.runners.runpod.api import classify
-from harness.runners.runpod.collect import merge_benchmark_json, pick_benchmark
+from harness.runners.runpod.bring_home import merge_benchmark_json, pick_benchmark
 from harness.runners.runpod.credentials import Redactor, load_credentials
 from harness.runners.runpod.options import (
     RunpodOptions,

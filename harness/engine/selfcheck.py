@@ -13,16 +13,9 @@ from harness.engine.sites import Site, SiteMap, _output_of, input_of
 from harness.errors import HarnessError
 
 
-def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) -> SiteMap:
-    """Check every site on a short forward pass of ``token_ids`` ([1, t], a few tokens) and
-    return the site map to measure with: parallel blocks merged to one site, ``self_check``
-    filled in. A site that is not what its block's first-executed projection receives stops
-    the run with one sentence naming both modules.
-
-    Hooks here are separate from the site hooks of the capture: every projection of every
-    block, each decoder layer's input and output; all are removed before returning.
-    """
-    t0 = time.perf_counter()
+def _one_pass(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor):
+    """(site index -> tensors its module received or returned, block key -> (projection,
+    input) of every projection call in execution order, layer -> its input) over one pass."""
     modules = dict(model.named_modules())
     seen: dict[int, list] = {}  # site index -> tensors its module received / returned
     # block key -> (projection, input) of every projection call, in execution order
@@ -69,6 +62,20 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
     finally:
         for h in handles:
             h.remove()
+    return seen, readers, layer_in
+
+
+def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) -> SiteMap:
+    """Check every site on a short forward pass of ``token_ids`` ([1, t], a few tokens) and
+    return the site map to measure with: parallel blocks merged to one site, ``self_check``
+    filled in. A site that is not what its block's first-executed projection receives stops
+    the run with one sentence naming both modules.
+
+    Hooks here are separate from the site hooks of the capture: every projection of every
+    block, each decoder layer's input and output; all are removed before returning.
+    """
+    t0 = time.perf_counter()
+    seen, readers, layer_in = _one_pass(model, sitemap, token_ids)
     H = sitemap.hidden_size
     moved: dict[int, str] = {}
     for site in sitemap.sites:
@@ -119,7 +126,7 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
                 "with the model id."
             )
     sites = tuple(
-        replace(s, module_name=moved[s.index], module=modules[moved[s.index]])
+        replace(s, module_name=moved[s.index], module=model.get_submodule(moved[s.index]))
         if s.index in moved
         else s
         for s in sitemap.sites

@@ -189,7 +189,7 @@ def load(
 ) -> LoadedModel:
     """Load model + tokenizer through ``from_pretrained`` (multi-GPU with device_map="auto").
 
-    ``preflight`` (a ``harness.preflight.report.PreflightReport``) adds what its fallback needs (e.g.
+    ``preflight`` (a ``harness.preflight.verdict.PreflightReport``) adds what its fallback needs (e.g.
     ``Mxfp4Config(dequantize=True)``); the weight format and kernel path are read back from the
     loaded model, and a path other than the one preflight expected is refused unless the
     report allows fallbacks."""

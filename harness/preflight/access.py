@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.preflight.report import OK, REFUSE
+from harness.preflight.verdict import OK, REFUSE
 
 
 def token_set() -> bool:

@@ -57,8 +57,8 @@ from harness.preflight.memory import (
     smallest_plan,
 )
 from harness.preflight.packages import _transformers_requirement, _vtuple, probe
-from harness.preflight.report import OK, REFUSE, WARN, PreflightReport
 from harness.preflight.targets import GIB, Target, local_target, parse_gpus, plan_target
+from harness.preflight.verdict import OK, REFUSE, WARN, PreflightReport
 
 
 # -- the checks ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.preflight.checks import preflight
-from harness.preflight.report import WARN, PreflightReport
+from harness.preflight.verdict import WARN, PreflightReport
 
 
 # -- the table and the command ------------------------------------------------------------------

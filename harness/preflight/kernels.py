@@ -6,8 +6,8 @@ from pathlib import Path
 
 from harness.loading.kernel_path import MXFP4_KERNEL_REPO
 from harness.preflight.packages import _kernels_range, _vtuple
-from harness.preflight.report import OK, REFUSE, WARN
 from harness.preflight.targets import Target
+from harness.preflight.verdict import OK, REFUSE, WARN
 
 MXFP4_BYTES_PER_PARAM = 4.25 / 8  # 4-bit values + one 8-bit scale per block of 32
 

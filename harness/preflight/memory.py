@@ -9,8 +9,8 @@ from harness.config_fields import config_field
 from harness.preflight.kernels import (
     MXFP4_BYTES_PER_PARAM,
 )
-from harness.preflight.report import OK, REFUSE, WARN
 from harness.preflight.targets import GIB, Target, plan_target
+from harness.preflight.verdict import OK, REFUSE, WARN
 
 CUDA_CONTEXT_GIB = 1.0  # CUDA context + cuBLAS workspace, per GPU
 

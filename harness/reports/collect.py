@@ -67,7 +67,7 @@ def _data_spec(result: AnalysisResult) -> dict:
 def _published(result: AnalysisResult, criteria: Criteria, num_outliers: int):
     """(published count, deviation, deviation %) with the plugin's own settings check."""
     from harness import models
-    from harness.engine.checks import published_deviation
+    from harness.engine.invariants import published_deviation
 
     entry = models.REGISTRY.get(str(result.model.id))
     view = replace(

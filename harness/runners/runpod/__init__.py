@@ -3,7 +3,7 @@
 ``options`` (the ``--runpod*`` options), ``plan`` (what will be rented and its ceiling),
 ``runner`` (``RunpodRunner``: pods up, tests run, results home, pods gone), ``pytest_glue`` (the
 plugin's side), ``podside`` (what runs on the pod, standard library only), ``api`` / ``ssh`` /
-``credentials`` / ``killswitch`` / ``ship`` / ``collect`` (its parts), ``pods`` and ``smoke``
+``credentials`` / ``killswitch`` / ``ship`` / ``bring_home`` (its parts), ``pods`` and ``smoke``
 (the ``outliers pods`` commands). Importing them does not import the ``runpod`` SDK or paramiko;
 they load on first use.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.runners import resume
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
-from harness.runners.runpod import collect, killswitch
+from harness.runners.runpod import bring_home, killswitch
 from harness.runners.runpod.api import ApiError, env_value
 from harness.runners.runpod.plan import (
     PodPlan,
@@ -339,7 +339,7 @@ class PodLifecycle:
             ):
                 if (stage / src).is_file():
                     (logs / dst).write_text(self.redact((stage / src).read_text(errors="replace")))
-            installed = collect.install_results(stage / "out" / "results", self.results_dir)
+            installed = bring_home.install_results(stage / "out" / "results", self.results_dir)
             try:  # the results are home: the watchdog may now stop the pod
                 task.ssh.run(_remote(task.name) + 'touch "$R/fetched"', timeout=30)
             except SshError:
@@ -352,12 +352,12 @@ class PodLifecycle:
                 bench = resume.read_json(bench_path) if bench_path.is_file() else None
                 if bench is not None:
                     (logs / f"benchmark-{label}.json").write_text(self.redact(json.dumps(bench)))
-                record = collect.pick_benchmark(collect.benchmark_records(bench), e.id)
+                record = bring_home.pick_benchmark(bring_home.benchmark_records(bench), e.id)
                 if record is not None:
                     info = record.setdefault("extra_info", {})
                     info["where"] = f"runpod:{task.pod_id}"
                     info["measured_on_pod"] = True
-                found = collect.result_for(e, installed)
+                found = bring_home.result_for(e, installed)
                 code = codes.get(label, codes.get("install"))
                 if code == 0 and found is not None:
                     task.outcomes[e.id] = RunOutcome(
