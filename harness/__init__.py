@@ -8,9 +8,9 @@ The notebook API (imported lazily: ``import harness`` loads neither torch nor tr
     windows = harness.load_windows(loaded.tokenizer, harness.DataSpec("builtin", num_seqs=4,
                                                                       seq_len=128))
     result = harness.analyze(loaded.model, windows)          # one forward pass per batch
-    result.seed_compatible["num_outliers"], result.pooled["num_dims"]
+    result.seed_compatible.num_outliers, result.pooled.num_dims   # typed records (engine.schema)
     harness.evaluate(result.stats, harness.Criteria(4.0, 0.25, 0.06))   # re-threshold offline
-    harness.read_result("results/<model>/<run>")            # a result directory, read back
+    harness.read_result("results/<model>/<run>")            # the same AnalysisResult, read back
 
 ``analyze`` accepts any causal LM module and an [N, T] tensor of token ids (or ``Windows``).
 """

@@ -431,63 +431,8 @@ def expert_section(stats: CapturedStats, criteria: Criteria) -> dict | None:
         )
     )
 
-    def routed(j, e):
-        v = float(x["routed_max"][j, e])
-        return _fmt(v, 6) if v >= 0 else None
-
-    rows = []
-    for j, layer in enumerate(layers_idx):
-        E = int(x["num_experts"][j])
-        order = [
-            e
-            for e in np.argsort(-np.nan_to_num(ratio[j, :E], nan=-1), kind="stable")[:3]
-            if np.isfinite(ratio[j, e])
-        ]
-        rows.append(
-            {
-                "layer": layer,
-                "outlier_positions": int(n_out[j]),
-                "selections": [int(v) for v in counts[j, :E]],
-                "selections_at_outliers": [int(v) for v in at[j, :E]],
-                "enrichment": [_fmt(v) for v in ratio[j, :E]],
-                "top": [
-                    {
-                        "expert": int(e),
-                        "enrichment": _fmt(ratio[j, e]),
-                        "at_outliers": int(at[j, e]),
-                        "p_value": _fmt(p[j, e], 3),
-                        "routed_output_max": routed(j, e),
-                    }
-                    for e in order
-                ],
-                "routed_output_max": _fmt(float(x["routed_max"][j, :E].max()), 6),
-                "shared_expert_max_abs": _fmt(x["shared_max"][j], 6)
-                if x["shared_max"][j] >= 0
-                else None,
-                "shared_expert_argmax_dim": int(x["shared_dim"][j])
-                if x["shared_max"][j] >= 0
-                else None,
-            }
-        )
-    ok = (at >= MIN_SELECTIONS) & (p_adj < ALPHA) & np.isfinite(ratio)
-    cand = np.argwhere(ok)
-    cand = sorted(
-        cand.tolist(), key=lambda je: (-ratio[je[0], je[1]], p[je[0], je[1]], je[0], je[1])
-    )
-    top = [
-        {
-            "layer": layers_idx[j],
-            "expert": int(e),
-            "enrichment": _fmt(ratio[j, e]),
-            "at_outliers": int(at[j, e]),
-            "outlier_positions": int(n_out[j]),
-            "selections": int(counts[j, e]),
-            "p_value": _fmt(p[j, e], 3),
-            "p_adjusted": _fmt(p_adj[j, e], 3),
-            "routed_output_max": routed(j, e),
-        }
-        for j, e in cand[:TOP_EXPERTS]
-    ]
+    rows = _layer_rows(x, layers_idx, counts, at, n_out, ratio, p)
+    top = _top_experts(x, layers_idx, counts, at, n_out, ratio, p, p_adj)
     experts_class = info["experts_class"] or "the experts module"
     return {
         "architecture": info["architecture"],
@@ -519,3 +464,67 @@ def expert_section(stats: CapturedStats, criteria: Criteria) -> dict | None:
         "top_outlier_experts": top,
         "layers": rows,
     }
+
+
+def _routed(x, j: int, e: int):
+    v = float(x["routed_max"][j, e])
+    return _fmt(v, 6) if v >= 0 else None
+
+
+def _layer_rows(x, layers_idx, counts, at, n_out, ratio, p) -> list[dict]:
+    """The ``layers`` of the experts section: selections, enrichment and the top 3 per layer."""
+    rows = []
+    for j, layer in enumerate(layers_idx):
+        E = int(x["num_experts"][j])
+        order = [
+            e
+            for e in np.argsort(-np.nan_to_num(ratio[j, :E], nan=-1), kind="stable")[:3]
+            if np.isfinite(ratio[j, e])
+        ]
+        shared = x["shared_max"][j] >= 0
+        rows.append(
+            {
+                "layer": layer,
+                "outlier_positions": int(n_out[j]),
+                "selections": [int(v) for v in counts[j, :E]],
+                "selections_at_outliers": [int(v) for v in at[j, :E]],
+                "enrichment": [_fmt(v) for v in ratio[j, :E]],
+                "top": [
+                    {
+                        "expert": int(e),
+                        "enrichment": _fmt(ratio[j, e]),
+                        "at_outliers": int(at[j, e]),
+                        "p_value": _fmt(p[j, e], 3),
+                        "routed_output_max": _routed(x, j, e),
+                    }
+                    for e in order
+                ],
+                "routed_output_max": _fmt(float(x["routed_max"][j, :E].max()), 6),
+                "shared_expert_max_abs": _fmt(x["shared_max"][j], 6) if shared else None,
+                "shared_expert_argmax_dim": int(x["shared_dim"][j]) if shared else None,
+            }
+        )
+    return rows
+
+
+def _top_experts(x, layers_idx, counts, at, n_out, ratio, p, p_adj) -> list[dict]:
+    """(layer, expert) pairs that pass the test, most enriched first (at most TOP_EXPERTS)."""
+    ok = (at >= MIN_SELECTIONS) & (p_adj < ALPHA) & np.isfinite(ratio)
+    cand = sorted(
+        np.argwhere(ok).tolist(),
+        key=lambda je: (-ratio[je[0], je[1]], p[je[0], je[1]], je[0], je[1]),
+    )
+    return [
+        {
+            "layer": layers_idx[j],
+            "expert": int(e),
+            "enrichment": _fmt(ratio[j, e]),
+            "at_outliers": int(at[j, e]),
+            "outlier_positions": int(n_out[j]),
+            "selections": int(counts[j, e]),
+            "p_value": _fmt(p[j, e], 3),
+            "p_adjusted": _fmt(p_adj[j, e], 3),
+            "routed_output_max": _routed(x, j, e),
+        }
+        for j, e in cand[:TOP_EXPERTS]
+    ]
