@@ -343,6 +343,35 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 # -- the windows --------------------------------------------------------------------------------
+def _fill_stream(stream: np.ndarray, texts, tokenizer, eos_id: int, progress: bool):
+    """Documents' token ids into ``stream``, one EOS between documents, read only as far as the
+    stream is long; returns (ids written, documents used)."""
+    needed, filled, num_docs = len(stream), 0, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=needed, unit="tok", desc="tokenize", leave=False)
+    try:
+        for text in texts:
+            doc = _encode(tokenizer, text)
+            if not doc:
+                continue
+            piece = doc if num_docs == 0 else [eos_id, *doc]
+            take = min(len(piece), needed - filled)
+            stream[filled : filled + take] = piece[:take]
+            filled += take
+            num_docs += 1
+            if bar is not None:
+                bar.update(take)
+            if filled >= needed:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return filled, num_docs
+
+
 def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Windows:
     """Cut ``spec.num_seqs`` windows of ``spec.seq_len`` token ids from ``spec.dataset``.
 
@@ -379,30 +408,7 @@ def load_windows(tokenizer, spec: DataSpec, *, progress: bool = False) -> Window
             f"{N} windows x {T} tokens ({needed:,} token ids) do not fit in this machine's "
             "memory; use a smaller --seq-len or --num-seqs."
         ) from None
-    filled = 0
-    num_docs = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=needed, unit="tok", desc="tokenize", leave=False)
-    try:
-        for text in _texts(rows, spec, excs):
-            doc = _encode(tokenizer, text)
-            if not doc:
-                continue
-            piece = doc if num_docs == 0 else [eos_id, *doc]
-            take = min(len(piece), needed - filled)
-            stream[filled : filled + take] = piece[:take]
-            filled += take
-            num_docs += 1
-            if bar is not None:
-                bar.update(take)
-            if filled >= needed:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+    filled, num_docs = _fill_stream(stream, _texts(rows, spec, excs), tokenizer, eos_id, progress)
     if filled < needed:
         raise HarnessError(
             f"the dataset yields only {filled} tokens, fewer than the {needed} needed for {N} "

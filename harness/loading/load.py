@@ -232,15 +232,8 @@ def load(
             raise translated from None
         raise
     model.eval()
-    offloaded = sorted(
-        {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
-    )
-    if device == "cuda" and offloaded:
-        raise HarnessError(
-            f"{source.id} does not fit on the GPUs here and would be offloaded to "
-            f"{' and '.join(offloaded)} (slow, and not the run you asked for); use more or larger "
-            "GPUs (--runpod) or a smaller --dtype."
-        )
+    if device == "cuda":
+        _refuse_offloading(model, source)
     config = model.config
     meta = {
         "id": source.id,
@@ -270,6 +263,18 @@ def load(
         )
         meta["quantization"] = {"quant_method": "gguf", "file_type": gguf["quantization"]}
     return LoadedModel(model, tokenizer, source, meta)
+
+
+def _refuse_offloading(model, source: ModelSource) -> None:
+    offloaded = sorted(
+        {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"}
+    )
+    if offloaded:
+        raise HarnessError(
+            f"{source.id} does not fit on the GPUs here and would be offloaded to "
+            f"{' and '.join(offloaded)} (slow, and not the run you asked for); use more or larger "
+            "GPUs (--runpod) or a smaller --dtype."
+        )
 
 
 def _record_kernel_path(meta: dict, model, preflight, source: ModelSource) -> None:

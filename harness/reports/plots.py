@@ -146,6 +146,57 @@ def _place_labels(ax, points: list[tuple[float, float, str]], **text_kw) -> None
     )
 
 
+def _draw_group(ax, s: dict, marker, colour, label) -> bool:
+    """One group's points with their 95% intervals, not-comparable ones hollow; True when a
+    hollow point was drawn."""
+    any_hollow = False
+    for hollow in (False, True):
+        idx = [i for i, h in enumerate(s["hollow"]) if h == hollow]
+        if not idx:
+            continue
+        any_hollow |= hollow
+        ys = np.array([s["y"][i] for i in idx])
+        err = np.array(
+            [
+                [
+                    0.0 if s["low"][i] is None else max(0.0, ys[j] - s["low"][i]),
+                    0.0 if s["high"][i] is None else max(0.0, s["high"][i] - ys[j]),
+                ]
+                for j, i in enumerate(idx)
+            ]
+        ).T
+        ax.errorbar(
+            [s["x"][i] for i in idx],
+            ys,
+            yerr=err if err.any() else None,
+            fmt=marker,
+            color=colour,
+            mfc="none" if hollow else colour,
+            mec=colour,
+            ms=8,
+            mew=1.5,
+            capsize=3,
+            elinewidth=1,
+            ls="none",
+            zorder=3,
+            label=label if not hollow or all(s["hollow"]) else None,
+        )
+    return any_hollow
+
+
+def _params_axis(ax, xs: list[float]) -> None:
+    """A log axis of parameter counts labelled 300K, 1.3B, at least two decades wide (tiny
+    models alone span a few percent)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _params_text(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=12))
+    if xs:
+        lo, hi = min(xs), max(xs)
+        mid, half = math.sqrt(lo * hi), max(math.sqrt(hi / lo) * 1.3, 10.0)
+        ax.set_xlim(mid / half, mid * half)
+
+
 def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = True) -> dict:
     """One point per model with params (``x``) on a log axis against ``y``; returns
     ``{"path", "x", "y", "series": {label: {"x", "y", "labels", "low", "high", "hollow"}}}``
@@ -172,37 +223,7 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             s["hollow"].append(not r.comparable)
         series[label] = s
         labels += list(zip(s["x"], s["y"], s["labels"], strict=True))
-        for hollow in (False, True):
-            idx = [i for i, h in enumerate(s["hollow"]) if h == hollow]
-            if not idx:
-                continue
-            any_hollow |= hollow
-            ys = np.array([s["y"][i] for i in idx])
-            err = np.array(
-                [
-                    [
-                        0.0 if s["low"][i] is None else max(0.0, ys[j] - s["low"][i]),
-                        0.0 if s["high"][i] is None else max(0.0, s["high"][i] - ys[j]),
-                    ]
-                    for j, i in enumerate(idx)
-                ]
-            ).T
-            ax.errorbar(
-                [s["x"][i] for i in idx],
-                ys,
-                yerr=err if err.any() else None,
-                fmt=marker,
-                color=colour,
-                mfc="none" if hollow else colour,
-                mec=colour,
-                ms=8,
-                mew=1.5,
-                capsize=3,
-                elinewidth=1,
-                ls="none",
-                zorder=3,
-                label=label if not hollow or all(s["hollow"]) else None,
-            )
+        any_hollow |= _draw_group(ax, s, marker, colour, label)
     ref = _reference_series() if reference and y in REFERENCE_COLUMN else None
     if ref is not None:
         col = REFERENCE_COLUMN[y]
@@ -225,15 +246,7 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
         ax.add_line(
             Line2D([], [], marker="o", mfc="none", color="black", ls="none", label=HOLLOW_NOTE)
         )
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _params_text(v)))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=12))
-    xs_all = [v for s in series.values() for v in s["x"] if v > 0]
-    if xs_all:  # tiny models alone span a few percent: keep at least two decades in view
-        lo, hi = min(xs_all), max(xs_all)
-        mid, half = math.sqrt(lo * hi), max(math.sqrt(hi / lo) * 1.3, 10.0)
-        ax.set_xlim(mid / half, mid * half)
+    _params_axis(ax, [v for s in series.values() for v in s["x"] if v > 0])
     ax.set_xlabel(X_AXES.get(x, x) + " (log scale)")
     ax.set_ylabel(Y_AXES.get(y, y))
     ax.set_title(f"{TITLES.get(y, y)} vs {X_AXES.get(x, x)}")

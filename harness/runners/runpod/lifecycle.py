@@ -76,8 +76,32 @@ class PodLifecycle:
         return gpu
 
     def _lifecycle(self, task: PodTask) -> None:
-        plan, t = task.plan, self.t
+        """Create -> running -> SSH -> watchdog -> tree -> detached job -> poll -> fetch."""
         self._check_cancel(task)
+        endpoint, info = self._create_until_running(task)
+        task.endpoint = endpoint
+        task.rate = float(info.get("costPerHr") or 0) or None
+        ssh = self._log_in(task, endpoint)
+        # the deadline counts from here: image pull and scheduling are not the run's time
+        deadline = time.monotonic() + task.plan.max_minutes * 60
+        self._say(f"{task.label}: pod {task.pod_id} reachable at {ssh.address}")
+        self._check_cancel(task)
+        self._start_watchdog(task, deadline)  # 1. before anything else
+        self._checked(  # 2. the working tree
+            task,
+            _remote(task.name) + '"$PY" "$R/podside.py" unpack "$R/tree"',
+            self._tarball,
+            "shipping the working tree",
+        )
+        self._start_job(task)  # 3. detached from this SSH session
+        self._say(f"{task.label}: job started on pod {task.pod_id}")
+        status = self._poll(task, deadline)
+        self._fetch(task, status)
+
+    def _create_until_running(self, task: PodTask):
+        """A pod whose container runs: the next GPU type after one whose host had no runtime
+        (that pod terminated first); (endpoint, pod info)."""
+        plan, t = task.plan, self.t
         env = {"PUBLIC_KEY": self._creds.public_key, "OUTLIERS_RUN_ID": self.run_id}
         if self._creds.pod_hf_token():
             env["HF_TOKEN"] = self._creds.pod_hf_token()  # pod environment, never a command line
@@ -88,10 +112,9 @@ class PodLifecycle:
             gpu = self._create(task, env, types)
             self._check_cancel(task)
             try:
-                endpoint, info = self.api.wait_ready(
+                return self.api.wait_ready(
                     task.pod_id, time.monotonic() + t.ready_timeout_s, self._cancel.is_set
                 )
-                break
             except ApiError as err:
                 self._check_cancel(task)
                 rest = types[types.index(gpu) + 1 :] if gpu in types else []
@@ -105,8 +128,9 @@ class PodLifecycle:
                 task.discarded.append(old)
                 self._say(f"{task.label}: {err}; terminated it, trying {rest[0]}")
                 types = rest
-        task.endpoint = endpoint
-        task.rate = float(info.get("costPerHr") or 0) or None
+
+    def _log_in(self, task: PodTask, endpoint) -> Ssh:
+        t = self.t
         ssh = task.ssh = Ssh(
             endpoint.host,
             endpoint.port,
@@ -126,18 +150,15 @@ class PodLifecycle:
                 f"{task.label}: pod {task.pod_id} never accepted SSH at {ssh.address} within "
                 f"{t.ssh_timeout_s:.0f}s; it was terminated (check SSH_KEY_PATH, or retry)."
             ) from None
-        # the deadline counts from here: image pull and scheduling are not the run's time
-        deadline = time.monotonic() + plan.max_minutes * 60
-        self._say(f"{task.label}: pod {task.pod_id} reachable at {ssh.address}")
-        self._check_cancel(task)
+        return ssh
 
-        # 1. the watchdog, before anything else
-        slack = t.watchdog_slack_s
-        remaining = max(1.0, deadline - time.monotonic() + slack)
+    def _start_watchdog(self, task: PodTask, deadline: float) -> None:
+        """The pod's python, then the watchdog's own API path checked once with the pod's key
+        (a pod that cannot reach the API cannot end itself: it is not kept), then the watchdog."""
+        t = self.t
+        remaining = max(1.0, deadline - time.monotonic() + t.watchdog_slack_s)
         on_end = "none" if self.options.keep else "terminate"
         on_deadline = self._deadline_action()
-        # the pod's python, then the watchdog's own API path checked once with the pod's key
-        # (a pod that cannot reach the API cannot end itself: it is not kept), then the watchdog
         self._checked(
             task,
             _remote(task.name)
@@ -152,15 +173,9 @@ class PodLifecycle:
             PODSIDE_SOURCE,
             "starting the watchdog",
         )
-        # 2. the working tree
-        self._checked(
-            task,
-            _remote(task.name) + '"$PY" "$R/podside.py" unpack "$R/tree"',
-            self._tarball,
-            "shipping the working tree",
-        )
-        # 3. the job, detached from this SSH session
-        extras = pod_extras(plan.entries)
+
+    def _start_job(self, task: PodTask) -> None:
+        extras = pod_extras(task.plan.entries)
         git = self._git
         spec = {
             "run_id": self.run_id,
@@ -170,7 +185,7 @@ class PodLifecycle:
             "git_dirty": bool(git.get("dirty")),
             "steps": [
                 {"label": safe_label(e.id), "model": e.id, "args": self._steps[e.id]}
-                for e in plan.entries
+                for e in task.plan.entries
             ],
         }
         self._checked(
@@ -184,9 +199,6 @@ class PodLifecycle:
             json.dumps(spec).encode(),
             "starting the job",
         )
-        self._say(f"{task.label}: job started on pod {task.pod_id}")
-        status = self._poll(task, deadline)
-        self._fetch(task, status)
 
     def _checked(self, task: PodTask, command: str, stdin: bytes | None, what: str) -> bytes:
         try:

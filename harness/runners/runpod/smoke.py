@@ -65,19 +65,7 @@ def smoke(
     redact = Redactor(*creds.secrets())
     key = load_private_key(creds.ssh_key_path)
     api = api or RunpodApi(creds.api_key, t, redact)
-    priced = []
-    for g in gpus or SMOKE_GPUS:
-        price = api.gpu_price(g, 1, cloud)
-        if price is not None or gpus:
-            priced.append((price if price is not None else float("inf"), g))
-    if not priced:
-        raise HarnessError(
-            f"RunPod prices none of {', '.join(SMOKE_GPUS)} in cloud {cloud}; name a type with "
-            "--gpu."
-        )
-    priced.sort()
-    types = tuple(g for _, g in priced)
-    rate = priced[0][0]
+    types, rate = _cheapest_first(api, gpus, cloud)
     ceiling = rate * max_minutes / 60 if rate != float("inf") else None
     out(
         f"smoke test: one pod of {types[0]} (+{len(types) - 1} fallback), {image}; it ends "
@@ -122,30 +110,10 @@ def smoke(
             )
         )
         deadline = time.monotonic() + max_minutes * 60 - 30
-        try:
-            endpoint, info = api.wait_ready(pod_id, min(deadline, time.monotonic() + 600))
-        except ApiError as err:
-            rows.append(
-                Check("image pulled, container up", False, str(err), time.monotonic() - mark)
-            )
+        ssh, pod_rate = _up_and_logged_in(api, t, key, pod_id, deadline, rows)
+        rate = pod_rate or rate
+        if ssh is None:
             return rows
-        rate = float(info.get("costPerHr") or 0) or rate
-        rows.append(
-            Check(
-                "image pulled, container up",
-                True,
-                f"SSH port {endpoint.host}:{endpoint.port}",
-                time.monotonic() - mark,
-            )
-        )
-        mark = time.monotonic()
-        ssh = Ssh(endpoint.host, endpoint.port, t.ssh_user, key, connect_timeout=15)
-        try:
-            ssh.connect_until(min(deadline, time.monotonic() + t.ssh_timeout_s), lambda: False)
-        except SshError as err:
-            rows.append(Check("SSH login with our key", False, str(err), time.monotonic() - mark))
-            return rows
-        rows.append(Check("SSH login with our key", True, ssh.address, time.monotonic() - mark))
         try:
             rows += _on_pod(ssh, name, redact)
         finally:
@@ -172,6 +140,45 @@ def smoke(
             f"{time.monotonic() - t0:.0f} s"
             + (f", about ${spent:.2f}" if spent is not None else "")
         )
+
+
+def _cheapest_first(api, gpus, cloud) -> tuple[tuple[str, ...], float]:
+    """The GPU types to try, cheapest first, and the first one's $/h (inf: not priced)."""
+    priced = []
+    for g in gpus or SMOKE_GPUS:
+        price = api.gpu_price(g, 1, cloud)
+        if price is not None or gpus:
+            priced.append((price if price is not None else float("inf"), g))
+    if not priced:
+        raise HarnessError(
+            f"RunPod prices none of {', '.join(SMOKE_GPUS)} in cloud {cloud}; name a type with "
+            "--gpu."
+        )
+    priced.sort()
+    return tuple(g for _, g in priced), priced[0][0]
+
+
+def _up_and_logged_in(api, t, key, pod_id, deadline, rows) -> tuple[Ssh | None, float | None]:
+    """The "container up" and "SSH login" rows; the logged-in session (None when a step failed)
+    and the pod's own $/h."""
+    mark = time.monotonic()
+    try:
+        endpoint, info = api.wait_ready(pod_id, min(deadline, time.monotonic() + 600))
+    except ApiError as err:
+        rows.append(Check("image pulled, container up", False, str(err), time.monotonic() - mark))
+        return None, None
+    rate = float(info.get("costPerHr") or 0) or None
+    up = f"SSH port {endpoint.host}:{endpoint.port}"
+    rows.append(Check("image pulled, container up", True, up, time.monotonic() - mark))
+    mark = time.monotonic()
+    ssh = Ssh(endpoint.host, endpoint.port, t.ssh_user, key, connect_timeout=15)
+    try:
+        ssh.connect_until(min(deadline, time.monotonic() + t.ssh_timeout_s), lambda: False)
+    except SshError as err:
+        rows.append(Check("SSH login with our key", False, str(err), time.monotonic() - mark))
+        return None, rate
+    rows.append(Check("SSH login with our key", True, ssh.address, time.monotonic() - mark))
+    return ssh, rate
 
 
 def _on_pod(ssh: Ssh, name: str, redact) -> list[Check]:
