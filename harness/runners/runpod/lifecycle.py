@@ -309,7 +309,37 @@ class PodLifecycle:
             )
 
     def _fetch(self, task: PodTask, st: dict) -> None:
-        # the pod's watchdog waits (grace period) for this fetch; a dropped connection is retried
+        data = self._pack(task)
+        stage = self.results_dir / ".runpod-incoming" / task.name
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                _extract(tar, stage)
+            logs = self.results_dir / LOGS_DIR / self.run_id / task.label
+            logs.mkdir(parents=True, exist_ok=True)
+            task.runtime = (resume.read_json(stage / "state.json") or {}).get("image")
+            for src, dst in (
+                ("job.log", "pod.log"),
+                ("watchdog.log", "watchdog.log"),
+                ("state.json", "state.json"),
+            ):
+                if (stage / src).is_file():
+                    (logs / dst).write_text(self.redact((stage / src).read_text(errors="replace")))
+            installed = bring_home.install_results(stage / "out" / "results", self.results_dir)
+            try:  # the results are home: the watchdog may now stop the pod
+                task.ssh.run(_remote(task.name) + 'touch "$R/fetched"', timeout=30)
+            except SshError:
+                pass
+            log_text = (logs / "pod.log").read_text() if (logs / "pod.log").is_file() else ""
+            for e in task.plan.entries:
+                task.outcomes[e.id] = self._outcome(task, e, st, stage, logs, log_text, installed)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _pack(self, task: PodTask) -> bytes:
+        """The pod's results as a tarball; the pod's watchdog waits (grace period) for this
+        fetch, and a dropped connection is retried."""
         until = time.monotonic() + self.t.reconnect_timeout_s
         while True:
             self._check_cancel(task)
@@ -334,76 +364,52 @@ class PodLifecycle:
                     f"{task.label}: fetching the results of pod {task.pod_id} failed "
                     f"(exit {code}): {tail}"
                 )
-            break
-        stage = self.results_dir / ".runpod-incoming" / task.name
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                _extract(tar, stage)
-            logs = self.results_dir / LOGS_DIR / self.run_id / task.label
-            logs.mkdir(parents=True, exist_ok=True)
-            task.runtime = (resume.read_json(stage / "state.json") or {}).get("image")
-            for src, dst in (
-                ("job.log", "pod.log"),
-                ("watchdog.log", "watchdog.log"),
-                ("state.json", "state.json"),
-            ):
-                if (stage / src).is_file():
-                    (logs / dst).write_text(self.redact((stage / src).read_text(errors="replace")))
-            installed = bring_home.install_results(stage / "out" / "results", self.results_dir)
-            try:  # the results are home: the watchdog may now stop the pod
-                task.ssh.run(_remote(task.name) + 'touch "$R/fetched"', timeout=30)
-            except SshError:
-                pass
-            log_text = (logs / "pod.log").read_text() if (logs / "pod.log").is_file() else ""
-            codes = st.get("exit_codes") or {}
-            for e in task.plan.entries:
-                label = safe_label(e.id)
-                bench_path = stage / "out" / f"bench-{label}.json"
-                bench = resume.read_json(bench_path) if bench_path.is_file() else None
-                if bench is not None:
-                    (logs / f"benchmark-{label}.json").write_text(self.redact(json.dumps(bench)))
-                record = bring_home.pick_benchmark(bring_home.benchmark_records(bench), e.id)
-                if record is not None:
-                    info = record.setdefault("extra_info", {})
-                    info["where"] = f"runpod:{task.pod_id}"
-                    info["measured_on_pod"] = True
-                found = bring_home.result_for(e, installed)
-                code = codes.get(label, codes.get("install"))
-                if code == 0 and found is not None:
-                    task.outcomes[e.id] = RunOutcome(
-                        e.id,
-                        found[0],
-                        found[1],
-                        where=f"runpod:{task.pod_id}",
-                        benchmark=record,
-                        extra={"log": str(logs / "pod.log"), "run_id": self.run_id},
-                    )
-                    continue
-                tail = _step_tail(log_text, label)
-                if code == 0 and " skipped" in tail:
-                    task.outcomes[e.id] = RunSkipped(
-                        self.redact(
-                            f"{e.id} was skipped on pod {task.pod_id}; last lines of its log:\n{tail}"
-                        )
-                    )
-                    continue
-                why = (
-                    "its job was lost"
-                    if st.get("phase") == "lost"
-                    else f"pytest exit {code}"
-                    if code not in (None, 0)
-                    else "no result came back"
+            return data
+
+    def _outcome(self, task: PodTask, e, st: dict, stage, logs, log_text: str, installed):
+        """One model's outcome on the pod: its result home, a skip, or a failure with its log."""
+        label = safe_label(e.id)
+        bench_path = stage / "out" / f"bench-{label}.json"
+        bench = resume.read_json(bench_path) if bench_path.is_file() else None
+        if bench is not None:
+            (logs / f"benchmark-{label}.json").write_text(self.redact(json.dumps(bench)))
+        record = bring_home.pick_benchmark(bring_home.benchmark_records(bench), e.id)
+        if record is not None:
+            info = record.setdefault("extra_info", {})
+            info["where"] = f"runpod:{task.pod_id}"
+            info["measured_on_pod"] = True
+        found = bring_home.result_for(e, installed)
+        codes = st.get("exit_codes") or {}
+        code = codes.get(label, codes.get("install"))
+        if code == 0 and found is not None:
+            return RunOutcome(
+                e.id,
+                found[0],
+                found[1],
+                where=f"runpod:{task.pod_id}",
+                benchmark=record,
+                extra={"log": str(logs / "pod.log"), "run_id": self.run_id},
+            )
+        tail = _step_tail(log_text, label)
+        if code == 0 and " skipped" in tail:
+            return RunSkipped(
+                self.redact(
+                    f"{e.id} was skipped on pod {task.pod_id}; last lines of its log:\n{tail}"
                 )
-                task.outcomes[e.id] = RunFailed(
-                    self.redact(
-                        f"{e.id} failed on pod {task.pod_id} ({why}); last lines of its log "
-                        f"({logs / 'pod.log'}):\n{tail}"
-                    )
-                )
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            )
+        why = (
+            "its job was lost"
+            if st.get("phase") == "lost"
+            else f"pytest exit {code}"
+            if code not in (None, 0)
+            else "no result came back"
+        )
+        return RunFailed(
+            self.redact(
+                f"{e.id} failed on pod {task.pod_id} ({why}); last lines of its log "
+                f"({logs / 'pod.log'}):\n{tail}"
+            )
+        )
 
 
 PODSIDE_SOURCE = (Path(__file__).with_name("podside.py")).read_bytes()
