@@ -289,82 +289,7 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
 
     layers, model_dims, massive_pos_ids = [], {}, []
     for i in range(len(x["layers"])):
-        med = _median(x, i)
-        # a value is massive when it passes at the median's upper bound; borderline when only
-        # at the lower bound (the bounds are equal in bf16 / fp16 runs)
-        lo, hi, exact = med if med else (math.inf, math.inf, True)
-        median = (lo + hi) / 2 if med and hi > 0 else None
-
-        def verdict(v, lo=lo, hi=hi, exact=exact):
-            """(massive, borderline) for values |x| ``v`` (arrays)."""
-            v = np.asarray(v, np.float64)
-            # the median is < hi when inexact, so v >= 1000 * hi is enough
-            over = (v > REL_THRESHOLD * hi) | (not exact and v >= REL_THRESHOLD * hi)
-            massive = (v > ABS_THRESHOLD) & over
-            return massive, (v > ABS_THRESHOLD) & (v > REL_THRESHOLD * lo) & ~massive
-
-        top = []
-        for v, s, p, d in zip(
-            x["val_abs"][i], x["val_signed"][i], x["val_pos"][i], x["val_dim"][i], strict=True
-        ):
-            if p < 0:
-                continue
-            massive, borderline = (bool(f) for f in verdict(v))
-            top.append(
-                {
-                    "value": _r(s),
-                    "dim": int(d),
-                    **where(p),
-                    "ratio_to_median": _r(v / median, 4) if median else None,
-                    "massive": massive,
-                    **({"borderline": True} if borderline else {}),
-                }
-            )
-        dmax = x["dim_max"][i]
-        layer_max = float(max(x["pos_val"][i].max(), 0.0))
-        dim_massive, dim_borderline = verdict(dmax)
-        mdims, bdims = np.flatnonzero(dim_massive), np.flatnonzero(dim_borderline)
-        for d in mdims:
-            entry = model_dims.setdefault(int(d), {"dim": int(d), "layers": [], "max_abs": 0.0})
-            entry["layers"].append(i)
-            entry["max_abs"] = max(entry["max_abs"], _r(dmax[d]))
-        mpos = [
-            (float(v), int(p), int(d), float(s))
-            for v, p, d, s in zip(
-                x["pos_val"][i], x["pos_pos"][i], x["pos_dim"][i], x["pos_signed"][i], strict=True
-            )
-            if p >= 0 and verdict(v)[0]
-        ]  # positions are ranked by max_d |x|: a position past the table's size is not listed
-        massive_pos_ids.extend(int(flat_ids[p]) for _, p, _, _ in mpos)
-        layers.append(
-            {
-                "layer": i,
-                "max_abs": _r(layer_max),
-                # full precision: the bounds are exact statements about the data
-                "median_abs": median,
-                "median_abs_bounds": [lo, hi] if med else None,
-                "median_exact": exact if med else None,
-                "median_values": int(x["values"][i]),
-                "max_over_median": _r(layer_max / median, 4) if median else None,
-                "has_massive": bool(len(mdims)),
-                "massive_dims": [
-                    {
-                        "dim": int(d),
-                        "max_abs": _r(dmax[d]),
-                        "ratio_to_median": _r(dmax[d] / median, 4),
-                    }
-                    for d in mdims
-                ],
-                "borderline_dims": [int(d) for d in bdims],
-                "positions_over_100": int(x["over100"][i]),
-                "massive_positions": [
-                    {"value": _r(s), "dim": d, **where(p)} for _, p, d, s in mpos[:positions]
-                ],
-                "massive_positions_truncated": len(mpos) >= x["pos_val"].shape[1]
-                or len(mpos) > positions,
-                "top": top,
-            }
-        )
+        layers.append(_layer(x, i, where, positions, model_dims, massive_pos_ids, flat_ids))
     for entry in model_dims.values():
         entry["systematic"] = entry["dim"] in sys_dims
     kinds = sorted({n.rsplit(".", 1)[-1] for n in stats.site_names})
@@ -386,4 +311,82 @@ def massive_section(stats: CapturedStats, criteria: Criteria, *, positions: int 
             {"id": int(uid[j]), "layer_positions": int(cnt[j])} for j in order
         ],
         "layers": layers,
+    }
+
+
+def _layer(x, i, where, positions, model_dims, massive_pos_ids, flat_ids) -> dict:
+    """Layer ``i``'s row of the massive section; its massive dims and massive positions' token
+    ids are added to ``model_dims`` / ``massive_pos_ids``."""
+    med = _median(x, i)
+    # a value is massive when it passes at the median's upper bound; borderline when only
+    # at the lower bound (the bounds are equal in bf16 / fp16 runs)
+    lo, hi, exact = med if med else (math.inf, math.inf, True)
+    median = (lo + hi) / 2 if med and hi > 0 else None
+
+    def verdict(v, lo=lo, hi=hi, exact=exact):
+        """(massive, borderline) for values |x| ``v`` (arrays)."""
+        v = np.asarray(v, np.float64)
+        # the median is < hi when inexact, so v >= 1000 * hi is enough
+        over = (v > REL_THRESHOLD * hi) | (not exact and v >= REL_THRESHOLD * hi)
+        massive = (v > ABS_THRESHOLD) & over
+        return massive, (v > ABS_THRESHOLD) & (v > REL_THRESHOLD * lo) & ~massive
+
+    top = []
+    for v, s, p, d in zip(
+        x["val_abs"][i], x["val_signed"][i], x["val_pos"][i], x["val_dim"][i], strict=True
+    ):
+        if p < 0:
+            continue
+        massive, borderline = (bool(f) for f in verdict(v))
+        top.append(
+            {
+                "value": _r(s),
+                "dim": int(d),
+                **where(p),
+                "ratio_to_median": _r(v / median, 4) if median else None,
+                "massive": massive,
+                **({"borderline": True} if borderline else {}),
+            }
+        )
+    dmax = x["dim_max"][i]
+    layer_max = float(max(x["pos_val"][i].max(), 0.0))
+    dim_massive, dim_borderline = verdict(dmax)
+    mdims, bdims = np.flatnonzero(dim_massive), np.flatnonzero(dim_borderline)
+    for d in mdims:
+        entry = model_dims.setdefault(int(d), {"dim": int(d), "layers": [], "max_abs": 0.0})
+        entry["layers"].append(i)
+        entry["max_abs"] = max(entry["max_abs"], _r(dmax[d]))
+    mpos = [
+        (float(v), int(p), int(d), float(s))
+        for v, p, d, s in zip(
+            x["pos_val"][i], x["pos_pos"][i], x["pos_dim"][i], x["pos_signed"][i], strict=True
+        )
+        if p >= 0 and verdict(v)[0]
+    ]  # positions are ranked by max_d |x|: a position past the table's size is not listed
+    massive_pos_ids.extend(int(flat_ids[p]) for _, p, _, _ in mpos)
+    return {
+        "layer": i,
+        "max_abs": _r(layer_max),
+        # full precision: the bounds are exact statements about the data
+        "median_abs": median,
+        "median_abs_bounds": [lo, hi] if med else None,
+        "median_exact": exact if med else None,
+        "median_values": int(x["values"][i]),
+        "max_over_median": _r(layer_max / median, 4) if median else None,
+        "has_massive": bool(len(mdims)),
+        "massive_dims": [
+            {
+                "dim": int(d),
+                "max_abs": _r(dmax[d]),
+                "ratio_to_median": _r(dmax[d] / median, 4),
+            }
+            for d in mdims
+        ],
+        "borderline_dims": [int(d) for d in bdims],
+        "positions_over_100": int(x["over100"][i]),
+        "massive_positions": [
+            {"value": _r(s), "dim": d, **where(p)} for _, p, d, s in mpos[:positions]
+        ],
+        "massive_positions_truncated": len(mpos) >= x["pos_val"].shape[1] or len(mpos) > positions,
+        "top": top,
     }

@@ -91,17 +91,9 @@ def preflight(
     """
     import torch
 
-    from harness import models
-    from harness.loading.load import ModelSource, resolve, resolve_dtype
+    from harness.loading.load import resolve_dtype
 
-    entry = model if hasattr(model, "hub_id") else models.REGISTRY.get(model)
-    if entry is not None and entry.gguf is not None:
-        source = resolve(entry)  # the packaged file, or one sentence naming the package
-    elif entry is not None:
-        kind = "tiny" if entry.is_tiny else "registry-hub"
-        source = ModelSource(entry.id, kind, entry.hub_id, entry, revision or entry.revision)
-    else:
-        source = resolve(model, revision)  # one sentence for a bad spec
+    entry, source = _entry_and_source(model, revision)
     hub_id = source.location if "hub" in source.kind else None
     report = PreflightReport(source.id, hub_id, allow_fallback=allow_fallback)
     probed = dict(packages or {})
@@ -116,18 +108,9 @@ def preflight(
     meta_model = _model_type_row(report, raw, built, entry)
     if meta_model is None:
         return report
-    from harness.loading.params import count_model
-
-    counts = count_model(meta_model)
+    counts = _count(report, meta_model)
     cfg = meta_model.config
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    report.facts.update(
-        total_params=counts.total,
-        active_params=counts.active,
-        active_params_no_embedding=counts.active_no_embedding,
-        num_experts=counts.num_experts,
-        top_k=counts.top_k,
-    )
 
     target = _target(gpus, device, source)
     implied = target is _IMPLIED
@@ -179,6 +162,34 @@ def preflight(
         }
     _disk_row(report, raw, counts.total, mxfp4_params, source, target)
     return report
+
+
+def _entry_and_source(model, revision):
+    """(the registry entry or None, where the model is), without building or downloading it."""
+    from harness import models
+    from harness.loading.load import ModelSource, resolve
+
+    entry = model if hasattr(model, "hub_id") else models.REGISTRY.get(model)
+    if entry is not None and entry.gguf is not None:
+        return entry, resolve(entry)  # the packaged file, or one sentence naming the package
+    if entry is not None:
+        kind = "tiny" if entry.is_tiny else "registry-hub"
+        return entry, ModelSource(entry.id, kind, entry.hub_id, entry, revision or entry.revision)
+    return None, resolve(model, revision)  # one sentence for a bad spec
+
+
+def _count(report, meta_model):
+    from harness.loading.params import count_model
+
+    counts = count_model(meta_model)
+    report.facts.update(
+        total_params=counts.total,
+        active_params=counts.active,
+        active_params_no_embedding=counts.active_no_embedding,
+        num_experts=counts.num_experts,
+        top_k=counts.top_k,
+    )
+    return counts
 
 
 def _weights_row(report, source, target, raw, load_dtype, pkg, hub, packages) -> bool:
