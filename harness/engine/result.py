@@ -19,7 +19,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from harness.engine.schema import AnalysisResult
+from harness.engine.schema import AnalysisResult, as_result
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 from harness.fileio import dumps, fsync_write, replace_dir
@@ -40,8 +40,7 @@ def _slug(text: str) -> str:
 def run_dir_name(result: AnalysisResult | dict) -> str:
     """``<data slug>__<criteria slug>__<dtype>``: stable for the same data, criteria and dtype
     (a bf16 and an fp32 run of one model live side by side)."""
-    if not isinstance(result, AnalysisResult):
-        result = AnalysisResult.from_json(result)
+    result = as_result(result)
     d, c, m = result.data, result.criteria, result.model
     dataset = _slug(str(d.dataset or "data").rsplit("/", 1)[-1])
     data = (
@@ -81,8 +80,7 @@ def write_result(
     environment: dict | None = None,
 ) -> Path:
     """Write ``result.json`` and ``stats.npz`` atomically; return the run directory."""
-    if not isinstance(result, AnalysisResult):
-        result = AnalysisResult.from_json(result)
+    result = as_result(result)
     stats = stats if stats is not None else result.stats
     if stats is None:
         raise ValueError("write_result needs the captured statistics")

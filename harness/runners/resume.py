@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.engine.result import RESULT_FILE, STATS_FILE
-from harness.engine.schema import SCHEMA_VERSION, AnalysisResult, upgrade
+from harness.engine.result import RESULT_FILE, STATS_FILE, read_result
+from harness.engine.schema import AnalysisResult, upgrade
+from harness.errors import HarnessError
 
 _CORE_DATA = ("dataset", "num_seqs", "seq_len", "stride")
 _CORE_CRITERIA = ("sites", "magnitude", "layer_frac", "seq_frac")
@@ -93,20 +94,18 @@ def find_existing(results_dir: Path, expected: dict) -> Path | None:
     model_id = (expected.get("model") or {}).get("id")
     candidates = []
     for d in result_dirs(results_dir):
-        data = read_json(d / RESULT_FILE)
-        version = (data or {}).get("schema_version")
-        if not (
-            isinstance(version, int)
-            and 1 <= version <= SCHEMA_VERSION
-            and (d / STATS_FILE).is_file()
-        ):
+        if not (d / STATS_FILE).is_file():
             continue
-        if (data.get("model") or {}).get("id") == model_id and covers(data, expected):
+        try:
+            result = read_result(d)  # older schemas in today's names; newer ones refused
+        except HarnessError:
+            continue
+        if result.model.id == model_id and covers(result, expected):
             candidates.append(d)
     return max(candidates, key=lambda d: (d / RESULT_FILE).stat().st_mtime, default=None)
 
 
-def covers(result: dict, expected: dict) -> bool:
+def covers(result: AnalysisResult | dict, expected: dict) -> bool:
     """``same_run`` and the result holds every section the planned run asks for
     (``expected["wants"]``)."""
     wants = expected.get("wants") or ()
