@@ -74,7 +74,7 @@ def test_nan_activations_name_the_site(path, monkeypatch):
     ends in the sentence, not in an index error of the level table."""
     import harness.engine.capture as capture
 
-    monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
+    monkeypatch.setattr(capture, "DENSE_FRACTION", -1.0 if path == "dense" else float("inf"))
     model = random_model("qwen3", seed=2)
     with torch.no_grad():
         model.model.layers[1].post_attention_layernorm.weight[5] = float("nan")

@@ -3,8 +3,8 @@
 - exactly ONE forward pass of the decoder stack per batch (and none of the LM head);
 - no hook left behind on any module, also when a hook or an observer raises;
 - no activation kept alive after a batch (the storage a hook saw is freed by the batch's end);
-- the sparse and the dense path of the per-site reduction, and the thread setting of the hooks,
-  give identical statistics.
+- the sparse and the dense paths of the per-site reduction (whole chunk, gathered columns), and
+  the thread setting of the hooks, give identical statistics.
 """
 
 import dataclasses
@@ -194,13 +194,15 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
     ids = random_ids(5, 24, seed=4)
     want = stats_arrays(analyze(model, ids, batch_size=3))
     for setting in [
-        ("DENSE_FRACTION", 0.0),  # always the dense pass
-        ("DENSE_FRACTION", float("inf")),  # always the gather of candidate blocks
-        ("HOOK_THREADS", None),  # the forward pass's thread count
-        ("CHUNK_ELEMENTS", {"cpu": 24 * 64}),
+        {"DENSE_FRACTION": -1.0},  # always the dense pass over the whole chunk
+        {"DENSE_FRACTION": 0.0, "DENSE_COLUMNS": float("inf")},  # over gathered columns
+        {"DENSE_FRACTION": float("inf")},  # always the gather of candidate blocks
+        {"HOOK_THREADS": None},  # the forward pass's thread count
+        {"CHUNK_ELEMENTS": {"cpu": 24 * 64}},
     ]:
         with monkeypatch.context() as m:
-            m.setattr(capture, *setting)
+            for name, value in setting.items():
+                m.setattr(capture, name, value)
             got = stats_arrays(analyze(model, ids, batch_size=3))
         for key, value in want.items():
             assert np.array_equal(got[key], value, equal_nan=True), (setting, key)
@@ -214,14 +216,15 @@ def test_dense_and_sparse_hits_give_the_same_attribution(monkeypatch):
     ids = random_ids(5, 24, seed=4)
     sections = []
     H = model.config.hidden_size
-    for fraction in (0.0, float("inf")):
-        with monkeypatch.context() as m:
+    for fraction, columns in ((-1.0, 0.75), (0.0, float("inf")), (float("inf"), 0.75)):
+        with monkeypatch.context() as m:  # the whole chunk, gathered columns, blocks
             m.setattr(capture, "DENSE_FRACTION", fraction)
+            m.setattr(capture, "DENSE_COLUMNS", columns)
             # chunks of one sequence: hits of a chunk past the first carry its offset
             m.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 24 * H})
             result = analyze(model, ids, batch_size=3, attribution=True)
         sections.append(json.dumps(result.sections["attribution"], sort_keys=True, default=str))
-    assert sections[0] == sections[1]
+    assert sections[0] == sections[1] == sections[2]
     assert json.loads(sections[0])["tokens"]["num_dims"] > 0  # there were hits to attribute
 
 
@@ -275,3 +278,42 @@ def test_batches_committed_out_of_order_give_the_same_statistics():
     for f in dataclasses.fields(want):
         a, b = getattr(want, f.name), getattr(got, f.name)
         assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, f.name
+
+
+def test_systematic_dims_and_scattered_hits_in_one_chunk_match_the_oracle(monkeypatch):
+    """Two dims over the grid at every position of every site (the outlier dims of a dense
+    model) beside scattered hits in the other dims: each chunk reads the first as a level map
+    of those gathered columns and re-reads the other columns' candidate blocks, and every
+    figure is the brute force's."""
+    from oracle import collect_activations, stats_from_activations
+
+    model = random_model("qwen3", torch.float32, seed=1, gain=0.5)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[[3, 17]] = 60.0
+    ids = random_ids(3, 128, seed=2)
+    paths = []
+    reduce_dense, values_over = Capture._reduce_dense, Capture._values_over
+
+    def dense(self, site, part, xc, b0, cols=None):
+        paths.append(("columns", None if cols is None else cols.tolist()))
+        return reduce_dense(self, site, part, xc, b0, cols)
+
+    def sparse(self, part, xc, cand, t0, K):
+        paths.append(("blocks", int(cand.numel())))
+        return values_over(self, part, xc, cand, t0, K)
+
+    monkeypatch.setattr(Capture, "_reduce_dense", dense)
+    monkeypatch.setattr(Capture, "_values_over", sparse)
+    got = analyze(model, ids, batch_size=3).stats
+    _, acts = collect_activations(model, ids, "ln", batch_size=3)
+    want = stats_from_activations(acts, grid=tuple(got.grid))
+    assert ("columns", [3, 17]) in paths, paths
+    assert ("columns", None) not in paths, "not the whole chunk: 2 dims of 64 are dense"
+    assert any(kind == "blocks" and n > 0 for kind, n in paths), "scattered hits were re-read"
+    assert len(set(got.hits_dim.tolist())) > 2
+    for f in dataclasses.fields(got):
+        value = getattr(got, f.name)
+        if isinstance(value, np.ndarray) and f.name != "token_ids":  # the oracle has no ids
+            assert np.array_equal(value, getattr(want, f.name)), f.name

@@ -117,7 +117,17 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
     assert written == ["ln", "residual"]
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+def force_path(monkeypatch, path: str) -> None:
+    """Every chunk through one reduction: re-read candidate blocks ("sparse"), a level map of
+    the whole chunk ("dense"), or of the gathered columns that have a candidate ("columns")."""
+    import harness.engine.capture as capture
+
+    fraction = {"sparse": float("inf"), "dense": -1.0, "columns": 0.0}[path]
+    monkeypatch.setattr(capture, "DENSE_FRACTION", fraction)
+    monkeypatch.setattr(capture, "DENSE_COLUMNS", float("inf") if path == "columns" else 0.25)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense", "columns"])
 def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     """The normal case at GPU sizes: a chunk holds several whole sequences and neither the batch
     nor the run divides evenly: 7 windows in batches of 5 and 2, chunks of 2 sequences (2, 2, 1
@@ -128,7 +138,7 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     ids = random_ids(7, 24, seed=8)
     H = model.config.hidden_size
     monkeypatch.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 2 * 24 * H})
-    monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
+    force_path(monkeypatch, path)
     result = analyze(model, ids, batch_size=5)
     names, acts = collect_activations(model, ids, "ln", batch_size=5)
     want = oracle_figures(acts, 3.0, 0.25, 0.06)
@@ -136,7 +146,7 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     assert_matches_oracle(result.stats, acts, THRESHOLDS)
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("path", ["sparse", "dense", "columns"])
 def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
     """Magnitudes such as 6.1 are not small dyadic numbers: the capture then finds levels by one
     compare per magnitude instead of its lookup table, with the same exact figures."""
@@ -146,7 +156,7 @@ def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
     assert capture._Thresholds(grid).table(torch.device("cpu"), torch.float32) is None
     model = random_model("qwen3", torch.float32, seed=3)
     ids = random_ids(5, 24, seed=8)
-    monkeypatch.setattr(capture, "DENSE_FRACTION", 0.0 if path == "dense" else float("inf"))
+    force_path(monkeypatch, path)
     result = analyze(model, ids, batch_size=3, grid=grid, magnitude=6.1)
     _, acts = collect_activations(model, ids, "ln", batch_size=3)
     assert_matches_oracle(result.stats, acts, THRESHOLDS + [(6.1, 0.25, 0.06), (7.3, 0.0, 0.0)])

@@ -11,8 +11,11 @@ chunk of whole sequences, on x's device and in x's dtype:
   the blocks whose max reaches grid[0], from which the occurrence counts per (sequence, dim,
   magnitude), the per-site counts, and the per-position union over sites (a uint8 level per
   (position, dim), the only activation-sized buffer kept for a batch);
-- when those blocks are more than a quarter of the chunk (dense outliers), the same counts
-  from a uint8 level map of the chunk, one bincount and one elementwise max, without hit lists.
+- for the dims (columns) where more than a quarter of the blocks reach grid[0] (the systematic
+  outlier dims of dense models), the same counts from a uint8 level map of those columns
+  (gathered from the chunk), one bincount and one elementwise max, without hit lists; the other
+  columns' candidate blocks are re-read as above. When most columns qualify, the level map is
+  made of the whole chunk, without the gather.
 
 A value's grid level comes from a lookup table indexed by the high bits of |x|'s bit pattern
 (whose integer order is the order of the values) when the grid allows it (any grid in 16-bit
@@ -44,9 +47,13 @@ from harness.errors import HarnessError, NonFiniteActivations
 
 # Elements processed per chunk: bounds the scratch memory next to the activation itself.
 CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 25}
-# A chunk is scanned densely (a grid level for every value) instead of re-reading only
-# the blocks whose max reaches grid[0] when those blocks hold more than this fraction of it.
+# A dim (column) of a chunk is scanned densely (a grid level for every value) instead of
+# re-reading only its blocks whose max reaches grid[0] when more than this fraction of its
+# blocks do: a gathered block costs ~10x a value of the dense scan (docs/performance.md).
 DENSE_FRACTION = 0.25
+# When more than this fraction of a chunk's columns are scanned densely, the whole chunk is,
+# without gathering those columns first.
+DENSE_COLUMNS = 0.25
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
 
@@ -205,6 +212,7 @@ class _DeviceBatch:
         self._ones = torch.ones(0, dtype=torch.int64, device=device)
         self.ints: torch.Tensor | None = None
         self.lev: torch.Tensor | None = None
+        self.cols: torch.Tensor | None = None
         self._offsets: dict = {}
 
     def buffers(self, shape):
@@ -214,6 +222,14 @@ class _DeviceBatch:
             self.ints = torch.empty(numel, dtype=torch.int32, device=self.device)
             self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
         return self.ints[:numel].view(shape), self.lev[:numel].view(shape)
+
+    def gathered(self, rows: int, h: int, like: torch.Tensor) -> torch.Tensor:
+        """Scratch of ``like``'s dtype for the chunk's dense columns side by side, [rows, h]."""
+        numel = rows * h
+        buf = self.cols
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+            buf = self.cols = torch.empty(numel, dtype=like.dtype, device=self.device)
+        return buf[:numel].view(rows, h)
 
     def level_offsets(self, b: int, H: int, G: int) -> torch.Tensor:
         """(bi * H + d) * (G + 1) as int32 [b, 1, H]: a level map plus these is the flat index
@@ -273,7 +289,7 @@ class Capture:
         self.site_seq_level = np.zeros((S, N, H), dtype=np.uint8)
         self.seq_pos_count = np.zeros((G, N, H), dtype=np.int32)
         self.seq_occ = np.zeros((G, N, H), dtype=np.int64)
-        self._hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._hits: list[tuple[np.ndarray, np.ndarray]] = []  # flat index, level
         self.token_ids = np.zeros((N, seq_len), dtype=np.int32)
         self.done = np.zeros(N, dtype=bool)
         self.forward_calls = 0
@@ -362,8 +378,7 @@ class Capture:
         x = x.contiguous()
         B, T, H, G, s = x.shape[0], x.shape[1], self.H, self.G, site.index
         K = _block(T)
-        budget = self.chunk_elements or CHUNK_ELEMENTS.get(x.device.type, 1 << 25)
-        per_chunk = max(1, min(B, budget // (T * H)))
+        per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, x.device) // (T * H)))
         union = part.union.view(-1)
         for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
             b1 = min(B, b0 + per_chunk)
@@ -374,10 +389,16 @@ class Capture:
             smax = bmax.amax(dim=1)  # [b, H], in x's dtype
             part.smax[s, b0:b1] = smax
             part.level[s, b0:b1] = torch.bucketize(smax, thr, right=True)
-            cand = (bmax >= t0).view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
-            if cand.numel() * K > DENSE_FRACTION * xc.numel():  # dense hits: by reductions
+            qual = bmax >= t0  # [b, T/K, H]: blocks holding a value over the grid
+            per_dim = qual.sum(dim=(0, 1))
+            cols = (per_dim > DENSE_FRACTION * (qual.numel() // H)).nonzero().squeeze(1)
+            if cols.numel() > DENSE_COLUMNS * H:  # dense nearly everywhere: the whole chunk
                 self._reduce_dense(site, part, xc, b0)
                 continue
+            if cols.numel():  # systematic outlier dims: those columns by reductions
+                self._reduce_dense(site, part, xc, b0, cols)
+                qual.index_fill_(2, cols, False)
+            cand = qual.view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
             found = self._values_over(part, xc, cand, t0, K)
             if found is None:
                 for obs in self._hit_observers:  # "no hit here" is news too
@@ -397,28 +418,46 @@ class Capture:
             level = torch.maximum(union.index_select(0, pos), level)
             union.index_copy_(0, pos, level)  # positions are distinct within a site
 
-    def _reduce_dense(self, site: Site, part: _DeviceBatch, xc: torch.Tensor, b0: int):
-        """The chunk's counts when hits are dense: a grid level per value (a uint8 map, see
-        ``_Thresholds.levels``), then the per-(sequence, dim, level) counts by one bincount and
-        the union by one elementwise max. No hit list is built (unless an observer asks for
-        the hits): at a quarter of the values or more, the index arithmetic of sparse hits
-        costs more than these few passes over the chunk."""
+    def _reduce_dense(
+        self, site: Site, part: _DeviceBatch, xc: torch.Tensor, b0: int, cols=None
+    ) -> None:
+        """The chunk's counts where hits are dense, in the columns ``cols`` (every column when
+        None): a grid level per value (a uint8 map, see ``_Thresholds.levels``), then the
+        per-(sequence, dim, level) counts by one bincount and the union by one elementwise max.
+        No hit list is built (unless an observer asks for the hits): where a quarter of the
+        blocks or more reach the grid, the index arithmetic of sparse hits costs more than
+        these few passes over the values."""
         b, T, H = xc.shape
         G, s = self.G, site.index
-        ints, lev = part.buffers(xc.shape)
-        self.thresholds.levels(xc, ints=ints, out=lev)
-        offsets = part.level_offsets(b, H, G)  # ((b * H + d) * (G + 1)), [b, 1, H]
+        if cols is None:
+            h, xd = H, xc
+            offsets = part.level_offsets(b, H, G)  # ((b * H + d) * (G + 1)), [b, 1, H]
+        else:  # the columns side by side, [b * T, h]: torch.gather reads rows, not columns
+            h = cols.numel()
+            index = cols.expand(b * T, h)
+            xd = torch.gather(xc.view(b * T, H), 1, index, out=part.gathered(b * T, h, xc))
+            offsets = part.level_offsets(b, H, G)[:, :, cols]
+        ints, lev = part.buffers((b, T, h))
+        self.thresholds.levels(xd.view(b, T, h), ints=ints, out=lev)
         torch.add(offsets, lev, out=ints)
         counts = torch.bincount(ints.view(-1), minlength=b * H * (G + 1))
         first = b0 * H * (G + 1)
         part.occ[first : first + counts.numel()] += counts
         part.hist[s] += counts.view(-1, G + 1).sum(dim=0)
         union = part.union[b0 : b0 + b]
-        torch.maximum(union, lev, out=union)
+        if cols is None:
+            torch.maximum(union, lev, out=union)
+        else:  # positions are distinct within a row: gather, max, scatter back
+            union = union.view(b * T, H)
+            merged = torch.gather(union, 1, index)
+            torch.maximum(merged, lev.view(b * T, h), out=merged)
+            union.scatter_(1, index, merged)
         if self._hit_observers:
-            bt_d = lev.view(b * T, H).nonzero()
-            pos = bt_d[:, 0] * H + bt_d[:, 1] + b0 * T * H
-            level = lev.view(-1).index_select(0, pos - b0 * T * H).long()
+            bt_j = lev.view(b * T, h).nonzero()
+            bt, j = bt_j[:, 0], bt_j[:, 1]
+            level = lev.view(b * T, h)[bt, j].long()
+            d = j if cols is None else cols.index_select(0, j)
+            pos = (bt + b0 * T) * H + d
             for obs in self._hit_observers:
                 obs.on_hits(site, pos, level, self.grid, self._batch)
 
@@ -498,19 +537,28 @@ class Capture:
         union = parts[0].union
         for part in parts[1:]:
             union = torch.maximum(union, part.union.to(union.device))
-        flat = union.view(-1).nonzero().squeeze(1)
-        level = union.view(-1)[flat].long()
-        bt, d = flat // H, flat % H
-        b = bt // T
-        pos_counts = torch.bincount((b * H + d) * (G + 1) + level, minlength=B * H * (G + 1))
+        # per-(sequence, dim, level) position counts by a dense bincount (see _reduce_dense),
+        # a chunk of sequences at a time in the capture's scratch: no hit-sized index arithmetic
+        pos_counts = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=union.device)
+        per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, union.device) // (T * H)))
+        for b0 in range(0, B, per_chunk):
+            b = min(B, b0 + per_chunk) - b0
+            ints, _ = parts[0].buffers((b, T, H))
+            torch.add(parts[0].level_offsets(b, H, G), union[b0 : b0 + b], out=ints)
+            first = b0 * H * (G + 1)
+            pos_counts[first : first + b * H * (G + 1)] += torch.bincount(
+                ints.view(-1), minlength=b * H * (G + 1)
+            )
         pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
         occ = sum(p.occ.cpu().numpy() for p in parts)
         occ_ge = _at_least(occ.reshape(B, H, G + 1))
-        hits = (
-            (bt + n0 * T).cpu().numpy().astype(np.int64),
-            d.cpu().numpy().astype(np.uint16 if H <= 65536 else np.int32),
-            level.cpu().numpy().astype(np.uint8),
-        )
+        # the hits as flat indices into the run's [N, T, H] (stats splits them into positions
+        # and dims once, on the host) and their levels
+        flat = union.view(-1).nonzero().squeeze(1)
+        level = union.view(-1).index_select(0, flat)
+        if n0:
+            flat += n0 * T * H
+        hits = (flat.cpu().numpy(), level.cpu().numpy())
 
         # commit (nothing above touched the run's arrays)
         def commit() -> None:
@@ -533,17 +581,17 @@ class Capture:
                 f"only {int(self.done.sum())} of {self.N} windows were processed; the result is "
                 "incomplete and was not written."
             )
-        NT = self.N * self.T
+        NT, H = self.N * self.T, self.H
         # each batch's hits are in (position, dim) order (nonzero of its union) and batches hold
         # disjoint ranges of positions: in the order of their first position (batches may
         # have been committed out of order after a retry), they are all in order, unsorted
         parts = sorted(self._hits, key=lambda h: int(h[0][0]) if h[0].size else -1)
-        pos = np.concatenate([h[0] for h in parts]) if parts else np.zeros(0, np.int64)
-        dim = np.concatenate([h[1] for h in parts]) if parts else np.zeros(0, np.int32)
-        lev = np.concatenate([h[2] for h in parts]) if parts else np.zeros(0, np.uint8)
+        flat = np.concatenate([h[0] for h in parts]) if parts else np.zeros(0, np.int64)
+        lev = np.concatenate([h[1] for h in parts]) if parts else np.zeros(0, np.uint8)
+        pos = flat // H
+        dim = (flat - pos * H).astype(np.uint16 if H <= np.iinfo(np.uint16).max + 1 else np.int32)
         indptr = np.zeros(NT + 1, dtype=np.int64)
         np.cumsum(np.bincount(pos, minlength=NT), out=indptr[1:])
-        dim = dim.astype(np.uint16 if self.H <= np.iinfo(np.uint16).max + 1 else np.int32)
         stats = CapturedStats(
             grid=np.asarray(self.grid, dtype=np.float64),
             site_names=[s.name for s in self.sites],
@@ -597,6 +645,11 @@ def hook_threads(device: torch.device):
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def _chunk_budget(chunk_elements: int | None, device: torch.device) -> int:
+    """Elements per chunk on ``device``: the capture's own setting, else CHUNK_ELEMENTS."""
+    return chunk_elements or CHUNK_ELEMENTS.get(device.type, 1 << 25)
 
 
 def _block(T: int) -> int:

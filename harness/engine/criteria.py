@@ -163,8 +163,13 @@ def positions_affected(stats: CapturedStats, dims: np.ndarray, magnitude: float)
     if len(dims) == 0 or len(stats.hits_dim) == 0:
         return 0
     level = stats.grid_index(magnitude) + 1
-    keep = (stats.hits_level >= level) & np.isin(stats.hits_dim, dims)
-    return int(len(np.unique(stats.hits_positions()[keep])))
+    wanted = np.zeros(stats.hidden_size, dtype=bool)
+    wanted[dims] = True
+    keep = (stats.hits_level >= level) & wanted[stats.hits_dim]
+    # kept hits per position from the running count at the row bounds (hits are row-major):
+    # no sort of millions of positions where outliers are dense
+    upto = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    return int(np.count_nonzero(upto[stats.hits_indptr[1:]] > upto[stats.hits_indptr[:-1]]))
 
 
 def pooled(stats: CapturedStats, criteria: Criteria) -> dict:
