@@ -178,6 +178,9 @@ class ExpertRouting(Observer):
             self._thr[key] = (thr.float(), dtype_threshold(self.floor, x.dtype).to(x.device))
         return self._thr[key]
 
+    def wants_hits(self, site) -> bool:
+        return site.index in self._mlp_in  # a router's input
+
     def on_hits(self, site, pos, level, grid, batch) -> None:
         layer = self._mlp_in.get(site.index)
         if layer is None or self._batch is None or not set(self.grid) <= set(grid):

@@ -84,6 +84,9 @@ class Attribution(Observer):
         for p in self.parts:
             p.begin_batch(batch)
 
+    def wants_hits(self, site) -> bool:
+        return any(p.wants_hits(site) for p in self._hit_parts)
+
     def on_hits(self, site, pos, level, grid, batch) -> None:
         for p in self._hit_parts:
             p.on_hits(site, pos, level, grid, batch)

@@ -60,6 +60,11 @@ def _tokens(ids: np.ndarray, occ_ids: np.ndarray, occ_counts: np.ndarray, min_oc
     return [row(i) for i in by_count], [row(i) for i in eligible[order]]
 
 
+def _distinct_sorted(a: np.ndarray) -> np.ndarray:
+    """np.unique of an ascending array, without its sort."""
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
 def _row(pos, T, N, token_ids_flat, bos_token_id, occ, buckets, min_occ, top) -> dict:
     ids_of = token_ids_flat[pos]
     t = pos % T
@@ -124,11 +129,15 @@ def token_attribution(
     flat = np.asarray(stats.token_ids).reshape(-1).astype(np.int64)
     occ = np.unique(flat, return_counts=True)
     pos_all = stats.hits_positions()
-    keep = (np.asarray(stats.hits_level) >= level) & np.isin(stats.hits_dim, dims)
-    pos, dim = pos_all[keep], np.asarray(stats.hits_dim)[keep].astype(np.int64)
+    wanted = np.zeros(stats.hidden_size, dtype=bool)
+    wanted[dims] = True
+    hits_dim = np.asarray(stats.hits_dim)
+    keep = (np.asarray(stats.hits_level) >= level) & wanted[hits_dim]
+    pos, dim = pos_all[keep], hits_dim[keep]
     buckets = position_buckets(T)
     args = (T, N, flat, bos_token_id, occ, buckets, min_occurrences, top)
-    order = np.argsort(dim, kind="stable")  # hits grouped by dim, positions ascending
+    # hits grouped by dim, positions ascending; a stable sort of 16-bit keys is a radix sort
+    order = np.argsort(dim.astype(np.uint16) if stats.hidden_size <= 1 << 16 else dim, kind="stable")
     bounds = (
         np.searchsorted(dim[order], dims, side="left"),
         np.searchsorted(dim[order], dims, side="right"),
@@ -149,6 +158,6 @@ def token_attribution(
         "num_dims": int(len(dims)),
         "dims_truncated": bool(len(dims) > len(rows)),  # rows kept: the max_dims with most hits
         "dims": rows,
-        "any": _row(np.unique(pos), *args) if len(dims) else None,
+        "any": _row(_distinct_sorted(pos), *args) if len(dims) else None,
     }
     return out

@@ -118,6 +118,11 @@ class Observer:
         batch: Batch,
     ) -> None: ...
 
+    def wants_hits(self, site: Site) -> bool:
+        """Whether ``on_hits`` should get the hits of ``site`` (asked once, after ``attach``);
+        where no observer wants them, the engine builds no hit list on its dense paths."""
+        return type(self).on_hits is not Observer.on_hits
+
     def end_batch(self, batch: Batch) -> None: ...
 
     def abort_batch(self, batch: Batch) -> None: ...
@@ -274,7 +279,7 @@ class Capture:
         self.H = sitemap.hidden_size
         self.N, self.T = num_seqs, seq_len
         self.observers = list(observers)
-        self._hit_observers = [o for o in self.observers if type(o).on_hits is not Observer.on_hits]
+        self._hit_observers: dict[int, list[Observer]] = {}  # per site index, set on entering
         self.chunk_elements = chunk_elements
         self.thresholds = _Thresholds(self.grid)
         self._handles: list = []
@@ -323,6 +328,10 @@ class Capture:
                 self.register(site.module, self._site_fn(site), site.mode)
             for obs in self.observers:
                 obs.attach(self.sitemap, self.register)
+            # hit lists are built only for the sites where an observer reads them
+            self._hit_observers = {
+                site.index: [o for o in self.observers if o.wants_hits(site)] for site in self.sites
+            }
         except BaseException:
             self.close()
             raise
@@ -380,6 +389,7 @@ class Capture:
         K = _block(T)
         per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, x.device) // (T * H)))
         union = part.union.view(-1)
+        hit_observers = self._hit_observers.get(s, ())
         for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
             b1 = min(B, b0 + per_chunk)
             xc = x[b0:b1]
@@ -401,7 +411,7 @@ class Capture:
             cand = qual.view(-1).nonzero().squeeze(1)  # (b * T/K + tb) * H + d
             found = self._values_over(part, xc, cand, t0, K)
             if found is None:
-                for obs in self._hit_observers:  # "no hit here" is news too
+                for obs in hit_observers:  # "no hit here" is news too
                     none = part.ones(0)
                     obs.on_hits(site, none, none, self.grid, self._batch)
                 continue
@@ -411,9 +421,9 @@ class Capture:
             if b0:
                 bd, pos = bd + b0 * H, pos + b0 * T * H
             part.occ.index_add_(0, bd * (G + 1) + level, part.ones(level.numel()))
-            if self._hit_observers:
+            if hit_observers:
                 wide = level.long()
-                for obs in self._hit_observers:
+                for obs in hit_observers:
                     obs.on_hits(site, pos, wide, self.grid, self._batch)
             level = torch.maximum(union.index_select(0, pos), level)
             union.index_copy_(0, pos, level)  # positions are distinct within a site
@@ -452,13 +462,14 @@ class Capture:
             merged = torch.gather(union, 1, index)
             torch.maximum(merged, lev.view(b * T, h), out=merged)
             union.scatter_(1, index, merged)
-        if self._hit_observers:
+        hit_observers = self._hit_observers.get(s, ())
+        if hit_observers:
             bt_j = lev.view(b * T, h).nonzero()
             bt, j = bt_j[:, 0], bt_j[:, 1]
             level = lev.view(b * T, h)[bt, j].long()
             d = j if cols is None else cols.index_select(0, j)
             pos = (bt + b0 * T) * H + d
-            for obs in self._hit_observers:
+            for obs in hit_observers:
                 obs.on_hits(site, pos, level, self.grid, self._batch)
 
     def _values_over(self, part: _DeviceBatch, xc: torch.Tensor, cand: torch.Tensor, t0, K: int):
