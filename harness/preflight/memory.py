@@ -33,7 +33,8 @@ NUM_GRID = 9  # magnitudes captured per run: len(harness.engine.statistics.make_
 MEMORY_FORMULA = (
     "per GPU = weights / n (+ one decoder layer when n > 1: the split is per layer) "
     f"+ {CUDA_CONTEXT_GIB:g} GiB CUDA context + capture (uint8 union [B,T,H] + one chunk scratch "
-    "min(B*T*H, 2^25) x (activation bytes + 1) + per-sequence statistics) "
+    "min(B*T*H, 2^25) x 6 bytes (an int32 and a uint8 level map, a quarter of the chunk gathered) "
+    "+ per-sequence statistics) "
     f"+ {FRAGMENTATION:g} x the peak of one layer = 4 x [B*T, hidden] residual-sized tensors "
     "+ max(attention: q,k,v,o projections (+ 3 x [B, heads, T, T] scores under eager attention); "
     "MLP: 3 x [B*T, intermediate] dense, or B*T*top_k x (3 x moe_intermediate + 2 x hidden) routed "
@@ -113,10 +114,11 @@ def activation_bytes(s: _Shape, batch: int, T: int, ab: int) -> float:
 
 
 def capture_bytes(s: _Shape, batch: int, T: int) -> float:
-    """The capture's buffers on one device: union, chunk scratch (an int32 and a uint8 map),
+    """The capture's buffers on one device: union, chunk scratch (an int32 and a uint8 map, and
+    the dense columns gathered side by side: at most a quarter of a chunk, float32 at most),
     per-sequence stats."""
     union = batch * T * s.hidden
-    scratch = min(union, CHUNK_ELEMENTS) * (4 + 1)
+    scratch = min(union, CHUNK_ELEMENTS) * (4 + 1 + 1)
     return union + scratch + batch * s.hidden * (4 + NUM_GRID * 4 + (NUM_GRID + 1) * 8)
 
 
