@@ -137,7 +137,9 @@ def token_attribution(
     buckets = position_buckets(T)
     args = (T, N, flat, bos_token_id, occ, buckets, min_occurrences, top)
     # hits grouped by dim, positions ascending; a stable sort of 16-bit keys is a radix sort
-    order = np.argsort(dim.astype(np.uint16) if stats.hidden_size <= 1 << 16 else dim, kind="stable")
+    order = np.argsort(
+        dim.astype(np.uint16) if stats.hidden_size <= 1 << 16 else dim, kind="stable"
+    )
     bounds = (
         np.searchsorted(dim[order], dims, side="left"),
         np.searchsorted(dim[order], dims, side="right"),
