@@ -129,17 +129,13 @@ def token_attribution(
     flat = np.asarray(stats.token_ids).reshape(-1).astype(np.int64)
     occ = np.unique(flat, return_counts=True)
     pos_all = stats.hits_positions()
-    wanted = np.zeros(stats.hidden_size, dtype=bool)
-    wanted[dims] = True
-    hits_dim = np.asarray(stats.hits_dim)
-    keep = (np.asarray(stats.hits_level) >= level) & wanted[hits_dim]
-    pos, dim = pos_all[keep], hits_dim[keep]
+    keep = stats.hits_of(dims, level)
+    pos, dim = pos_all[keep], np.asarray(stats.hits_dim)[keep]
     buckets = position_buckets(T)
     args = (T, N, flat, bos_token_id, occ, buckets, min_occurrences, top)
-    # hits grouped by dim, positions ascending; a stable sort of 16-bit keys is a radix sort
-    order = np.argsort(
-        dim.astype(np.uint16) if stats.hidden_size <= 1 << 16 else dim, kind="stable"
-    )
+    # hits grouped by dim, positions ascending (hits_dim is uint16 up to 65,536 dims, whose
+    # stable sort is numpy's radix sort)
+    order = np.argsort(dim, kind="stable")
     bounds = (
         np.searchsorted(dim[order], dims, side="left"),
         np.searchsorted(dim[order], dims, side="right"),

@@ -219,6 +219,7 @@ class _DeviceBatch:
         self.lev: torch.Tensor | None = None
         self.cols: torch.Tensor | None = None
         self._offsets: dict = {}
+        self._hidden, self._levels = H, G + 1
 
     def buffers(self, shape):
         """Chunk-sized scratch: an int32 map and a uint8 map."""
@@ -244,6 +245,14 @@ class _DeviceBatch:
             idx = torch.arange(b * H, dtype=torch.int32, device=self.device) * (G + 1)
             self._offsets[key] = idx.view(b, 1, H)
         return self._offsets[key]
+
+    def level_counts(self, lev: torch.Tensor, offsets: torch.Tensor, ints: torch.Tensor):
+        """Counts per (sequence, dim, level) of a uint8 level map ``lev`` [b, T, h]: one
+        bincount of ``offsets`` ([b, 1, h], from ``level_offsets``) plus the levels, formed in
+        ``ints`` (int32 scratch of lev's shape); b * H * (G + 1) int64 counts."""
+        torch.add(offsets, lev, out=ints)
+        b, H, G1 = lev.shape[0], self._hidden, self._levels
+        return torch.bincount(ints.view(-1), minlength=b * H * G1)
 
     def ones(self, n: int) -> torch.Tensor:
         """n int64 ones (a view of one buffer that grows when needed)."""
@@ -449,8 +458,7 @@ class Capture:
             offsets = part.level_offsets(b, H, G)[:, :, cols]
         ints, lev = part.buffers((b, T, h))
         self.thresholds.levels(xd.view(b, T, h), ints=ints, out=lev)
-        torch.add(offsets, lev, out=ints)
-        counts = torch.bincount(ints.view(-1), minlength=b * H * (G + 1))
+        counts = part.level_counts(lev, offsets, ints)
         first = b0 * H * (G + 1)
         part.occ[first : first + counts.numel()] += counts
         part.hist[s] += counts.view(-1, G + 1).sum(dim=0)
@@ -555,11 +563,10 @@ class Capture:
         for b0 in range(0, B, per_chunk):
             b = min(B, b0 + per_chunk) - b0
             ints, _ = parts[0].buffers((b, T, H))
-            torch.add(parts[0].level_offsets(b, H, G), union[b0 : b0 + b], out=ints)
+            offsets = parts[0].level_offsets(b, H, G)
             first = b0 * H * (G + 1)
-            pos_counts[first : first + b * H * (G + 1)] += torch.bincount(
-                ints.view(-1), minlength=b * H * (G + 1)
-            )
+            counts = parts[0].level_counts(union[b0 : b0 + b], offsets, ints)
+            pos_counts[first : first + counts.numel()] += counts
         pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
         occ = sum(p.occ.cpu().numpy() for p in parts)
         occ_ge = _at_least(occ.reshape(B, H, G + 1))

@@ -163,9 +163,7 @@ def positions_affected(stats: CapturedStats, dims: np.ndarray, magnitude: float)
     if len(dims) == 0 or len(stats.hits_dim) == 0:
         return 0
     level = stats.grid_index(magnitude) + 1
-    wanted = np.zeros(stats.hidden_size, dtype=bool)
-    wanted[dims] = True
-    keep = (stats.hits_level >= level) & wanted[stats.hits_dim]
+    keep = stats.hits_of(dims, level)
     # kept hits per position from the running count at the row bounds (hits are row-major):
     # no sort of millions of positions where outliers are dense
     upto = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))

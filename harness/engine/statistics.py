@@ -78,6 +78,13 @@ class CapturedStats:
     def num_positions(self) -> int:
         return self.num_seqs * self.seq_len
 
+    def hits_of(self, dims, level: int) -> np.ndarray:
+        """Mask of the hits of ``dims`` at grid level ``level`` or above, aligned with
+        ``hits_dim`` (a lookup table of dims, not a sorted search over millions of hits)."""
+        wanted = np.zeros(self.hidden_size, dtype=bool)
+        wanted[np.asarray(dims, dtype=np.int64)] = True
+        return (np.asarray(self.hits_level) >= level) & wanted[np.asarray(self.hits_dim)]
+
     def hits_positions(self) -> np.ndarray:
         """Position index (n * T + t) of every hit, aligned with ``hits_dim``."""
         counts = np.diff(self.hits_indptr)
