@@ -330,8 +330,14 @@ def test_a_pod_that_cannot_be_terminated_is_named_with_what_to_do(
 ):
     """Every terminate of the user's key fails: the run says so for that pod, in one sentence
     naming the pod and the command, and the pod's own watchdog still ends it."""
+    import threading
+
     fake_runpod.faults.user_terminate_refused = True
+    # the pod's own terminate waits until the run has closed: otherwise its watchdog may end
+    # the pod before the sweep looks, and the sweep has nothing to say
+    held = fake_runpod.faults.pod_terminate_held = threading.Event()
     runner, out, lines = run_models(tmp_path, {"fake_a": "ok"})
+    held.set()
     assert_result_home(out["fake_a"], "fake_a")
     pod_id = out["fake_a"].pod["id"]
     assert out["fake_a"].pod["status"] == "unknown"  # not reported as terminated
@@ -347,7 +353,7 @@ def test_a_pod_that_cannot_be_terminated_is_named_with_what_to_do(
         x.endswith(f"could NOT terminate pod {pod_id}; run `outliers pods --terminate`.")
         for x in said
     ), said
-    ended = fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=20)
+    ended = fake_runpod.wait(lambda: not fake_runpod.live_pods(), timeout=30)
     done = [c for c in fake_runpod.ops("podTerminate") if "error" not in c]
     assert ended and {c["auth"] for c in done} == {f"pod:{pod_id}"}
     assert_nothing_left(fake_runpod)

@@ -74,6 +74,8 @@ class Faults:
     account_keys: bool = False  # RunPod puts the account's SSH keys in PUBLIC_KEY
     pod_key_refused: bool = False  # the API refuses pod-scoped keys (401)
     user_terminate_refused: bool = False  # podTerminate with the user's key fails for good
+    # a pod's own podTerminate fails while this event is unset (None: never held)
+    pod_terminate_held: threading.Event | None = None
 
 
 @dataclass
@@ -275,6 +277,9 @@ class FakeRunpod:
             if pod is None or pod.status == "TERMINATED":
                 raise _GqlError("pod not found", pod=pod_id)
             if op == "podTerminate" and who == "user" and self.faults.user_terminate_refused:
+                raise _GqlError("pod is locked by a pending operation", pod=pod_id)
+            held = self.faults.pod_terminate_held
+            if who.startswith("pod:") and held is not None and not held.is_set():
                 raise _GqlError("pod is locked by a pending operation", pod=pod_id)
             if op == "podStop" and pod.volume:
                 raise _GqlError("Pods with a network volume cannot be stopped", pod=pod_id)
