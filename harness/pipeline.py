@@ -18,14 +18,12 @@ from harness.engine.capture import Batch, Capture, Observer, run_together
 from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
 from harness.engine.forward import base_forward, input_device, is_oom
 from harness.engine.schema import AnalysisResult
-from harness.engine.selfcheck import verify_sites
+from harness.engine.selfcheck import CHECK_POSITIONS, SiteProbe, SitesChanged
 from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid
 from harness.errors import HarnessError
 from harness.loading.params import count_model, max_positions
 
-# Tokens of the site self-check's forward pass (harness.engine.selfcheck.verify_sites).
-SELF_CHECK_TOKENS = 16
 # Tokens per forward pass when batch_size is not given; halved on out-of-memory.
 AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}
 
@@ -123,31 +121,48 @@ def analyze(
         as_original = bf16_rounding_threshold(criteria.magnitude)
         if as_original != criteria.magnitude:
             grid = (grid if grid is not None else DEFAULT_GRID) + (as_original,)
-    sitemap = find_sites(model, sites)
-    # the sites are checked on this very model before anything is measured (a few tokens)
-    sitemap = verify_sites(model, sitemap, ids[:1, : min(T, SELF_CHECK_TOKENS)])
     grid_values = make_grid(criteria.magnitude, grid)
     device = input_device(model)
     batch_size = _batch_size(model, device, batch_size, N, T)
-    observers = list(observers) + _builtin_observers(
-        model, criteria, grid_values, data_info, attribution=attribution, perplexity=perplexity
-    )
+    user_observers = list(observers)
     timing = {"forward_seconds": 0.0, "batches": 0, "batch_size": batch_size, "oom_retries": 0}
     t_start = time.perf_counter()
-    # --sites all: each site kind is also captured on its own, in the same forward pass
-    side_maps = {k: _kind_map(sitemap, k) for k in ("ln", "residual")} if sites == "all" else {}
-    with torch.inference_mode(), ExitStack() as stack:
-        cap = stack.enter_context(Capture(sitemap, grid_values, N, T, observers))
-        sides = {
-            k: stack.enter_context(Capture(m, grid_values, N, T)) for k, m in side_maps.items()
-        }
-        _forward_batches(
-            [cap, *sides.values()], base_forward(model), ids, batch_size, device, timing, progress
+
+    def measure(sitemap, probe):
+        observers = user_observers + _builtin_observers(
+            model, criteria, grid_values, data_info, attribution=attribution, perplexity=perplexity
         )
-        stats = cap.stats()
-        side_stats = {k: c.stats() for k, c in sides.items()}
-        timing["forward_calls"] = cap.forward_calls
-        activation_dtypes = sorted(cap.activation_dtypes)
+        # --sites all: each site kind is also captured on its own, in the same forward pass
+        kinds = ("ln", "residual") if sites == "all" else ()
+        side_maps = {k: _kind_map(sitemap, k) for k in kinds}
+        with torch.inference_mode(), ExitStack() as stack:
+            if probe is not None:
+                stack.enter_context(probe)
+            cap = stack.enter_context(Capture(sitemap, grid_values, N, T, observers))
+            sides = {
+                k: stack.enter_context(Capture(m, grid_values, N, T)) for k, m in side_maps.items()
+            }
+            forward = base_forward(model)
+            captures = [cap, *sides.values()]
+            _forward_batches(captures, forward, ids, batch_size, device, timing, progress, probe)
+            timing["forward_calls"] = cap.forward_calls
+            return cap.stats(), {k: c.stats() for k, c in sides.items()}, cap, observers
+
+    # the sites are checked on this very model, on the first batch before it is merged
+    # (harness.engine.selfcheck); where the check moves or merges sites, that batch is
+    # measured again at the checked sites
+    found = find_sites(model, sites)
+    probe = SiteProbe(model, found)
+    try:
+        stats, side_stats, cap, observers = measure(found, probe)
+        sitemap = probe.checked
+    except SitesChanged as changed:
+        sitemap = changed.sitemap
+        sitemap.self_check["first_batch_measured_again"] = True
+        timing["discarded_passes"] = 1  # forward_calls counts the passes that were merged
+        stats, side_stats, cap, observers = measure(sitemap, None)
+    side_maps = {k: _kind_map(sitemap, k) for k in side_stats}
+    activation_dtypes = sorted(cap.activation_dtypes)
     t_analysis = time.perf_counter()
     figures = evaluate(stats, criteria)
     sections = {"seed_compatible_as_original": _as_original(stats, criteria, as_original)}
@@ -262,9 +277,11 @@ def _batch_size(model, device: torch.device, batch_size: int | None, N: int, T: 
     return min(batch_size, N)
 
 
-def _forward_batches(captures, forward, ids, batch_size, device, timing, progress) -> None:
+def _forward_batches(captures, forward, ids, batch_size, device, timing, progress, probe=None):
     """One forward pass per batch for every capture; on out-of-memory the batch is halved and
-    retried (a failed batch leaves every capture as it was), down to one window."""
+    retried (a failed batch leaves every capture as it was), down to one window. ``probe``
+    (a ``SiteProbe``, hooks in place) rides the first batch and checks the sites before it is
+    merged; its hooks are removed once the check has passed."""
     N, T = ids.shape
     bar = None
     if progress:
@@ -277,9 +294,16 @@ def _forward_batches(captures, forward, ids, batch_size, device, timing, progres
             size = min(batch_size, N - start)
             batch = Batch(start, ids[start : start + size], index)
             t0 = time.perf_counter()
+            checking = probe is not None and probe.checked is None
+            if checking:
+                probe.reset(size, T)
             try:
-                run_together(captures, forward, batch)
+                run_together(captures, forward, batch, probe.check if checking else None)
+            except SitesChanged:
+                raise
             except Exception as err:
+                if checking and not is_oom(err):
+                    _check_apart(probe, ids)
                 if not is_oom(err):
                     raise
                 if device.type == "cuda":
@@ -292,6 +316,8 @@ def _forward_batches(captures, forward, ids, batch_size, device, timing, progres
                 batch_size = max(1, size // 2)
                 timing["oom_retries"] += 1
                 continue
+            if checking:
+                probe.close()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timing["forward_seconds"] += time.perf_counter() - t0
@@ -304,6 +330,17 @@ def _forward_batches(captures, forward, ids, batch_size, device, timing, progres
         if bar is not None:
             bar.close()
     timing["batch_size"] = batch_size
+
+
+def _check_apart(probe: SiteProbe, ids: torch.Tensor) -> None:
+    """The first batch failed while the self-check rode it (a hook refused a tensor, the model
+    raised): the check gets a short pass of its own, whose verdict on the sites comes first.
+    Raises its refusal, or ``SitesChanged``; returns when the sites were right."""
+    probe.close()
+    apart = SiteProbe(probe.model, probe.sitemap)
+    checked = apart.alone(ids[:1, :CHECK_POSITIONS])
+    if apart.retarget:
+        raise SitesChanged(checked)
 
 
 def _data_record(ids: torch.Tensor, data_info: dict) -> dict:

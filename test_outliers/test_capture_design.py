@@ -19,7 +19,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 import harness.engine.capture as capture
 from harness.engine.capture import Capture, Observer
-from harness.pipeline import SELF_CHECK_TOKENS, analyze
+from harness.pipeline import analyze
 
 HOOK_DICTS = (
     "_forward_hooks",
@@ -85,11 +85,12 @@ def test_one_forward_pass_per_batch_and_no_lm_head(arch):
     finally:
         for h in handles:
             h.remove()
-    # the site self-check first (one short pass, harness.engine.selfcheck.verify_sites), then exactly one
-    # forward pass per batch
-    assert calls["base"] == [SELF_CHECK_TOKENS, 32, 32, 16]
+    # exactly one forward pass per batch: the site self-check rides the first batch
+    # (harness.engine.selfcheck.SiteProbe), no pass of its own
+    assert calls["base"] == [32, 32, 16]
+    assert result.criteria["site_self_check"]["pass"] == "first batch"
     assert result.timing["forward_calls"] == result.timing["batches"] == 3
-    assert calls["layers"] == [4] * len(calls["layers"])
+    assert calls["layers"] == [3] * len(calls["layers"])
     assert calls["head"] == 0, "the LM head must not run: it is no site and costs [B, T, vocab]"
     assert hooks_left(model) == []
 

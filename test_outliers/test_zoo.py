@@ -120,6 +120,64 @@ def test_registration_order_is_not_execution_order():
     assert "model.layers.0.self_attn.qkv_proj" in check["readers"]["layers.0.attn_in"]
 
 
+def _max_abs_input(module, model, ids) -> float:
+    got = []
+    h = module.register_forward_pre_hook(lambda _m, a: got.append(a[0].abs().amax()))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        h.remove()
+    return float(torch.stack(got).max())
+
+
+@pytest.mark.parametrize("model_type", ["phi3", "gptj"])
+def test_sites_moved_or_merged_by_the_check_are_measured_again(model_type):
+    """The self-check rides the first batch; where it moves a site to another tensor (Phi-3:
+    o_proj -> qkv_proj) or merges a layer's two sites into one (GPT-J), that batch was measured
+    at the unchecked sites: it is measured again, and every figure comes from the checked
+    sites (oracle: the max |x| of the projection's input, from a hook of its own)."""
+    model = zoo.build(model_type)
+    ids = torch.randint(0, 400, (3, 10), generator=torch.Generator().manual_seed(6))
+    passes = []
+    h = model.base_model.register_forward_pre_hook(
+        lambda _m, a, k: passes.append((a[0] if a else k["input_ids"]).shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        result = analyze(model, ids, batch_size=2)
+    finally:
+        h.remove()
+    check = result.criteria["site_self_check"]
+    assert check["passed"] and check["first_batch_measured_again"] is True
+    assert passes == [2, 2, 1]  # the first batch twice, then the last
+    assert result.timing["batches"] == result.timing["forward_calls"] == 2
+    assert result.timing["discarded_passes"] == 1
+    names = result.criteria["site_names"]
+    i = names.index("layers.0.attn_in")
+    attn = model.get_submodule(result.criteria["site_modules"][i])
+    want = _max_abs_input(attn, model, ids)
+    assert float(result.stats.site_max[i].max()) == want
+    if model_type == "gptj":
+        assert "layers.0.mlp_in" not in names and result.criteria["shared_input_layers"] == [0, 1]
+    else:
+        assert result.criteria["site_modules"][i].endswith("qkv_proj")
+        o_proj = model.model.layers[0].self_attn.o_proj
+        assert _max_abs_input(o_proj, model, ids) != want
+
+
+def test_a_site_moved_to_a_projection_of_the_same_tensor_is_not_measured_again():
+    """OPT registers k_proj before q_proj; both read one tensor, so the first batch, measured at
+    k_proj, stands (no second pass) and the record names q_proj."""
+    model = zoo.build("opt")
+    ids = torch.randint(0, 400, (3, 10), generator=torch.Generator().manual_seed(7))
+    result = analyze(model, ids, batch_size=2)
+    check = result.criteria["site_self_check"]
+    assert check["moved_to_first_run"] == 2 and "first_batch_measured_again" not in check
+    assert result.timing["forward_calls"] == result.timing["batches"] == 2
+    assert result.criteria["site_modules"][0].endswith("q_proj")
+
+
 def test_self_check_refusals_are_one_sentence_naming_the_module(zoo_rows):
     """A model that runs a layer's projections twice per pass (looped layers) or adds positions
     of its own is stopped before measuring, in one sentence naming the site and the module."""

@@ -633,15 +633,20 @@ class Capture:
         return stats
 
 
-def run_together(captures: Sequence[Capture], forward: Callable, batch: Batch) -> None:
+def run_together(
+    captures: Sequence[Capture], forward: Callable, batch: Batch, check: Callable | None = None
+) -> None:
     """One ``forward(token_ids)`` for several captures on one model (``--sites all`` measures
-    each site kind apart in the same pass); each merges the batch only when the pass and every
-    merge before it completed, so a failed batch leaves every capture as it was."""
+    each site kind apart in the same pass); each merges the batch only when the pass, ``check()``
+    (called after the pass, e.g. the site self-check) and every merge before it completed, so a
+    failed batch leaves every capture as it was."""
     for cap in captures:
         cap._begin(batch)
     ok = False
     try:
         forward(batch.token_ids)
+        if check is not None:
+            check()
         for commit in [cap._merged_parts(batch) for cap in captures]:
             commit()
         ok = True

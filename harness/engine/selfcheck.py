@@ -1,189 +1,315 @@
-"""The per-run site self-check: each site's tensor is what its block's projections read, measured on the run's own first batch."""
+"""The per-run site self-check: each site's tensor is what its block's projections read, measured on the run's own first batch.
+
+``SiteProbe`` hooks every site module, every projection of every block and every decoder layer
+for one forward pass and keeps, of each tensor it sees, only what the checks need: the first
+positions of the first window (a few KB), its shape, and whether it is the very tensor an
+earlier hook of the same layer saw (while that one is still alive). ``analyze`` runs it during
+its first batch, so the check costs no forward pass of its own; ``verify_sites`` runs it on a
+short pass of its own (tests, and ``analyze``'s fallback when the first batch fails).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from harness.engine.forward import base_forward  # the same forward the capture runs
 from harness.engine.sites import Site, SiteMap, _output_of, input_of
 from harness.errors import HarnessError
 
+# Positions of the first window compared by the checks (the first batch's, or a short pass's).
+CHECK_POSITIONS = 16
 
-def _one_pass(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor):
-    """(site index -> tensors its module received or returned, block key -> (projection,
-    input) of every projection call in execution order, layer -> its input) over one pass."""
-    modules = dict(model.named_modules())
-    seen: dict[int, list] = {}  # site index -> tensors its module received / returned
-    # block key -> (projection, input) of every projection call, in execution order
-    readers: dict[str, list[tuple[str, torch.Tensor]]] = {}
-    layer_in: dict[int, torch.Tensor] = {}
-    handles = []
 
-    def site_hook(site):
-        if site.mode == "output":
-            return lambda _m, _a, out: seen.setdefault(site.index, []).append(_output_of(out))
-        return lambda _m, a, k: seen.setdefault(site.index, []).append(input_of(a, k))
+@dataclass
+class _Seen:
+    """One tensor a probe hook received: its first positions and how to tell it apart."""
 
-    def projection_hook(key, name):
-        def hook(_m, a, k):
-            x = input_of(a, k)
-            if x is None:
-                return
-            readers.setdefault(key, []).append((name, x))
+    head: torch.Tensor | None  # [P, H] copy: the first P positions of the first window
+    shape: tuple
+    numel: int
+    layer: int
+    aliases: frozenset  # indices of earlier calls of the same layer that are this very tensor
 
-        return hook
 
-    def layer_hook(i):
-        def hook(_m, a, k):
-            layer_in.setdefault(i, input_of(a, k))
+class SiteProbe:
+    """Hooks that record one forward pass for the site self-check (use as a context manager;
+    ``verify`` after the pass). ``reset`` forgets a pass (a batch retried after out-of-memory)."""
 
-        return hook
+    def __init__(self, model: nn.Module, sitemap: SiteMap):
+        self.model, self.sitemap, self.H = model, sitemap, sitemap.hidden_size
+        self.seconds = 0.0  # time spent in the hooks and in verify, over every pass recorded
+        self.checked: SiteMap | None = None  # set by a ``check`` that passed
+        self.retarget = False  # set by ``verify``: the hooked sites measured other tensors
+        self._handles: list = []
+        self.reset(0, 0)
 
-    try:
-        for site in sitemap.sites:
-            m = site.module
+    def reset(self, num_seqs: int, seq_len: int) -> None:
+        """Forget what was recorded; the next pass runs ``num_seqs`` windows of ``seq_len``."""
+        self.tokens = int(num_seqs * seq_len)
+        self.P = min(CHECK_POSITIONS, int(seq_len))
+        self.calls: list[_Seen] = []
+        self._live: dict[int, list] = {}  # layer -> [(call index, StorageWeakRef, identity)]
+        self.seen: dict[int, list[int]] = {}  # site index -> its calls
+        self.readers: dict[str, list[tuple[str, int]]] = {}  # block key -> (projection, call)
+        self.layer_in: dict[int, int] = {}
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _record(self, x, layer: int, keep: bool = True) -> int | None:
+        """Record a tensor; ``keep``: also its first positions (the values compared)."""
+        if not isinstance(x, torch.Tensor):
+            return None
+        t0 = time.perf_counter()
+        head = None
+        if keep and x.dim() >= 2 and x.shape[-1] == self.H:
+            rows = x
+            while rows.dim() > 2:  # [B, T, H] -> the first window; [B * T, H] stays
+                rows = rows[0]
+            head = rows[: self.P].detach().clone()
+        ident = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+        live = self._live.setdefault(layer, [])
+        # the same tensor as an earlier call only while that one's storage is alive: a freed
+        # block's address may be reused by the next allocation
+        aliases = frozenset(i for i, ref, other in live if other == ident and not ref.expired())
+        index = len(self.calls)
+        self.calls.append(_Seen(head, tuple(x.shape), x.numel(), layer, aliases))
+        live.append((index, StorageWeakRef(x.untyped_storage()), ident))
+        self.seconds += time.perf_counter() - t0
+        return index
+
+    def __enter__(self) -> SiteProbe:
+        modules = dict(self.model.named_modules())
+        add = self._handles.append
+
+        def site_hook(site):
+            def keep(x):
+                self.seen.setdefault(site.index, []).append(self._record(x, site.layer))
+
             if site.mode == "output":
-                handles.append(m.register_forward_hook(site_hook(site)))
-            else:
-                handles.append(m.register_forward_pre_hook(site_hook(site), with_kwargs=True))
-        for i, blocks in enumerate(sitemap.blocks):
-            for kind, (_block, projections) in blocks.items():
-                for name in projections:
-                    hook = projection_hook(f"{i}.{kind}", name)
-                    handles.append(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
-        for i, layer in enumerate(sitemap.layers):
-            handles.append(layer.register_forward_pre_hook(layer_hook(i), with_kwargs=True))
-        with torch.inference_mode():
-            base_forward(model)(token_ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, readers, layer_in
+                return lambda _m, _a, out: keep(_output_of(out))
+            return lambda _m, a, k: keep(input_of(a, k))
+
+        def projection_hook(layer, key, name):
+            def hook(_m, a, k):
+                x = input_of(a, k)
+                if x is not None:
+                    calls = self.readers.setdefault(key, [])
+                    # values compared: the block's first projection to run, and layer 0's
+                    # readers (recorded in the result)
+                    keep = layer == 0 or not calls
+                    calls.append((name, self._record(x, layer, keep)))
+
+            return hook
+
+        def layer_hook(i):
+            def hook(_m, a, k):
+                if i not in self.layer_in:
+                    self.layer_in[i] = self._record(input_of(a, k), i)
+
+            return hook
+
+        try:
+            for site in self.sitemap.sites:
+                m = site.module
+                if site.mode == "output":
+                    add(m.register_forward_hook(site_hook(site)))
+                else:
+                    add(m.register_forward_pre_hook(site_hook(site), with_kwargs=True))
+            for i, blocks in enumerate(self.sitemap.blocks):
+                for kind, (_block, projections) in blocks.items():
+                    for name in projections:
+                        hook = projection_hook(i, f"{i}.{kind}", name)
+                        add(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
+            for i, layer in enumerate(self.sitemap.layers):
+                add(layer.register_forward_pre_hook(layer_hook(i), with_kwargs=True))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self._live.clear()
+
+    # -- the checks ------------------------------------------------------------------------
+    def verify(self) -> SiteMap:
+        """The site map to measure with (parallel blocks merged to one site, sites moved to the
+        projection that runs first, ``self_check`` filled in); a site that is not what its
+        block's first-executed projection receives stops the run with one sentence naming both
+        modules."""
+        t0 = time.perf_counter()
+        sitemap, H, calls, tokens = self.sitemap, self.H, self.calls, self.tokens
+        moved: dict[int, str] = {}
+        site_call: dict[int, int] = {}
+        for site in sitemap.sites:
+            got = self.seen.get(site.index, [])
+            if len(got) != 1 or got[0] is None:
+                raise HarnessError(
+                    f"site {site.name} ({site.module_name}) ran {len(got)} times in one forward "
+                    "pass instead of once; the structural site discovery does not fit this model "
+                    f"({sitemap.model_type}): please report it with the model id."
+                )
+            c = got[0]
+            name = None
+            if site.kind != "resid_out":
+                name, want = (self.readers.get(_block_key(site)) or [(None, None)])[0]
+                if name is not None and name != site.module_name:
+                    # registration order is not execution order (Phi-3 registers o_proj before
+                    # qkv_proj): the site moves to the projection that runs first
+                    runs = sum(1 for n, _ in self.readers[_block_key(site)] if n == name)
+                    if runs != 1:
+                        raise HarnessError(
+                            f"site {site.name}: the first projection of its block ({name}) ran "
+                            f"{runs} times in one forward pass instead of once; the structural "
+                            f"site discovery does not fit this model ({sitemap.model_type}): "
+                            "please report it with the model id."
+                        )
+                    moved[site.index] = name
+                    c = want
+            site_call[site.index] = c
+            x = calls[c]
+            if x.shape[-1] != H or x.numel != tokens * H:
+                raise HarnessError(
+                    f"site {site.name} ({site.module_name}) holds a tensor of shape "
+                    f"{x.shape}, not {tokens} positions x {H} dims (the model adds positions or "
+                    "residual streams of its own); this model's sites cannot be measured by the "
+                    "definition: please report it with the model id."
+                )
+            if site.kind == "resid_out":
+                nxt = self.layer_in.get(site.layer + 1)
+                if nxt is not None and not self._equal(c, nxt):
+                    raise HarnessError(
+                        f"site {site.name}: the output of {site.module_name} is not what the next "
+                        "decoder layer reads; the structural site discovery does not fit this "
+                        f"model ({sitemap.model_type}): please report it with the model id."
+                    )
+            elif want is None or not self._equal(c, want):
+                raise HarnessError(
+                    f"site {site.name} ({site.module_name}) is not what its block's first "
+                    f"projection to run ({name or 'none ran'}) receives; the structural site "
+                    f"discovery does not fit this model ({sitemap.model_type}): please report it "
+                    "with the model id."
+                )
+        sites = tuple(
+            replace(s, module_name=moved[s.index], module=self.model.get_submodule(moved[s.index]))
+            if s.index in moved
+            else s
+            for s in sitemap.sites
+        )
+        # parallel blocks: attention and MLP read the very same tensor -> one site per layer
+        by_layer: dict[int, dict[str, Site]] = {}
+        for s in sitemap.sites:
+            by_layer.setdefault(s.layer, {})[s.kind] = s
+        drop, shared = set(), []
+        for layer, kinds in by_layer.items():
+            a, m = kinds.get("attn_in"), kinds.get("mlp_in")
+            if (
+                a is not None
+                and m is not None
+                and self._same(site_call[a.index], site_call[m.index])
+            ):
+                drop.add(m.index)
+                shared.append(layer)
+        # the capture hooked the unchecked sites: it measured other tensors where a layer's two
+        # sites are one, or where a site moved to a projection that reads another tensor (Phi-3's
+        # o_proj -> qkv_proj; not OPT's k_proj -> q_proj, which read one tensor)
+        self.retarget = bool(drop) or any(
+            not self._same(self.seen[i][0], site_call[i]) for i in moved
+        )
+        kept = [s for s in sites if s.index not in drop]
+        new_sites = tuple(replace(s, index=i) for i, s in enumerate(kept))
+        self.seconds += time.perf_counter() - t0
+        check = {
+            "ran": True,
+            "passed": True,
+            "tokens": self.P,  # positions of the first window compared
+            "seconds": round(self.seconds, 4),
+            "sites_checked": len(sitemap.sites),
+            "moved_to_first_run": len(moved),
+            "what": "each attn_in / mlp_in site equals the input of its block's first projection "
+            "to run (all projections hooked separately); each resid_out equals the next layer's "
+            "input",
+            # which projections read the site tensor (first layer, as a record of what was checked)
+            "readers": {
+                s.name: sorted(
+                    {
+                        n
+                        for n, c in self.readers.get(_block_key(s), [])
+                        if self._equal(c, site_call[s.index])
+                    }
+                )
+                for s in sitemap.sites
+                if s.layer == 0 and s.kind != "resid_out"
+            },
+        }
+        return replace(
+            sitemap, sites=new_sites, shared_input_layers=tuple(shared), self_check=check
+        )
+
+    def check(self) -> SiteMap:
+        """``verify`` for a probe riding a batch of the capture, before that batch is merged:
+        raises ``SitesChanged`` when the hooked sites measured other tensors than the checked
+        ones."""
+        checked = self.verify()
+        checked.self_check["pass"] = "first batch"
+        if self.retarget:
+            raise SitesChanged(checked)
+        self.checked = checked
+        return checked
+
+    def alone(self, token_ids: torch.Tensor) -> SiteMap:
+        """``verify`` on a forward pass of its own over ``token_ids`` (a few tokens); every hook
+        is removed before returning."""
+        t0 = time.perf_counter()
+        with self:
+            self.reset(*token_ids.shape)
+            with torch.inference_mode():
+                base_forward(self.model)(token_ids)
+        checked = self.verify()
+        checked.self_check["seconds"] = round(time.perf_counter() - t0, 4)
+        checked.self_check["pass"] = "own"
+        return checked
+
+    def _equal(self, i: int, j: int) -> bool:
+        """Same values over the compared positions, exactly (NaN equals NaN: a broken model is
+        reported by the capture's NaN check, not here), up to [B, T, H] vs [B * T, H]."""
+        a, b = self.calls[i], self.calls[j]
+        if a.head is None or b.head is None or a.numel != b.numel:
+            return False
+        x, y = a.head, b.head
+        if x.shape != y.shape:
+            return False
+        y = y.to(x.device)  # a model split over GPUs: a few KB
+        return torch.equal(x, y) or bool(((x == y) | (x.isnan() & y.isnan())).all())
+
+    def _same(self, i: int, j: int) -> bool:
+        """Whether calls i and j received the very same tensor (same memory, shape, strides and
+        dtype, both alive at once)."""
+        return i == j or min(i, j) in self.calls[max(i, j)].aliases
 
 
 def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) -> SiteMap:
-    """Check every site on a short forward pass of ``token_ids`` ([1, t], a few tokens) and
-    return the site map to measure with: parallel blocks merged to one site, ``self_check``
-    filled in. A site that is not what its block's first-executed projection receives stops
-    the run with one sentence naming both modules.
-
-    Hooks here are separate from the site hooks of the capture: every projection of every
-    block, each decoder layer's input and output; all are removed before returning.
-    """
-    t0 = time.perf_counter()
-    seen, readers, layer_in = _one_pass(model, sitemap, token_ids)
-    H = sitemap.hidden_size
-    moved: dict[int, str] = {}
-    for site in sitemap.sites:
-        got = seen.get(site.index, [])
-        if len(got) != 1 or got[0] is None:
-            raise HarnessError(
-                f"site {site.name} ({site.module_name}) ran {len(got)} times in one forward pass "
-                "instead of once; the structural site discovery does not fit this model "
-                f"({sitemap.model_type}): please report it with the model id."
-            )
-        x = got[0]
-        if site.kind != "resid_out":
-            name, want = (readers.get(_block_key(site)) or [(None, None)])[0]
-            if name is not None and name != site.module_name:
-                # registration order is not execution order (Phi-3 registers o_proj before
-                # qkv_proj): the site moves to the projection that runs first
-                runs = sum(1 for n, _ in readers[_block_key(site)] if n == name)
-                if runs != 1:
-                    raise HarnessError(
-                        f"site {site.name}: the first projection of its block ({name}) ran "
-                        f"{runs} times in one forward pass instead of once; the structural "
-                        f"site discovery does not fit this model ({sitemap.model_type}): please "
-                        "report it with the model id."
-                    )
-                moved[site.index] = name
-                seen[site.index] = [want]
-                x = want
-        if x.shape[-1] != H or x.numel() != token_ids.numel() * H:
-            raise HarnessError(
-                f"site {site.name} ({site.module_name}) holds a tensor of shape "
-                f"{tuple(x.shape)}, not {token_ids.numel()} positions x {H} dims (the model adds "
-                "positions or residual streams of its own); this model's sites cannot be "
-                "measured by the definition: please report it with the model id."
-            )
-        if site.kind == "resid_out":
-            nxt = layer_in.get(site.layer + 1)
-            if nxt is not None and not _equal(x, nxt, H):
-                raise HarnessError(
-                    f"site {site.name}: the output of {site.module_name} is not what the next "
-                    "decoder layer reads; the structural site discovery does not fit this model "
-                    f"({sitemap.model_type}): please report it with the model id."
-                )
-        elif want is None or not _equal(x, want, H):
-            raise HarnessError(
-                f"site {site.name} ({site.module_name}) is not what its block's first "
-                f"projection to run ({name or 'none ran'}) receives; the structural site "
-                f"discovery does not fit this model ({sitemap.model_type}): please report it "
-                "with the model id."
-            )
-    sites = tuple(
-        replace(s, module_name=moved[s.index], module=model.get_submodule(moved[s.index]))
-        if s.index in moved
-        else s
-        for s in sitemap.sites
-    )
-    # parallel blocks: attention and MLP read the very same tensor -> one site per layer
-    by_layer: dict[int, dict[str, Site]] = {}
-    for s in sitemap.sites:
-        by_layer.setdefault(s.layer, {})[s.kind] = s
-    drop, shared = set(), []
-    for layer, kinds in by_layer.items():
-        a, m = kinds.get("attn_in"), kinds.get("mlp_in")
-        if a is not None and m is not None and _same_tensor(seen[a.index][0], seen[m.index][0]):
-            drop.add(m.index)
-            shared.append(layer)
-    kept = [s for s in sites if s.index not in drop]
-    new_sites = tuple(replace(s, index=i) for i, s in enumerate(kept))
-    check = {
-        "ran": True,
-        "passed": True,
-        "tokens": int(token_ids.numel()),
-        "seconds": round(time.perf_counter() - t0, 4),
-        "sites_checked": len(sitemap.sites),
-        "moved_to_first_run": len(moved),
-        "what": "each attn_in / mlp_in site equals the input of its block's first projection "
-        "to run (all projections hooked separately); each resid_out equals the next layer's "
-        "input",
-        # which projections read the site tensor (first layer, as a record of what was checked)
-        "readers": {
-            s.name: _readers(readers.get(_block_key(s), []), seen[s.index][0], H)
-            for s in sitemap.sites
-            if s.layer == 0 and s.kind != "resid_out"
-        },
-    }
-    return replace(sitemap, sites=new_sites, shared_input_layers=tuple(shared), self_check=check)
-
-
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (
-        a.data_ptr() == b.data_ptr()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.dtype == b.dtype
-    )
+    """Check every site on a forward pass of its own over ``token_ids`` (a few tokens) and return
+    the site map to measure with (see ``SiteProbe.verify``)."""
+    return SiteProbe(model, sitemap).alone(token_ids)
 
 
 def _block_key(site: Site) -> str:
     return f"{site.layer}.{'attn' if site.kind == 'attn_in' else 'mlp'}"
 
 
-def _equal(a: torch.Tensor, b: torch.Tensor, H: int) -> bool:
-    """Same values, compared exactly (NaN equals NaN: a broken model is reported by the
-    capture's NaN check, not here), up to [B, T, H] vs [B * T, H]."""
-    if a.shape[-1] != H or b.shape[-1] != H or a.numel() != b.numel():
-        return False
-    a, b = a.reshape(-1, H), b.reshape(-1, H)
-    return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
+class SitesChanged(Exception):
+    """The self-check moved or merged sites: the batch it rode was measured at the unchecked
+    sites and must be measured again with ``sitemap``."""
 
-
-def _readers(calls: list, x: torch.Tensor, H: int) -> list[str]:
-    return sorted({name for name, t in calls if _equal(t, x, H)})
+    def __init__(self, sitemap: SiteMap):
+        super().__init__("the site self-check changed the sites")
+        self.sitemap = sitemap

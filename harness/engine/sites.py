@@ -21,9 +21,10 @@ How a site is found, for any model (no norm names, no "looks like Llama" guess):
    registration order, fused experts and per-expert lists left out), at its input: that tensor
    is, by construction, what the projection multiplies.
 
-``verify_sites`` then proves it on the user's own model, on every run (``analyze`` calls it):
-one short forward pass hooks every projection of every block separately and checks that the
-site tensor equals what the first projection to execute receives. Where both blocks of a layer
+The self-check (``harness.engine.selfcheck``) then proves it on the user's own model, on every
+run: during ``analyze``'s first batch (before it is merged) it hooks every projection of every
+block separately and checks that the site tensor equals what the first projection to execute
+receives (``verify_sites`` does the same on a short pass of its own). Where both blocks of a layer
 read the very same tensor (parallel blocks), the layer gets one site, not two: the layer-%
 criterion is a fraction of sites, and a duplicated site would add the same observation to its
 numerator and its denominator (docs/sites.md).
@@ -250,7 +251,8 @@ def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList, list[dict]] |
 
 def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
     """Return the model's capture points for the site set ``sites`` ("ln", "residual", "all"),
-    found by structure (module docstring); ``verify_sites`` checks them on a forward pass.
+    found by structure (module docstring); the self-check (``harness.engine.selfcheck``)
+    checks them on a forward pass.
 
     Sites are ordered by layer, then attn_in, mlp_in, resid_out. A layer without an attention
     block (the state-space or convolution layers of hybrid models) has no attn_in site. Raises
