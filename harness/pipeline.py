@@ -335,10 +335,16 @@ def _forward_batches(captures, forward, ids, batch_size, device, timing, progres
 def _check_apart(probe: SiteProbe, ids: torch.Tensor) -> None:
     """The first batch failed while the self-check rode it (a hook refused a tensor, the model
     raised): the check gets a short pass of its own, whose verdict on the sites comes first.
-    Raises its refusal, or ``SitesChanged``; returns when the sites were right."""
+    Raises its refusal, or ``SitesChanged``; returns when the sites were right or when that
+    pass fails too (the batch's own error then tells why)."""
     probe.close()
     apart = SiteProbe(probe.model, probe.sitemap)
-    checked = apart.alone(ids[:1, :CHECK_POSITIONS])
+    try:
+        checked = apart.alone(ids[:1, :CHECK_POSITIONS])
+    except HarnessError:
+        raise
+    except Exception:
+        return
     if apart.retarget:
         raise SitesChanged(checked)
 

@@ -166,6 +166,32 @@ def test_sites_moved_or_merged_by_the_check_are_measured_again(model_type):
         assert _max_abs_input(o_proj, model, ids) != want
 
 
+def test_a_first_batch_that_fails_at_the_unchecked_site_is_checked_apart_and_measured_again():
+    """o_proj registered first and reading 4 x 24 = 96 values where the residual stream has 64:
+    the capture's hook refuses that tensor in the first batch, the check then runs on a pass of
+    its own, moves the site to q_proj (the projection that runs first), and the run is measured
+    at q_proj (oracle: q_proj's input, from a hook of its own)."""
+    from factories import COMMON, LLAMA_LIKE
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    cfg = CONFIG_MAPPING["qwen3"](**COMMON, **dict(LLAMA_LIKE, head_dim=24))
+    torch.manual_seed(8)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    for layer in model.model.layers:  # registration order: o_proj first
+        attn = layer.self_attn
+        for name in ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
+            attn._modules[name] = attn._modules.pop(name)
+    ids = torch.randint(0, 200, (3, 10), generator=torch.Generator().manual_seed(9))
+    result = analyze(model, ids, batch_size=2)
+    check = result.criteria["site_self_check"]
+    assert check["pass"] == "own" and check["first_batch_measured_again"] is True
+    assert check["moved_to_first_run"] == 3
+    i = result.criteria["site_names"].index("layers.0.attn_in")
+    assert result.criteria["site_modules"][i] == "model.layers.0.self_attn.q_proj"
+    want = _max_abs_input(model.model.layers[0].self_attn.q_proj, model, ids)
+    assert float(result.stats.site_max[i].max()) == want
+
+
 def test_a_site_moved_to_a_projection_of_the_same_tensor_is_not_measured_again():
     """OPT registers k_proj before q_proj; both read one tensor, so the first batch, measured at
     k_proj, stands (no second pass) and the record names q_proj."""
