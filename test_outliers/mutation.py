@@ -39,6 +39,14 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("_reduce", "_reduce_dense", "_values_over", "_merged_parts", "stats", "_at_least"),
         ("test_outliers/test_engine_oracle.py", "test_outliers/test_capture_design.py"),
     ),
+    "harness/engine/selfcheck.py": (
+        ("_record", "verify", "check", "_equal", "_same"),
+        (
+            "test_outliers/test_zoo.py",
+            "test_outliers/test_site_definitions.py",
+            "test_outliers/test_capture_design.py",
+        ),
+    ),
     "harness/reports/bootstrap.py": (
         ("_percentile_interval", "multiplicities", "figures_for_sample", "bootstrap"),
         ("test_outliers/test_bootstrap.py",),
