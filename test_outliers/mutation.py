@@ -45,6 +45,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "test_outliers/test_zoo.py",
             "test_outliers/test_site_definitions.py",
             "test_outliers/test_capture_design.py",
+            "test_outliers/test_bad_input.py",
         ),
     ),
     "harness/reports/bootstrap.py": (

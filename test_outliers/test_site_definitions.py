@@ -141,3 +141,34 @@ def test_post_ln_opt_sites_are_the_sublayer_inputs():
         torch.testing.assert_close(rec.seen[f"layers.{i}.attn_in"], hs[i], rtol=0, atol=0)
         # the FFN reads the post-attention norm's output
         assert rec.seen[f"layers.{i}.mlp_in"].shape == hs[i].shape
+
+
+def test_a_site_whose_block_runs_no_projection_is_refused(monkeypatch):
+    """A site whose block has no projection that ran in the pass (here: layer 0's attention
+    projections left out of the block table) cannot be proved to be what a projection reads: the
+    run stops before anything is merged, in one sentence naming the site and the module; on a
+    pass of its own (``verify_sites``) and riding the first batch (``analyze``) alike."""
+    from dataclasses import replace
+
+    import harness.pipeline as pipeline
+    from harness.engine.selfcheck import verify_sites
+    from harness.engine.sites import find_sites
+    from harness.errors import HarnessError
+
+    model = random_model("qwen3", seed=3)
+    ids = random_ids(3, 16, seed=4)
+    real = find_sites(model, "ln")
+    blocks = list(real.blocks)
+    blocks[0] = dict(blocks[0], attn=(blocks[0]["attn"][0], []))
+    wrong = replace(real, blocks=tuple(blocks))
+    want = (
+        "site layers.0.attn_in (model.layers.0.self_attn.q_proj) is not what its block's first "
+        "projection to run (none ran) receives;"
+    )
+    with pytest.raises(HarnessError) as err:
+        verify_sites(model, wrong, ids[:1])
+    assert str(err.value).startswith(want)
+    monkeypatch.setattr(pipeline, "find_sites", lambda _m, _s="ln": wrong)
+    with pytest.raises(HarnessError) as err:
+        analyze(model, ids, batch_size=2)
+    assert str(err.value).startswith(want) and "\n" not in str(err.value)

@@ -150,6 +150,7 @@ def test_sites_moved_or_merged_by_the_check_are_measured_again(model_type):
         h.remove()
     check = result.criteria["site_self_check"]
     assert check["passed"] and check["first_batch_measured_again"] is True
+    assert set(check["readers"]) <= {"layers.0.attn_in", "layers.0.mlp_in"}  # layer 0 only
     assert passes == [2, 2, 1]  # the first batch twice, then the last
     assert result.timing["batches"] == result.timing["forward_calls"] == 2
     assert result.timing["discarded_passes"] == 1
