@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.engine.sites import Site, SiteMap, input_of
+from harness.engine.sites import Site, SiteMap, hook_tensor
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError, NonFiniteActivations
 
@@ -311,23 +311,12 @@ class Capture:
 
     # -- hooks -----------------------------------------------------------------------------
     def register(self, module: torch.nn.Module, fn: Callable, mode: str = "output"):
-        """Register a hook that ``close`` removes; ``fn(x)`` gets the site tensor."""
-        if mode == "output":
-
-            def hook(_module, _args, output):
-                fn(output[0] if isinstance(output, (tuple, list)) else output)
-
-            handle = module.register_forward_hook(hook)
-        elif mode == "input":
-
-            def hook(_module, args, kwargs):
-                fn(input_of(args, kwargs))
-
-            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-        elif mode == "raw":
+        """Register a hook that ``close`` removes; ``fn(x)`` gets the site tensor (``mode``
+        "input" / "output", see ``hook_tensor``), or the raw forward-hook arguments ("raw")."""
+        if mode == "raw":
             handle = module.register_forward_hook(fn)
         else:
-            raise ValueError(mode)
+            handle = hook_tensor(module, fn, mode)
         self._handles.append(handle)
         return handle
 

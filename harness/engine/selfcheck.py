@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from harness.engine.forward import base_forward  # the same forward the capture runs
-from harness.engine.sites import Site, SiteMap, _output_of, input_of
+from harness.engine.sites import Site, SiteMap, hook_tensor
 from harness.errors import HarnessError
 
 # Positions of the first window compared by the checks (the first batch's, or a short pass's).
@@ -83,19 +83,14 @@ class SiteProbe:
 
     def __enter__(self) -> SiteProbe:
         modules = dict(self.model.named_modules())
-        add = self._handles.append
 
-        def site_hook(site):
-            def keep(x):
-                self.seen.setdefault(site.index, []).append(self._record(x, site.layer))
+        def site_fn(site):
+            return lambda x: self.seen.setdefault(site.index, []).append(
+                self._record(x, site.layer)
+            )
 
-            if site.mode == "output":
-                return lambda _m, _a, out: keep(_output_of(out))
-            return lambda _m, a, k: keep(input_of(a, k))
-
-        def projection_hook(layer, key, name):
-            def hook(_m, a, k):
-                x = input_of(a, k)
+        def projection_fn(layer, key, name):
+            def fn(x):
                 if x is not None:
                     calls = self.readers.setdefault(key, [])
                     # values compared: the block's first projection to run, and layer 0's
@@ -103,29 +98,25 @@ class SiteProbe:
                     keep = layer == 0 or not calls
                     calls.append((name, self._record(x, layer, keep)))
 
-            return hook
+            return fn
 
-        def layer_hook(i):
-            def hook(_m, a, k):
+        def layer_fn(i):
+            def fn(x):
                 if i not in self.layer_in:
-                    self.layer_in[i] = self._record(input_of(a, k), i)
+                    self.layer_in[i] = self._record(x, i)
 
-            return hook
+            return fn
 
+        hooks = [(s.module, site_fn(s), s.mode) for s in self.sitemap.sites]
+        for i, blocks in enumerate(self.sitemap.blocks):
+            for kind, (_block, projections) in blocks.items():
+                hooks += [
+                    (modules[n], projection_fn(i, f"{i}.{kind}", n), "input") for n in projections
+                ]
+        hooks += [(layer, layer_fn(i), "input") for i, layer in enumerate(self.sitemap.layers)]
         try:
-            for site in self.sitemap.sites:
-                m = site.module
-                if site.mode == "output":
-                    add(m.register_forward_hook(site_hook(site)))
-                else:
-                    add(m.register_forward_pre_hook(site_hook(site), with_kwargs=True))
-            for i, blocks in enumerate(self.sitemap.blocks):
-                for kind, (_block, projections) in blocks.items():
-                    for name in projections:
-                        hook = projection_hook(i, f"{i}.{kind}", name)
-                        add(modules[name].register_forward_pre_hook(hook, with_kwargs=True))
-            for i, layer in enumerate(self.sitemap.layers):
-                add(layer.register_forward_pre_hook(layer_hook(i), with_kwargs=True))
+            for module, fn, mode in hooks:
+                self._handles.append(hook_tensor(module, fn, mode))
         except BaseException:
             self.close()
             raise

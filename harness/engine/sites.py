@@ -328,3 +328,15 @@ def input_of(args, kwargs):
 
 def _output_of(output):
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def hook_tensor(module: nn.Module, fn, mode: str):
+    """Register ``fn(x)`` on ``module``: x = what it reads (``mode`` "input", a forward
+    pre-hook) or what it returns (``mode`` "output"); returns the handle."""
+    if mode == "output":
+        return module.register_forward_hook(lambda _m, _a, out: fn(_output_of(out)))
+    if mode == "input":
+        return module.register_forward_pre_hook(
+            lambda _m, args, kwargs: fn(input_of(args, kwargs)), with_kwargs=True
+        )
+    raise ValueError(mode)
