@@ -172,3 +172,49 @@ def test_a_site_whose_block_runs_no_projection_is_refused(monkeypatch):
     with pytest.raises(HarnessError) as err:
         analyze(model, ids, batch_size=2)
     assert str(err.value).startswith(want) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", [(0, 15, -1), (0, 0, 0)], ids=["last-compared", "first"])
+def test_the_check_compares_the_first_positions_of_the_first_window(where):
+    """The self-check keeps, per hooked tensor, the first 16 positions of the first window over
+    every dim (KB, not the batch) and a difference anywhere in them is found. Oracle: one value
+    of what layer 1 reads changed by a pre-hook of our own, registered before the check's, so
+    that layer 0's output (``resid_out``) is no longer what the next layer reads."""
+    from harness.engine.selfcheck import SiteProbe
+    from harness.engine.sites import find_sites
+    from harness.errors import HarnessError
+
+    model = random_model("qwen3", seed=3)
+    H = model.config.hidden_size
+    ids = random_ids(3, 32, seed=4)
+    sitemap = find_sites(model, "residual")
+    probe = SiteProbe(model, sitemap)
+    probe.reset(3, 32)
+    with probe, torch.inference_mode():
+        model.model(ids)
+    heads = [c.head for c in probe.calls if c.head is not None]
+    assert heads and all(tuple(h.shape) == (16, H) for h in heads)
+    # values are kept for the sites, the layers' inputs, each block's first projection and
+    # layer 0's projections (those H wide: not down_proj's input); not for every projection
+    wide = [c.shape[-1] == H for c in probe.calls]
+    kept = len(probe.seen) + len(probe.layer_in)
+    for key, calls in probe.readers.items():
+        kept += sum(wide[i] for _, i in (calls if key.startswith("0.") else calls[:1]))
+    assert len(heads) == kept < len(probe.calls)
+    probe.verify()  # the model as it is: every site is what the next layer reads
+
+    def change(_module, args, kwargs):
+        x = (args[0] if args else kwargs["hidden_states"]).clone()
+        x[where] += 1.0
+        return ((x, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=x))
+
+    handle = model.model.layers[1].register_forward_pre_hook(change, with_kwargs=True)
+    try:
+        probe = SiteProbe(model, sitemap)
+        probe.reset(3, 32)
+        with probe, torch.inference_mode():
+            model.model(ids)
+        with pytest.raises(HarnessError, match="layers.0.resid_out: the output of"):
+            probe.verify()
+    finally:
+        handle.remove()
