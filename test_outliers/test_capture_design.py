@@ -321,3 +321,30 @@ def test_systematic_dims_and_scattered_hits_in_one_chunk_match_the_oracle(monkey
         value = getattr(got, f.name)
         if isinstance(value, np.ndarray) and f.name != "token_ids":  # the oracle has no ids
             assert np.array_equal(value, getattr(want, f.name)), f.name
+
+
+def test_a_site_that_runs_twice_in_a_batch_stops_the_capture_in_one_sentence():
+    """The capture's own guard (a batch after the self-checked first one can loop where the first
+    did not): nothing of the batch is merged, and the sentence names the site and the model
+    type."""
+    from harness.engine.sites import find_sites
+    from harness.engine.statistics import make_grid
+    from harness.errors import HarnessError
+
+    model = random_model("qwen3", seed=3)
+    sitemap = find_sites(model, "ln")
+    ids = random_ids(2, 16, seed=4)
+    cap = Capture(sitemap, make_grid(6.0), 2, 16)
+
+    def twice(token_ids):
+        model.model(token_ids)
+        model.model(token_ids)
+
+    with cap, torch.inference_mode(), pytest.raises(HarnessError) as err:
+        cap.run(twice, capture.Batch(0, ids))
+    assert str(err.value) == (
+        "site layers.0.attn_in (model.layers.0.self_attn.q_proj) ran 2 times in one forward "
+        "pass instead of once; the structural site discovery does not fit this model (qwen3): "
+        "please report it with the model id."
+    )
+    assert not cap.done.any() and cap.site_max.max() == 0

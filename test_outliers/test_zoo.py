@@ -214,4 +214,6 @@ def test_self_check_refusals_are_one_sentence_naming_the_module(zoo_rows):
         reason = r["reason"]
         assert reason.startswith("site layers.0.") and "(" in reason and reason.endswith(".")
         assert reason.count("; ") <= 2 and "\n" not in reason
+    # the self-check's sentence (it runs before the batch is merged), with the model type
     assert "ran 2 times" in zoo_rows["dory"]["reason"]
+    assert "structural site discovery does not fit this model (dory)" in zoo_rows["dory"]["reason"]

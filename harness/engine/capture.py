@@ -510,8 +510,8 @@ class Capture:
             s = wrong[0]
             raise HarnessError(
                 f"site {s.name} ({s.module_name}) ran {int(self._calls[s.index])} times in one "
-                "forward pass instead of once; the site table in harness/engine/sites.py does not fit "
-                "this model."
+                "forward pass instead of once; the structural site discovery does not fit this "
+                f"model ({self.sitemap.model_type}): please report it with the model id."
             )
         B, T, H, G = batch.size, batch.seq_len, self.H, self.G
         n0, n1 = batch.start, batch.start + B
