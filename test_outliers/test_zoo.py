@@ -217,3 +217,6 @@ def test_self_check_refusals_are_one_sentence_naming_the_module(zoo_rows):
     # the self-check's sentence (it runs before the batch is merged), with the model type
     assert "ran 2 times" in zoo_rows["dory"]["reason"]
     assert "structural site discovery does not fit this model (dory)" in zoo_rows["dory"]["reason"]
+    for mt in ("prophetnet", "cpmant"):  # the self-check's shape sentence, on a pass of its own
+        reason = zoo_rows[mt]["reason"]
+        assert "holds a tensor of shape (1, " in reason and "of the batch" not in reason, reason
