@@ -68,13 +68,14 @@ def test_seq_len_above_the_model_maximum():
     )
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("path", ["sparse", "dense", "dense-torch"])
 def test_nan_activations_name_the_site(path, monkeypatch):
     """Also where the whole chunk is read (dense hits): a NaN has no grid level, the batch
     ends in the sentence, not in an index error of the level table."""
     import harness.engine.capture as capture
 
-    monkeypatch.setattr(capture, "DENSE_FRACTION", -1.0 if path == "dense" else float("inf"))
+    monkeypatch.setattr(capture, "DENSE_FRACTION", float("inf") if path == "sparse" else -1.0)
+    monkeypatch.setattr(capture, "CPU_KERNEL", path != "dense-torch")
     model = random_model("qwen3", seed=2)
     with torch.no_grad():
         model.model.layers[1].post_attention_layernorm.weight[5] = float("nan")

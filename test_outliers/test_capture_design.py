@@ -187,7 +187,9 @@ def stats_arrays(result) -> dict:
     }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"]
+)
 def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
     # gain 3: some blocks of positions cross the grid, others do not; T = 24 -> blocks of 8;
     # a small chunk budget splits each batch into chunks of one sequence
@@ -197,6 +199,9 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
     for setting in [
         {"DENSE_FRACTION": -1.0},  # always the dense pass over the whole chunk
         {"DENSE_FRACTION": 0.0, "DENSE_COLUMNS": float("inf")},  # over gathered columns
+        # the same two by PyTorch ops (the GPU's way) instead of the CPU's fused kernel
+        {"DENSE_FRACTION": -1.0, "CPU_KERNEL": False},
+        {"DENSE_FRACTION": 0.0, "DENSE_COLUMNS": float("inf"), "CPU_KERNEL": False},
         {"DENSE_FRACTION": float("inf")},  # always the gather of candidate blocks
         {"HOOK_THREADS": None},  # the forward pass's thread count
         {"CHUNK_ELEMENTS": {"cpu": 24 * 64}},
@@ -217,16 +222,71 @@ def test_dense_and_sparse_hits_give_the_same_attribution(monkeypatch):
     ids = random_ids(5, 24, seed=4)
     sections = []
     H = model.config.hidden_size
-    for fraction, columns in ((-1.0, 0.75), (0.0, float("inf")), (float("inf"), 0.75)):
-        with monkeypatch.context() as m:  # the whole chunk, gathered columns, blocks
+    for fraction, columns, kernel in (
+        (-1.0, 0.75, True),  # the whole chunk, by the CPU's kernel
+        (0.0, float("inf"), True),  # gathered columns, by the kernel
+        (-1.0, 0.75, False),  # the same two by PyTorch ops
+        (0.0, float("inf"), False),
+        (float("inf"), 0.75, True),  # candidate blocks
+    ):
+        with monkeypatch.context() as m:
             m.setattr(capture, "DENSE_FRACTION", fraction)
             m.setattr(capture, "DENSE_COLUMNS", columns)
+            m.setattr(capture, "CPU_KERNEL", kernel)
             # chunks of one sequence: hits of a chunk past the first carry its offset
             m.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 24 * H})
             result = analyze(model, ids, batch_size=3, attribution=True)
         sections.append(json.dumps(result.sections["attribution"], sort_keys=True, default=str))
-    assert sections[0] == sections[1] == sections[2]
+    assert all(section == sections[0] for section in sections)
     assert json.loads(sections[0])["tokens"]["num_dims"] > 0  # there were hits to attribute
+
+
+class HitRecorder(Observer):
+    """The hits the engine hands to ``on_hits``, and the same hits found by brute force from
+    the activation (every value compared with every magnitude in its own dtype)."""
+
+    def __init__(self):
+        self.got, self.want = {}, {}
+
+    def on_site(self, site, x, batch):
+        t = torch.tensor(self.grid, dtype=x.dtype)
+        level = (x.abs().unsqueeze(-1) >= t).sum(dim=-1).flatten()
+        pos = level.nonzero().squeeze(1)
+        self.want[(batch.index, site.index)] = sorted(
+            zip(pos.tolist(), level[pos].tolist(), strict=True)
+        )
+
+    def on_hits(self, site, pos, level, grid, batch):
+        self.grid = grid
+        hits = self.got.setdefault((batch.index, site.index), [])
+        hits += zip(pos.tolist(), level.tolist(), strict=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_path_hands_observers_exactly_the_brute_force_hits(dtype, monkeypatch):
+    """Position and level of every value over the grid, chunks past the first included, from
+    the candidate blocks, the whole chunk and the gathered columns, by the CPU's kernel and by
+    PyTorch ops."""
+    model = random_model("qwen3", dtype, seed=3, gain=2.5)
+    ids = random_ids(5, 24, seed=4)
+    H = model.config.hidden_size
+    for fraction, columns, kernel in (
+        (float("inf"), 0.75, True),
+        (-1.0, 0.75, True),
+        (0.0, float("inf"), True),
+        (-1.0, 0.75, False),
+        (0.0, float("inf"), False),
+    ):
+        recorder = HitRecorder()
+        with monkeypatch.context() as m:
+            m.setattr(capture, "DENSE_FRACTION", fraction)
+            m.setattr(capture, "DENSE_COLUMNS", columns)
+            m.setattr(capture, "CPU_KERNEL", kernel)
+            m.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 24 * H})
+            analyze(model, ids, batch_size=3, observers=[recorder])
+        got = {key: sorted(hits) for key, hits in recorder.got.items()}
+        assert got == recorder.want, (fraction, columns, kernel)
+        assert sum(map(len, got.values())) > 1000  # hits at many sites to compare
 
 
 def test_a_chunk_with_exactly_one_candidate_block_is_read(monkeypatch):

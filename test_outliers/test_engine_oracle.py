@@ -119,15 +119,21 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
 
 def force_path(monkeypatch, path: str) -> None:
     """Every chunk through one reduction: re-read candidate blocks ("sparse"), a level map of
-    the whole chunk ("dense"), or of the gathered columns that have a candidate ("columns")."""
+    the whole chunk ("dense"), or of the gathered columns that have a candidate ("columns");
+    "-torch": the dense scans by PyTorch ops (the GPU's way) instead of the CPU's kernel."""
     import harness.engine.capture as capture
 
+    path, _, ops = path.partition("-")
     fraction = {"sparse": float("inf"), "dense": -1.0, "columns": 0.0}[path]
     monkeypatch.setattr(capture, "DENSE_FRACTION", fraction)
     monkeypatch.setattr(capture, "DENSE_COLUMNS", float("inf") if path == "columns" else 0.25)
+    monkeypatch.setattr(capture, "CPU_KERNEL", ops != "torch")
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense", "columns"])
+PATHS = ["sparse", "dense", "columns", "dense-torch", "columns-torch"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     """The normal case at GPU sizes: a chunk holds several whole sequences and neither the batch
     nor the run divides evenly: 7 windows in batches of 5 and 2, chunks of 2 sequences (2, 2, 1
@@ -146,7 +152,7 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
     assert_matches_oracle(result.stats, acts, THRESHOLDS)
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense", "columns"])
+@pytest.mark.parametrize("path", PATHS)
 def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
     """Magnitudes such as 6.1 are not small dyadic numbers: the capture then finds levels by one
     compare per magnitude instead of its lookup table, with the same exact figures."""
