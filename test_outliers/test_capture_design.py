@@ -408,3 +408,95 @@ def test_a_site_that_runs_twice_in_a_batch_stops_the_capture_in_one_sentence():
         "please report it with the model id."
     )
     assert not cap.done.any() and cap.site_max.max() == 0
+
+
+def test_the_cpu_kernel_is_built_and_is_the_one_used(monkeypatch):
+    """The tests above compare the C kernel with the PyTorch ops; without the extension (no C
+    compiler at install time) both settings would run the ops and compare them with
+    themselves."""
+    from harness.engine import kernels
+
+    assert kernels.dense_scan() is not None, (
+        "harness/engine/_scan.c was not built: reinstall with a C compiler (pip install -e .)"
+    )
+    calls = []
+    real = kernels.dense_scan()
+    monkeypatch.setattr(kernels, "_SCAN", [lambda *a: calls.append(1) or real(*a)])
+    monkeypatch.setattr(capture, "DENSE_FRACTION", -1.0)
+    analyze(random_model("qwen3", torch.float32, seed=3), random_ids(2, 16, seed=4))
+    assert calls  # every chunk took the dense path, on the kernel
+
+
+@pytest.mark.parametrize("int_dtype", [np.int32, np.int16])
+def test_the_cpu_kernel_on_strided_views_equals_brute_force(int_dtype):
+    """Levels, counts, union and level map of the kernel against the definition, on a
+    transposed (non-contiguous) activation and union, every column and a column subset."""
+    from harness.engine import kernels
+
+    scan = kernels.dense_scan()
+    rng = np.random.default_rng(0)
+    grid = [3.0, 4.0, 6.0, 8.0]
+    if int_dtype == np.int32:
+        x = torch.tensor(rng.standard_normal((3, 24, 40)) * 4, dtype=torch.float32)
+        mask, shift = 0x7FFFFFFF, 15
+        lut = np.zeros(1 << 16, np.uint8)
+        for g in grid:  # thresholds with zero low 15 bits: exact at 16-bit resolution
+            lut[int(np.float32(g).view(np.int32)) >> 15 :] += 1
+    else:
+        x = (torch.tensor(rng.standard_normal((3, 24, 40)) * 4)).to(torch.bfloat16)
+        mask, shift = 0x7FFF, 0
+        lut = np.zeros(1 << 15, np.uint8)
+        for g in grid:
+            lut[int(torch.tensor(g, dtype=torch.bfloat16).view(torch.int16)) :] += 1
+    xt = x.transpose(1, 2)  # [3, 40, 24], strides (960, 1, 40)
+    want = (xt.float().abs().unsqueeze(-1) >= torch.tensor(grid)).sum(-1).numpy()
+    bits = xt.view(torch.int32 if int_dtype == np.int32 else torch.int16).numpy()
+    G1 = len(grid) + 1
+    for cols in (None, np.array([0, 5, 23, 7], dtype=np.int64)):
+        c = np.arange(24) if cols is None else cols
+        counts = np.zeros((3, 24, G1), np.int64)
+        union = np.zeros((3, 24, 40), np.uint8).transpose(0, 2, 1)  # strided too
+        lev = np.zeros((3, 40, len(c)), np.uint8)
+        scan(bits, mask, shift, lut, cols, cols is None, counts, union, lev, True)
+        for lv in range(G1):
+            assert np.array_equal(counts[:, c, lv], (want[:, :, c] == lv).sum(1)), lv
+        assert not counts[:, np.setdiff1d(np.arange(24), c)].any()
+        assert np.array_equal(union[:, :, c], want[:, :, c])
+        assert np.array_equal(lev, want[:, :, c])
+        # a raised union is kept where the level is lower
+        union[...] = 5
+        scan(bits, mask, shift, lut, cols, cols is None, counts, union, lev, False)
+        assert np.array_equal(union[:, :, c], np.maximum(want[:, :, c], 5))
+
+
+def test_the_cpu_kernel_refuses_arrays_it_would_write_outside_of():
+    from harness.engine import kernels
+
+    scan = kernels.dense_scan()
+    bits = np.zeros((2, 4, 8), np.int32)
+    lut = np.zeros(1 << 16, np.uint8)
+    union = np.zeros((2, 4, 8), np.uint8)
+    good = dict(counts=np.zeros((2, 8, 3), np.int64), cols=np.array([1, 2], np.int64))
+    for bad in (
+        {"counts": np.zeros((2, 7, 3), np.int64)},  # too few dims
+        {"counts": np.zeros((2, 8, 3), np.int32)},
+        {"cols": np.array([1, 8], np.int64)},  # a column outside the chunk
+        {"cols": np.array([-1], np.int64)},
+    ):
+        args = {**good, **bad}
+        with pytest.raises(ValueError, match="dense scan"):
+            scan(
+                bits,
+                0x7FFFFFFF,
+                15,
+                lut,
+                args["cols"],
+                False,
+                args["counts"],
+                union,
+                kernels.NO_LEVELS,
+                False,
+            )
+    lut[-1] = 3  # a level past the counts' last
+    with pytest.raises(ValueError, match="beyond"):
+        scan(bits, 0x7FFFFFFF, 15, lut, None, True, good["counts"], union, kernels.NO_LEVELS, False)

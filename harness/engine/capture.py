@@ -15,7 +15,7 @@ chunk of whole sequences, on x's device and in x's dtype:
   outlier dims of dense models), the same counts from a uint8 level map of those columns
   (gathered from the chunk), one bincount and one elementwise max, without hit lists; the other
   columns' candidate blocks are re-read as above. When most columns qualify, the level map is
-  made of the whole chunk, without the gather. On the CPU (with numba) that level map, the
+  made of the whole chunk, without the gather. On the CPU (the C extension ``_scan``) that level map, the
   counts and the union are one fused pass over the values' bit patterns (``kernels.py``),
   without the map unless an observer reads the hits.
 

@@ -1,55 +1,89 @@
-"""The dense scan of a CPU site activation as one fused kernel (compiled by numba).
+"""The dense scan of a CPU site activation as one fused kernel (C, ``_scan.c``).
 
 Where hits are dense, the capture needs, for every value, its grid level, the count per
 (sequence, dim, level) and the per-position max over sites (the union). With PyTorch ops that is
 five passes over the chunk (sign mask, shift, table look-up, offsets' add, bincount with its own
 min/max passes): ~4.5 ns per value on one CPU thread, each op at the speed of its own kernel
-(docs/performance.md, "Outlier density"). This kernel does it in one read of the values' bit
+(docs/performance.md, "Outlier density"). The kernel does it in one read of the values' bit
 patterns, with the same level table (``capture._Thresholds.table``), so its figures are the
 PyTorch path's exactly (tests compare the two on every path and dtype).
 
-On the GPU the PyTorch ops stay: there they run at memory bandwidth beside the matmuls. When
-numba cannot be imported the CPU uses them too (``dense_scan`` returns None).
+It is C rather than numba: numba's import and LLVM start-up cost ~130 MiB of resident memory,
+more than the harness's whole memory budget next to a small model. On the GPU the PyTorch ops
+stay: there they run at memory bandwidth beside the matmuls. Where the extension was not built
+(no C compiler at install time) the CPU uses them too (``dense_scan`` returns None).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_SCAN = []  # the compiled kernel, or None when numba is unavailable; built on first use
+_SCAN = []  # the wrapped kernel, or None when the extension is absent; looked up on first use
 
 
-def _scan(bits, mask, shift, lut, cols, full, counts, union, lev, write_lev):
-    """bits [b, T, H] (int32 or int16: the values' bit patterns); a value's level is
-    lut[(bits & mask) >> shift]; for the columns ``cols`` (every column when ``full``) adds 1 to
-    counts[i, d, level] (int64 [b, H, G + 1]), raises union[i, t, d] (uint8 [b, T, H]) to the
-    level and, when ``write_lev``, stores it in lev[i, t, j] (uint8 [b, T, len(cols)])."""
-    b, T, H = bits.shape
-    h = H if full else cols.shape[0]
-    for i in range(b):
-        ci = counts[i]
-        for t in range(T):
-            row = bits[i, t]
-            urow = union[i, t]
-            for j in range(h):
-                d = j if full else cols[j]
-                lv = lut[(row[d] & mask) >> shift]
-                ci[d, lv] += 1
-                if lv > urow[d]:
-                    urow[d] = lv
-                if write_lev:
-                    lev[i, t, j] = lv
+def _wrap(kernel):
+    def scan(bits, mask, shift, lut, cols, full, counts, union, lev, write_lev):
+        """bits [b, T, H] (int32 or int16: the values' bit patterns, any strides); a value's
+        level is lut[(bits & mask) >> shift]; for the columns ``cols`` (int64; every column when
+        ``full``) adds 1 to counts[i, d, level] (int64, C-contiguous [b, H, G + 1]), raises
+        union[i, t, d] (uint8 [b, T, H], any strides) to the level and, when ``write_lev``,
+        stores it in lev[i, t, j] (uint8, C-contiguous [b, T, len(cols)])."""
+        b, T, H = bits.shape
+        G1, shift = counts.shape[-1], int(shift)
+        h = H if full else cols.shape[0]
+        # the C loop trusts these: a wrong array here would write outside its buffers
+        if not (
+            bits.dtype in (np.int16, np.int32)
+            and lut.dtype == np.uint8
+            and lut.flags.c_contiguous
+            and lut.shape[0] > (np.iinfo(bits.dtype).max >> shift)
+            and counts.dtype == np.int64
+            and counts.flags.c_contiguous
+            and counts.shape == (b, H, G1)
+            and union.dtype == np.uint8
+            and union.shape == (b, T, H)
+            and (full or (cols.dtype == np.int64 and cols.flags.c_contiguous))
+            and (not write_lev or (lev.dtype == np.uint8 and lev.flags.c_contiguous))
+            and (not write_lev or lev.shape == (b, T, h))
+        ):
+            raise ValueError("dense scan: arrays of the wrong dtype, shape or layout")
+        if not full and h and (cols.min() < 0 or cols.max() >= H):
+            raise ValueError("dense scan: a column index outside the chunk")
+        if lut[: (np.iinfo(bits.dtype).max >> shift) + 1].max(initial=0) >= G1:
+            raise ValueError("dense scan: a level beyond the counts' last")
+        item = bits.itemsize
+        kernel(
+            bits.ctypes.data,
+            item,
+            *(s // item for s in bits.strides),
+            b,
+            T,
+            H,
+            int(mask),
+            int(shift),
+            lut.ctypes.data,
+            cols.ctypes.data if not full else 0,
+            h,
+            bool(full),
+            counts.ctypes.data,
+            G1,
+            union.ctypes.data,
+            *union.strides,
+            lev.ctypes.data if write_lev else 0,
+        )
+
+    return scan
 
 
 def dense_scan():
-    """The compiled ``_scan`` (single-threaded, releases the GIL), or None without numba."""
+    """The kernel (single-threaded, releases the GIL), or None where it was not built."""
     if not _SCAN:
         try:
-            import numba
+            from harness.engine import _scan
         except ImportError:  # the PyTorch ops compute the same figures, slower
             _SCAN.append(None)
         else:
-            _SCAN.append(numba.njit(nogil=True, cache=True)(_scan))
+            _SCAN.append(_wrap(_scan.scan))
     return _SCAN[0]
 
 
