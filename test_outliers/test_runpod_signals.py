@@ -94,3 +94,19 @@ def test_a_closed_terminal_sighup_terminates_every_pod(runpod_env, fake_runpod, 
     slow = _pod_of(fake_runpod, "slow")
     assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=slow.id)} >= {"user"}
     assert fake_runpod.live_pods() == []
+
+
+def test_under_nohup_a_closed_terminal_leaves_the_sweep_running(runpod_env, fake_runpod, tmp_path):
+    """SIGHUP ignored when the sweep starts (``nohup``): the user asked it to outlive the
+    terminal, so a SIGHUP terminates nothing; the job runs to its end."""
+    proc = drive(tmp_path, runpod_env, {"slow": "sleep:3"}, sighup=signal.SIG_IGN)
+    try:
+        assert fake_runpod.wait(lambda: _job_running(fake_runpod, "slow"), timeout=20)
+        proc.p.send_signal(signal.SIGHUP)
+        code = proc.wait(60)
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+    assert "terminating this run's pods" not in proc.output
+    assert code == 0, proc.output
+    assert proc.outcomes()["slow"]["ok"], proc.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,11 @@ DRIVE = Path(__file__).with_name("drive.py")
 
 
 class Proc:
-    def __init__(self, cmd: list[str], env: dict, cwd: Path | str | None = None):
+    def __init__(
+        self, cmd: list[str], env: dict, cwd: Path | str | None = None, sighup=signal.SIG_DFL
+    ):
+        # SIGHUP as in a terminal session by default, whatever this test run inherited (a
+        # suite started under nohup ignores it, and so would every child)
         self.p = subprocess.Popen(
             cmd,
             env=env,
@@ -25,6 +30,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, sighup),
         )
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
@@ -53,13 +59,13 @@ class Proc:
         return code
 
 
-def drive(tmp_path: Path, env: dict, models: dict, **options) -> Proc:
+def drive(tmp_path: Path, env: dict, models: dict, sighup=signal.SIG_DFL, **options) -> Proc:
     """Start drive.py (the plugin's part: prepare, run each, close) in a subprocess."""
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps({"results_dir": str(tmp_path / "results"), "models": models, "options": options})
     )
-    return Proc([sys.executable, str(DRIVE), str(spec)], env, cwd=tmp_path)
+    return Proc([sys.executable, str(DRIVE), str(spec)], env, cwd=tmp_path, sighup=sighup)
 
 
 class ArgvSampler:

@@ -389,11 +389,15 @@ class RunpodRunner(PodLifecycle):
         atexit.register(self.close)
         if threading.current_thread() is not threading.main_thread():
             return
-        # a closed terminal (SIGHUP) ends the run like SIGTERM: its pods are terminated
-        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        # a closed terminal (SIGHUP) ends the run like SIGTERM: its pods are terminated; unless
+        # SIGHUP is ignored (`nohup`): then the user asked the sweep to outlive the terminal
+        hup = getattr(signal, "SIGHUP", None)
+        for sig in (signal.SIGINT, signal.SIGTERM, hup):
             if sig is None:
                 continue
             try:
+                if sig == hup and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._prev_handlers[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._on_signal)
             except (ValueError, OSError):
