@@ -68,12 +68,13 @@ def test_seq_len_above_the_model_maximum():
     )
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense", "dense-torch"])
+@pytest.mark.parametrize("path", ["site", "sparse", "dense", "dense-torch"])
 def test_nan_activations_name_the_site(path, monkeypatch):
-    """Also where the whole chunk is read (dense hits): a NaN has no grid level, the batch
-    ends in the sentence, not in an index error of the level table."""
+    """Also where the whole chunk is read (dense hits, the CPU's site kernel): a NaN has no
+    grid level, the batch ends in the sentence, not in an index error of the level table."""
     import harness.engine.capture as capture
 
+    monkeypatch.setattr(capture, "SITE_KERNEL", path == "site")
     monkeypatch.setattr(capture, "DENSE_FRACTION", float("inf") if path == "sparse" else -1.0)
     monkeypatch.setattr(capture, "CPU_KERNEL", path != "dense-torch")
     model = random_model("qwen3", seed=2)

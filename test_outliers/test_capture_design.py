@@ -195,7 +195,7 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
     # a small chunk budget splits each batch into chunks of one sequence
     model = random_model("olmoe", dtype, seed=3)
     ids = random_ids(5, 24, seed=4)
-    want = stats_arrays(analyze(model, ids, batch_size=3))
+    want = stats_arrays(analyze(model, ids, batch_size=3))  # the CPU's one-read site kernel
     for setting in [
         {"DENSE_FRACTION": -1.0},  # always the dense pass over the whole chunk
         {"DENSE_FRACTION": 0.0, "DENSE_COLUMNS": float("inf")},  # over gathered columns
@@ -203,10 +203,13 @@ def test_reduction_paths_and_threads_agree(dtype, monkeypatch):
         {"DENSE_FRACTION": -1.0, "CPU_KERNEL": False},
         {"DENSE_FRACTION": 0.0, "DENSE_COLUMNS": float("inf"), "CPU_KERNEL": False},
         {"DENSE_FRACTION": float("inf")},  # always the gather of candidate blocks
-        {"HOOK_THREADS": None},  # the forward pass's thread count
+        {"SITE_KERNEL": True, "HOOK_THREADS": None},  # the forward pass's thread count
+        {"SITE_KERNEL": True, "CHUNK_ELEMENTS": {"cpu": 24 * 64}},
+        {"HOOK_THREADS": None},
         {"CHUNK_ELEMENTS": {"cpu": 24 * 64}},
     ]:
         with monkeypatch.context() as m:
+            m.setattr(capture, "SITE_KERNEL", False)  # the paths of the GPU and of hit lists
             for name, value in setting.items():
                 m.setattr(capture, name, value)
             got = stats_arrays(analyze(model, ids, batch_size=3))
@@ -298,6 +301,7 @@ def test_a_chunk_with_exactly_one_candidate_block_is_read(monkeypatch):
     with torch.no_grad():
         model.model.layers[0].input_layernorm.weight[5] = 1000.0
     ids = random_ids(1, 16, seed=2)
+    monkeypatch.setattr(capture, "SITE_KERNEL", False)
     monkeypatch.setattr(capture, "DENSE_FRACTION", float("inf"))  # the gather path
     got = analyze(model, ids, batch_size=1).stats
     _, acts = collect_activations(model, ids, "ln")
@@ -370,6 +374,7 @@ def test_systematic_dims_and_scattered_hits_in_one_chunk_match_the_oracle(monkey
 
     monkeypatch.setattr(Capture, "_reduce_dense", dense)
     monkeypatch.setattr(Capture, "_values_over", sparse)
+    monkeypatch.setattr(capture, "SITE_KERNEL", False)  # the paths of the GPU and of hit lists
     got = analyze(model, ids, batch_size=3).stats
     _, acts = collect_activations(model, ids, "ln", batch_size=3)
     want = stats_from_activations(acts, grid=tuple(got.grid))
@@ -410,21 +415,35 @@ def test_a_site_that_runs_twice_in_a_batch_stops_the_capture_in_one_sentence():
     assert not cap.done.any() and cap.site_max.max() == 0
 
 
-def test_the_cpu_kernel_is_built_and_is_the_one_used(monkeypatch):
-    """The tests above compare the C kernel with the PyTorch ops; without the extension (no C
+def test_the_cpu_kernels_are_built_and_are_the_ones_used(monkeypatch):
+    """The tests above compare the C kernels with the PyTorch ops; without the extension (no C
     compiler at install time) both settings would run the ops and compare them with
     themselves."""
     from harness.engine import kernels
+    from harness.engine.sites import find_sites
 
-    assert kernels.dense_scan() is not None, (
+    assert kernels.dense_scan() is not None and kernels.site_scan() is not None, (
         "harness/engine/_scan.c was not built: reinstall with a C compiler (pip install -e .)"
     )
+    model, ids = random_model("qwen3", torch.float32, seed=3), random_ids(2, 16, seed=4)
+    dense, site = kernels.dense_scan(), kernels.site_scan()
     calls = []
-    real = kernels.dense_scan()
-    monkeypatch.setattr(kernels, "_SCAN", [lambda *a: calls.append(1) or real(*a)])
+    monkeypatch.setattr(
+        kernels,
+        "_SCAN",
+        [
+            lambda *a: calls.append("dense") or dense(*a),
+            lambda *a: calls.append("site") or site(*a),
+        ],
+    )
+    analyze(model, ids)
+    sites = len(find_sites(model, "ln").sites)
+    assert calls == ["site"] * sites  # the default: one call per site (one chunk each)
+    calls.clear()
+    monkeypatch.setattr(capture, "SITE_KERNEL", False)
     monkeypatch.setattr(capture, "DENSE_FRACTION", -1.0)
-    analyze(random_model("qwen3", torch.float32, seed=3), random_ids(2, 16, seed=4))
-    assert calls  # every chunk took the dense path, on the kernel
+    analyze(model, ids)
+    assert calls == ["dense"] * sites  # every chunk took the dense path, on its kernel
 
 
 @pytest.mark.parametrize("int_dtype", [np.int32, np.int16])
@@ -500,3 +519,118 @@ def test_the_cpu_kernel_refuses_arrays_it_would_write_outside_of():
     lut[-1] = 3  # a level past the counts' last
     with pytest.raises(ValueError, match="beyond"):
         scan(bits, 0x7FFFFFFF, 15, lut, None, True, good["counts"], union, kernels.NO_LEVELS, False)
+
+
+@pytest.fixture(scope="module")
+def portable_site_scan(tmp_path_factory):
+    """The site kernel built from the same file without its SSE2 block loop (-DSCAN_PORTABLE):
+    the code that ARM hosts (e.g. GH200) compile."""
+    import importlib.util
+    from pathlib import Path
+
+    from setuptools import Distribution, Extension
+    from setuptools.command.build_ext import build_ext
+
+    from harness.engine import kernels
+
+    src = Path(kernels.__file__).with_name("_scan.c")
+    out = tmp_path_factory.mktemp("portable")
+    ext = Extension("_scan", [str(src)], define_macros=[("SCAN_PORTABLE", "1")])
+    cmd = build_ext(Distribution({"ext_modules": [ext]}))
+    cmd.build_lib, cmd.build_temp = str(out), str(out / "tmp")
+    cmd.ensure_finalized()
+    cmd.run()
+    path = next(out.glob("_scan*.so"))
+    spec = importlib.util.spec_from_file_location("_scan", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return kernels._wrap_site(module.site_scan)
+
+
+@pytest.mark.parametrize("build", ["sse2", "portable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_site_kernel_equals_brute_force_at_every_density(dtype, build, request):
+    """The one-read kernel against the definition: per-(sequence, dim) max |x|, counts per
+    (sequence, dim, level) and the raised union, on rows without hits, with some (their
+    positions gathered first) and with mostly hits (branch-free), dims past the last block of
+    16, values exactly at each threshold, -0, inf and NaN."""
+    from harness.engine import kernels
+    from harness.engine.capture import _Thresholds
+
+    scan = kernels.site_scan() if build == "sse2" else request.getfixturevalue("portable_site_scan")
+    grid = (3.0, 4.0, 6.0, 8.0)
+    th = _Thresholds(grid)
+    lut, shift = th.table(torch.device("cpu"), dtype)
+    thr = th.get(torch.device("cpu"), dtype)[0]
+    ints, mask = (torch.int16, 0x7FFF) if dtype.itemsize == 2 else (torch.int32, 0x7FFFFFFF)
+    rng = np.random.default_rng(1)
+    b, T, H = 3, 40, 70  # 4 blocks of 16 and 6 dims after them
+    x = torch.tensor(rng.standard_normal((b, T, H)), dtype=torch.float32)
+    x[0, :5] *= 0.1  # rows without hits
+    x[1] *= 2.0  # some hits a row
+    x[2] *= 20  # mostly hits
+    x[2, :, ::5] *= 0.01
+    x[1, 3, :4] = torch.tensor(grid) * torch.tensor([1, -1, 1, -1])  # at the thresholds
+    x[1, 4, -4:] = torch.tensor(grid)  # in the tail
+    x[0, 7, 9], x[1, 8, 10], x[2, 9, 11], x[1, 9, 68] = -0.0, float("inf"), -float("inf"), 7.0
+    x = x.to(dtype)
+    a = x.float().abs()
+    want_level = (a.unsqueeze(-1) >= thr.float()).sum(-1)  # in the dtype's own values
+    G1 = len(grid) + 1
+    hits_per_row = (want_level > 0).sum(-1)  # [b, T]
+    assert (hits_per_row[0] == 0).any()  # the three kinds of rows are all there
+    assert ((hits_per_row[1] > 0) & (hits_per_row[1] * 2 <= H)).all()
+    assert (hits_per_row[2] * 2 > H).all()
+
+    def run(x, union):
+        smax = torch.zeros((b, H), dtype=ints)
+        counts = torch.zeros((b, H, G1), dtype=torch.int32)
+        key0 = int(thr[0].view(ints))
+        arrays = (smax.numpy(), counts.numpy(), union.numpy())
+        scan(x.view(ints).numpy(), mask, shift, lut.numpy(), key0, *arrays)
+        return smax.view(dtype), counts
+
+    union = torch.zeros((b, T, H), dtype=torch.uint8)
+    union[0, 0, 0] = 4  # a higher level kept
+    smax, counts = run(x, union)
+    assert torch.equal(smax.float(), a.amax(dim=1))
+    for lv in range(1, G1):
+        assert torch.equal(counts[..., lv], (want_level == lv).sum(1).int()), lv
+    assert not counts[..., 0].any()  # level 0 is not counted
+    want_union = want_level.to(torch.uint8)
+    want_union[0, 0, 0] = max(4, int(want_union[0, 0, 0]))
+    assert torch.equal(union, want_union)
+    # a NaN: its max is NaN (the merge's finiteness check names the site), its level the top
+    x[1, 5, 6] = x[2, 5, 69] = float("nan")
+    union.zero_()
+    smax, _ = run(x, union)
+    assert torch.isnan(smax[1, 6]) and int(union[1, 5, 6]) == len(grid)
+    assert torch.isnan(smax[2, 69]) and int(union[2, 5, 69]) == len(grid)
+
+
+def test_the_site_kernel_refuses_arrays_it_would_write_outside_of():
+    from harness.engine import kernels
+
+    scan = kernels.site_scan()
+    lut = np.zeros(1 << 16, np.uint8)
+    good = dict(
+        bits=np.zeros((2, 4, 8), np.int32),
+        smax=np.zeros((2, 8), np.int32),
+        counts=np.zeros((2, 8, 3), np.int32),
+        union=np.zeros((2, 4, 8), np.uint8),
+    )
+    for bad in (
+        {"bits": np.zeros((2, 8, 4), np.int32).transpose(0, 2, 1)},  # not contiguous
+        {"smax": np.zeros((2, 8), np.int16)},  # not the bits' dtype
+        {"smax": np.zeros((2, 7), np.int32)},
+        {"counts": np.zeros((2, 7, 3), np.int32)},  # too few dims
+        {"counts": np.zeros((2, 8, 3), np.int64)},
+        {"union": np.zeros((2, 4, 7), np.uint8)},
+        {"union": np.zeros((2, 8, 4), np.uint8).transpose(0, 2, 1)},
+    ):
+        args = {**good, **bad}
+        with pytest.raises(ValueError, match="site scan"):
+            scan(args["bits"], 0x7FFFFFFF, 15, lut, 1, args["smax"], args["counts"], args["union"])
+    lut[-1] = 3  # a level past the counts' last
+    with pytest.raises(ValueError, match="beyond"):
+        scan(good["bits"], 0x7FFFFFFF, 15, lut, 1, good["smax"], good["counts"], good["union"])

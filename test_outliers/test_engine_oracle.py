@@ -118,11 +118,15 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
 
 
 def force_path(monkeypatch, path: str) -> None:
-    """Every chunk through one reduction: re-read candidate blocks ("sparse"), a level map of
-    the whole chunk ("dense"), or of the gathered columns that have a candidate ("columns");
-    "-torch": the dense scans by PyTorch ops (the GPU's way) instead of the CPU's kernel."""
+    """Every chunk through one reduction: the CPU's one-read site kernel ("site", the CPU's
+    default), or else re-read candidate blocks ("sparse"), a level map of the whole chunk
+    ("dense"), or of the gathered columns that have a candidate ("columns"); "-torch": the
+    dense scans by PyTorch ops (the GPU's way) instead of the CPU's kernel."""
     import harness.engine.capture as capture
 
+    monkeypatch.setattr(capture, "SITE_KERNEL", path == "site")
+    if path == "site":
+        return
     path, _, ops = path.partition("-")
     fraction = {"sparse": float("inf"), "dense": -1.0, "columns": 0.0}[path]
     monkeypatch.setattr(capture, "DENSE_FRACTION", fraction)
@@ -130,7 +134,7 @@ def force_path(monkeypatch, path: str) -> None:
     monkeypatch.setattr(capture, "CPU_KERNEL", ops != "torch")
 
 
-PATHS = ["sparse", "dense", "columns", "dense-torch", "columns-torch"]
+PATHS = ["site", "sparse", "dense", "columns", "dense-torch", "columns-torch"]
 
 
 @pytest.mark.parametrize("path", PATHS)

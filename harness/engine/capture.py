@@ -19,6 +19,11 @@ chunk of whole sequences, on x's device and in x's dtype:
   counts and the union are one fused pass over the values' bit patterns (``kernels.py``),
   without the map unless an observer reads the hits.
 
+On the CPU, at the sites whose hits no observer reads (every site of a dense model), all of the
+above is one read of the site by a second kernel (``kernels.site_scan``): the max per (sequence,
+dim), and for the values that reach grid[0] only, their level, counts and union; a value under
+the grid costs its read and a compare whatever the density (docs/performance.md).
+
 A value's grid level comes from a lookup table indexed by the high bits of |x|'s bit pattern
 (whose integer order is the order of the values) when the grid allows it (any grid in 16-bit
 dtypes; the default one in float32), else from one compare per magnitude; both are exact.
@@ -60,6 +65,9 @@ DENSE_COLUMNS = 0.25
 # The CPU's dense scan as one fused kernel (harness/engine/kernels.py) instead of five PyTorch
 # ops; the same figures (tests compare both), ~2.5x faster where hits are dense.
 CPU_KERNEL = True
+# On the CPU, where no observer reads a site's hits, all of a site's reductions in one read by
+# a second kernel (kernels.site_scan) instead of the block-max pre-pass and the paths above.
+SITE_KERNEL = True
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
 
@@ -394,6 +402,12 @@ class Capture:
         per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, x.device) // (T * H)))
         union = part.union.view(-1)
         hit_observers = self._hit_observers.get(s, ())
+        table = self.thresholds.table(x.device, x.dtype)
+        if table is not None and not hit_observers and x.device.type == "cpu" and SITE_KERNEL:
+            scan = kernels.site_scan()
+            if scan is not None:
+                self._reduce_cpu(scan, site, part, x, thr, table, per_chunk)
+                return
         for b0 in range(0, B, per_chunk):  # a few chunks of whole sequences, not values
             b1 = min(B, b0 + per_chunk)
             xc = x[b0:b1]
@@ -431,6 +445,36 @@ class Capture:
                     obs.on_hits(site, pos, wide, self.grid, self._batch)
             level = torch.maximum(union.index_select(0, pos), level)
             union.index_copy_(0, pos, level)  # positions are distinct within a site
+
+    def _reduce_cpu(self, scan, site: Site, part: _DeviceBatch, x, thr, table, per_chunk) -> None:
+        """Every reduction of ``_reduce`` at once, a chunk at a time, by the CPU's one-read
+        kernel (``kernels.site_scan``): the max |x| per (sequence, dim), the counts per
+        (sequence, dim, level) and the union, at any density, without the block-max pre-pass,
+        candidate blocks or hit lists (no observer reads this site's hits)."""
+        B, H, G, s = x.shape[0], self.H, self.G, site.index
+        lut, shift = table
+        ints, mask = (torch.int16, 0x7FFF) if x.element_size() == 2 else (torch.int32, 0x7FFFFFFF)
+        key0 = int(thr[0].view(ints))  # |x| >= grid[0] iff (bits & mask) >= key0
+        bits = x.view(ints)
+        smax = torch.zeros((B, H), dtype=ints)
+        counts = torch.zeros((B, H, G + 1), dtype=torch.int32)
+        for b0 in range(0, B, per_chunk):  # chunks of whole sequences, as on the other paths
+            b1 = min(B, b0 + per_chunk)
+            scan(
+                bits[b0:b1].numpy(),
+                mask,
+                shift,
+                lut.numpy(),
+                key0,
+                smax[b0:b1].numpy(),
+                counts[b0:b1].numpy(),
+                part.union[b0:b1].numpy(),
+            )
+        smax = smax.view(x.dtype)
+        part.smax[s] = smax
+        part.level[s] = torch.bucketize(smax, thr, right=True)
+        part.occ += counts.view(-1)
+        part.hist[s] += counts.view(-1, G + 1).sum(dim=0)
 
     def _reduce_dense(
         self, site: Site, part: _DeviceBatch, xc: torch.Tensor, b0: int, cols=None

@@ -12,13 +12,18 @@ It is C rather than numba: numba's import and LLVM start-up cost ~130 MiB of res
 more than the harness's whole memory budget next to a small model. On the GPU the PyTorch ops
 stay: there they run at memory bandwidth beside the matmuls. Where the extension was not built
 (no C compiler at install time) the CPU uses them too (``dense_scan`` returns None).
+
+``site_scan`` goes further where no observer reads a site's hits: the whole site in one read,
+at any density: the max |x| per (sequence, dim) from the bit patterns (no block-max pre-pass),
+and only for the values that reach grid[0] their level, count and union, so that a value under
+the grid costs a read and a compare (16 at a time, SSE2 on x86-64, plain C elsewhere).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_SCAN = []  # the wrapped kernel, or None when the extension is absent; looked up on first use
+_SCAN = []  # the wrapped kernels (dense scan, site scan), or Nones without the extension
 
 
 def _wrap(kernel):
@@ -75,16 +80,75 @@ def _wrap(kernel):
     return scan
 
 
-def dense_scan():
-    """The kernel (single-threaded, releases the GIL), or None where it was not built."""
+def _wrap_site(kernel):
+    def site_scan(bits, mask, shift, lut, key0, smax, counts, union):
+        """bits [b, T, H] (int32 or int16, C-contiguous: the values' bit patterns); raises
+        smax[i, d] (bits' dtype, [b, H]) to the max of bits & mask over t; for every value
+        whose bits & mask >= key0, of level lv = lut[(bits & mask) >> shift]: adds 1 to
+        counts[i, d, lv] (int32, [b, H, G + 1]; level 0 is not counted) and raises
+        union[i, t, d] (uint8, [b, T, H]) to lv. All C-contiguous."""
+        b, T, H = bits.shape
+        G1, shift = counts.shape[-1], int(shift)
+        top = np.iinfo(bits.dtype).max >> shift
+        # the C loop trusts these: a wrong array here would write outside its buffers
+        if not (
+            bits.dtype in (np.int16, np.int32)
+            and bits.flags.c_contiguous
+            and lut.dtype == np.uint8
+            and lut.flags.c_contiguous
+            and lut.shape[0] > top
+            and smax.dtype == bits.dtype
+            and smax.flags.c_contiguous
+            and smax.shape == (b, H)
+            and counts.dtype == np.int32
+            and counts.flags.c_contiguous
+            and counts.shape == (b, H, G1)
+            and union.dtype == np.uint8
+            and union.flags.c_contiguous
+            and union.shape == (b, T, H)
+        ):
+            raise ValueError("site scan: arrays of the wrong dtype, shape or layout")
+        if lut[: top + 1].max(initial=0) >= G1:
+            raise ValueError("site scan: a level beyond the counts' last")
+        kernel(
+            bits.ctypes.data,
+            bits.itemsize,
+            b,
+            T,
+            H,
+            int(mask),
+            shift,
+            lut.ctypes.data,
+            int(key0),
+            smax.ctypes.data,
+            counts.ctypes.data,
+            G1,
+            union.ctypes.data,
+        )
+
+    return site_scan
+
+
+def _load():
     if not _SCAN:
         try:
             from harness.engine import _scan
         except ImportError:  # the PyTorch ops compute the same figures, slower
-            _SCAN.append(None)
+            _SCAN.extend((None, None))
         else:
-            _SCAN.append(_wrap(_scan.scan))
-    return _SCAN[0]
+            _SCAN.extend((_wrap(_scan.scan), _wrap_site(_scan.site_scan)))
+    return _SCAN
+
+
+def dense_scan():
+    """The kernel (single-threaded, releases the GIL), or None where it was not built."""
+    return _load()[0]
+
+
+def site_scan():
+    """The one-read kernel of a whole site chunk (single-threaded, releases the GIL), or None
+    where the extension was not built."""
+    return _load()[1]
 
 
 NO_LEVELS = np.zeros((0, 0, 0), dtype=np.uint8)
