@@ -149,9 +149,11 @@ def test_not_found_just_after_creation_is_waited_out(runpod_env, fake_runpod, tm
 
 
 def test_the_deadline_counts_from_the_ssh_login_not_the_creation(runpod_env, fake_runpod, tmp_path):
-    fake_runpod.ready_after = 20  # ~4 s of "starting" (image pull) at a 0.2 s poll
-    runner, out, _ = run_models(tmp_path, {"fake_a": "sleep:0.5"}, max_minutes=0.06)
-    assert_result_home(out["fake_a"], "fake_a")  # 3.6 s for the run itself is enough
+    # ~8 s of "starting" (image pull) at a 0.2 s poll, more than the whole deadline (7.2 s),
+    # which the run itself (a pytest start-up, ~2-4 s on a loaded 2-core machine) fits twice
+    fake_runpod.ready_after = 40
+    runner, out, _ = run_models(tmp_path, {"fake_a": "sleep:0.5"}, max_minutes=0.12)
+    assert_result_home(out["fake_a"], "fake_a")
     assert_nothing_left(fake_runpod)
 
 
