@@ -61,10 +61,10 @@ SCAN(scan_i16, int16_t)
  * every value with (bits & mask) >= key0 (|x| >= grid[0]) of level lv = lut[...]:
  * counts[i, d, lv] += 1 (int32, contiguous [b, H, G1]; level 0 is never counted) and
  * union[i, t, d] = max(union, lv) (uint8, contiguous [b, T, H]).
- * The values are read 16 at a time in a loop the compiler vectorizes (the max, and a bit mask of
- * the values that reach grid[0]); only the set bits of the mask are visited, so a value under the
- * grid costs its read and a compare at any density, and no branch depends on a value (at the
- * densities of real models a branch per value is mispredicted often). */
+ * The values are read 16 at a time (SSE2, or plain C: the max, and a bit mask of the values that
+ * reach grid[0]); only the values of the mask are visited, so a value under the grid costs its
+ * read and a compare at any density, and no branch depends on a value (at the densities of real
+ * models a branch per value is mispredicted often). */
 #define BLOCK 16
 #if defined(__SSE2__) && !defined(SCAN_PORTABLE)
 #include <emmintrin.h>

@@ -453,7 +453,7 @@ class Capture:
         candidate blocks or hit lists (no observer reads this site's hits)."""
         B, H, G, s = x.shape[0], self.H, self.G, site.index
         lut, shift = table
-        ints, mask = (torch.int16, 0x7FFF) if x.element_size() == 2 else (torch.int32, 0x7FFFFFFF)
+        ints, mask = _bit_pattern(x.dtype)
         key0 = int(thr[0].view(ints))  # |x| >= grid[0] iff (bits & mask) >= key0
         bits = x.view(ints)
         smax = torch.zeros((B, H), dtype=ints)
@@ -496,9 +496,7 @@ class Capture:
             counts = torch.zeros((b, H, G + 1), dtype=torch.int64)
             lev = part.buffers((b, T, h))[1] if hit_observers else None
             lut, shift = table
-            ints, mask = (
-                (torch.int16, 0x7FFF) if xc.element_size() == 2 else (torch.int32, 0x7FFFFFFF)
-            )
+            ints, mask = _bit_pattern(xc.dtype)
             scan(
                 xc.view(ints).numpy(),
                 mask,
@@ -748,6 +746,12 @@ def hook_threads(device: torch.device):
 def _chunk_budget(chunk_elements: int | None, device: torch.device) -> int:
     """Elements per chunk on ``device``: the capture's own setting, else CHUNK_ELEMENTS."""
     return chunk_elements or CHUNK_ELEMENTS.get(device.type, 1 << 25)
+
+
+def _bit_pattern(dtype: torch.dtype) -> tuple[torch.dtype, int]:
+    """The integer dtype that views ``dtype``'s bit patterns for the C kernels, and the mask
+    that clears their sign bit."""
+    return (torch.int16, 0x7FFF) if dtype.itemsize == 2 else (torch.int32, 0x7FFFFFFF)
 
 
 def _block(T: int) -> int:
