@@ -9,6 +9,7 @@
 
 import dataclasses
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -425,20 +426,28 @@ def test_the_cpu_kernels_are_built_and_are_the_ones_used(monkeypatch):
     assert kernels.dense_scan() is not None and kernels.site_scan() is not None, (
         "harness/engine/_scan.c was not built: reinstall with a C compiler (pip install -e .)"
     )
+    from harness.engine import _scan
+
     model, ids = random_model("qwen3", torch.float32, seed=3), random_ids(2, 16, seed=4)
-    dense, site = kernels.dense_scan(), kernels.site_scan()
+    dense = kernels.dense_scan()
     calls = []
+
+    def site(*args):  # the C function, as the wrapper calls it: its last argument is the isa
+        calls.append(("site", args[-1]))
+        return _scan.site_scan(*args)
+
     monkeypatch.setattr(
         kernels,
         "_SCAN",
-        [
-            lambda *a: calls.append("dense") or dense(*a),
-            lambda *a: calls.append("site") or site(*a),
-        ],
+        [lambda *a: calls.append("dense") or dense(*a), kernels._wrap_site(site, _scan.isa())],
     )
     analyze(model, ids)
     sites = len(find_sites(model, "ln").sites)
-    assert calls == ["site"] * sites  # the default: one call per site (one chunk each)
+    # the default: one call per site (one chunk each), on the fastest kernel of this CPU (on
+    # x86-64 the compares: SSE2 everywhere, AVX2 where the CPU has it)
+    assert calls == [("site", max(kernels.SITE_ISAS))] * sites
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert max(kernels.SITE_ISAS) >= 1
     calls.clear()
     monkeypatch.setattr(capture, "SITE_KERNEL", False)
     monkeypatch.setattr(capture, "DENSE_FRACTION", -1.0)
@@ -544,27 +553,47 @@ def portable_site_scan(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("_scan", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return kernels._wrap_site(module.site_scan)
+    return kernels._wrap_site(module.site_scan, module.isa())
 
 
-@pytest.mark.parametrize("build", ["sse2", "portable"])
+SITE_BUILDS = [
+    "table",
+    "sse2",
+    "avx2",
+    "portable",
+]  # kernels.site_scan's isa 0, 1, 2; -DSCAN_PORTABLE
+
+
+def site_kernel(build, request):
+    """kernels.site_scan as ``build`` (skipped where this CPU lacks it), with its isa bound."""
+    from harness.engine import kernels
+
+    if build == "portable":
+        return request.getfixturevalue("portable_site_scan")
+    isa = SITE_BUILDS.index(build)
+    if kernels.site_scan() is None or isa not in kernels.SITE_ISAS:
+        pytest.skip(f"this CPU does not run the {build} site kernel")
+    scan = kernels.site_scan()
+    return lambda *args: scan(*args, isa=isa)
+
+
+@pytest.mark.parametrize("build", SITE_BUILDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_the_site_kernel_equals_brute_force_at_every_density(dtype, build, request):
     """The one-read kernel against the definition: per-(sequence, dim) max |x|, counts per
     (sequence, dim, level) and the raised union, on rows without hits, with some (their
-    positions gathered first) and with mostly hits (branch-free), dims past the last block of
-    16, values exactly at each threshold, -0, inf and NaN."""
-    from harness.engine import kernels
+    positions gathered first) and with mostly hits (branch-free), dims past the last vector,
+    positions past the last tile of 8, values exactly at each threshold, -0, inf and NaN."""
     from harness.engine.capture import _Thresholds
 
-    scan = kernels.site_scan() if build == "sse2" else request.getfixturevalue("portable_site_scan")
+    scan = site_kernel(build, request)
     grid = (3.0, 4.0, 6.0, 8.0)
     th = _Thresholds(grid)
     lut, shift = th.table(torch.device("cpu"), dtype)
     thr = th.get(torch.device("cpu"), dtype)[0]
     ints, mask = (torch.int16, 0x7FFF) if dtype.itemsize == 2 else (torch.int32, 0x7FFFFFFF)
     rng = np.random.default_rng(1)
-    b, T, H = 3, 40, 70  # 4 blocks of 16 and 6 dims after them
+    b, T, H = 3, 43, 70  # 4 blocks (vectors) of 16 and 6 dims after them; 5 tiles and 3 rows
     x = torch.tensor(rng.standard_normal((b, T, H)), dtype=torch.float32)
     x[0, :5] *= 0.1  # rows without hits
     x[1] *= 2.0  # some hits a row
@@ -585,9 +614,9 @@ def test_the_site_kernel_equals_brute_force_at_every_density(dtype, build, reque
     def run(x, union):
         smax = torch.zeros((b, H), dtype=ints)
         counts = torch.zeros((b, H, G1), dtype=torch.int32)
-        key0 = int(thr[0].view(ints))
+        keys = thr.view(ints).numpy()
         arrays = (smax.numpy(), counts.numpy(), union.numpy())
-        scan(x.view(ints).numpy(), mask, shift, lut.numpy(), key0, *arrays)
+        scan(x.view(ints).numpy(), mask, shift, lut.numpy(), keys, *arrays)
         return smax.view(dtype), counts
 
     union = torch.zeros((b, T, H), dtype=torch.uint8)
@@ -608,11 +637,84 @@ def test_the_site_kernel_equals_brute_force_at_every_density(dtype, build, reque
     assert torch.isnan(smax[2, 69]) and int(union[2, 5, 69]) == len(grid)
 
 
+def _site_scan_against_the_definition(scan, x, grid, dtype):
+    """Runs ``scan`` on x (float32 [b, T, H], cast to dtype) and checks smax, counts, union."""
+    from harness.engine.capture import _Thresholds
+
+    th = _Thresholds(grid)
+    lut, shift = th.table(torch.device("cpu"), dtype)
+    thr = th.get(torch.device("cpu"), dtype)[0]
+    ints, mask = (torch.int16, 0x7FFF) if dtype.itemsize == 2 else (torch.int32, 0x7FFFFFFF)
+    x = x.to(dtype)
+    b, T, H = x.shape
+    level = (x.float().abs().unsqueeze(-1) >= thr.float()).sum(-1)
+    smax = torch.zeros((b, H), dtype=ints)
+    counts = torch.zeros((b, H, len(grid) + 1), dtype=torch.int32)
+    union = torch.zeros((b, T, H), dtype=torch.uint8)
+    keys = thr.view(ints).numpy()
+    scan(
+        x.view(ints).numpy(),
+        mask,
+        shift,
+        lut.numpy(),
+        keys,
+        smax.numpy(),
+        counts.numpy(),
+        union.numpy(),
+    )
+    assert torch.equal(smax.view(dtype).float(), x.float().abs().amax(dim=1))
+    for lv in range(1, len(grid) + 1):
+        assert torch.equal(counts[..., lv], (level == lv).sum(1).int()), lv
+    assert not counts[..., 0].any()
+    assert torch.equal(union, level.to(torch.uint8))
+    return counts
+
+
+@pytest.mark.parametrize("build", ["sse2", "avx2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compare_kernels_count_past_the_range_of_their_16_bit_lanes(dtype, build, request):
+    """The compare kernels count each tile in 16-bit lanes and add them up in 32 bits every
+    16,384 positions: a sequence of 33,000 positions whose dims hit at every one (or never)
+    counts 33,000 (an int16 count would have wrapped)."""
+    scan = site_kernel(build, request)
+    T, H = 33_000, 20  # a vector of 16 and 4 dims after it
+    x = torch.full((1, T, H), 0.5)
+    x[0, :, ::2] = 9.0  # every other dim at the top level at every position
+    x[0, :, 3] = -3.5  # level 1 everywhere
+    x[0, T // 2, 5] = 4.5  # one hit
+    counts = _site_scan_against_the_definition(scan, x, (3.0, 4.0, 6.0, 8.0), dtype)
+    assert int(counts[0, 0, 4]) == T and int(counts[0, 3, 1]) == T
+
+
+@pytest.mark.parametrize("build", SITE_BUILDS)
+def test_the_site_kernel_on_16_thresholds_and_on_17(build, request):
+    """The compare kernels hold up to 16 thresholds (the default grid has 9 or 10); with 17
+    they refuse, and the default takes the table look-ups. Every level is present."""
+    from harness.engine import kernels
+
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.uniform(-21, 21, (2, 21, 37)), dtype=torch.float32)
+    grid16 = tuple(float(g) for g in range(3, 19))
+    counts = _site_scan_against_the_definition(
+        site_kernel(build, request), x, grid16, torch.float32
+    )
+    assert (counts[..., 1:].sum(dim=(0, 1)) > 0).all()  # every level occurs
+    grid17 = (*grid16, 19.0)
+    if build == "portable":
+        return
+    if build != "table":
+        with pytest.raises(ValueError, match="at most 16"):
+            _site_scan_against_the_definition(site_kernel(build, request), x, grid17, torch.float32)
+    counts = _site_scan_against_the_definition(kernels.site_scan(), x, grid17, torch.float32)
+    assert (counts[..., 1:].sum(dim=(0, 1)) > 0).all()
+
+
 def test_the_site_kernel_refuses_arrays_it_would_write_outside_of():
     from harness.engine import kernels
 
     scan = kernels.site_scan()
     lut = np.zeros(1 << 16, np.uint8)
+    keys = np.array([1 << 15, 2 << 15], np.int32)  # the patterns of two thresholds: G + 1 = 3
     good = dict(
         bits=np.zeros((2, 4, 8), np.int32),
         smax=np.zeros((2, 8), np.int32),
@@ -630,7 +732,17 @@ def test_the_site_kernel_refuses_arrays_it_would_write_outside_of():
     ):
         args = {**good, **bad}
         with pytest.raises(ValueError, match="site scan"):
-            scan(args["bits"], 0x7FFFFFFF, 15, lut, 1, args["smax"], args["counts"], args["union"])
+            scan(
+                args["bits"], 0x7FFFFFFF, 15, lut, keys, args["smax"], args["counts"], args["union"]
+            )
+    arrays = (good["smax"], good["counts"], good["union"])
+    for bad_keys in ([1 << 15], [1 << 15, 2 << 15, 3 << 15], [0, 1 << 15]):  # G != 2, a key 0
+        with pytest.raises(ValueError, match="site scan"):
+            scan(good["bits"], 0x7FFFFFFF, 15, lut, np.array(bad_keys, np.int32), *arrays)
+    with pytest.raises(ValueError, match="not exact"):  # a key the 16-bit table cannot tell
+        scan(good["bits"], 0x7FFFFFFF, 15, lut, np.array([1 << 15, (2 << 15) + 1]), *arrays)
+    with pytest.raises(ValueError, match="ascending"):  # compares asked for, keys unsorted
+        scan(good["bits"], 0x7FFFFFFF, 15, lut, keys[::-1], *arrays, isa=1)
     lut[-1] = 3  # a level past the counts' last
     with pytest.raises(ValueError, match="beyond"):
-        scan(good["bits"], 0x7FFFFFFF, 15, lut, 1, good["smax"], good["counts"], good["union"])
+        scan(good["bits"], 0x7FFFFFFF, 15, lut, keys, *arrays)

@@ -169,6 +169,230 @@ SITE_ROW(site_row_i16, int16_t, uint16_t, 0, block_i16)
 SITE_SCAN(site_scan_i32, int32_t, site_row_i32)
 SITE_SCAN(site_scan_i16, int16_t, site_row_i16)
 
+/* The same site scan with the levels by compares, for grids of up to 16 magnitudes in
+ * ascending order (every grid the harness makes). A value's level is the number of thresholds
+ * it reaches, and the counts per (sequence, dim, level) come from the counts per (sequence, dim)
+ * of the values that reach each threshold, ge[g] - ge[g + 1]: per threshold a compare and two
+ * adds per vector of values, with no table look-up, no index and no store at an address that
+ * depends on a value. The compares are on 16-bit keys, 8 (SSE2) or 16 (AVX2) a vector: a 16-bit
+ * dtype's |x| patterns, or float32's top 16 bits of |x| (exact, as for the table: the thresholds'
+ * low 15 bits are 0), shifted by -32768 so that signed compares order them.
+ *
+ * The rows are read in tiles of ROWS positions: per vector of dims, the tile's keys go to
+ * registers (the first pass: the max |x| and whether any reaches grid[0]; a tile without
+ * hits costs only that), then one pass per threshold counts the keys that reach it and adds
+ * 1 to their level, until a threshold no key of the tile reaches. */
+#define GMAX 16 /* thresholds the compares take */
+#if defined(__SSE2__) && !defined(SCAN_PORTABLE)
+#define GE_KERNELS 1
+#define ROWS 8     /* positions per tile (4-16 measured the same) */
+#define SPAN 16384 /* positions counted in 16-bit lanes before they are added up in 32 bits */
+#include <string.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define AVX2_KERNELS 1
+#define AVX2 __attribute__((target("avx2")))
+#endif
+
+/* 16-bit lanes: X (SSE2, 8 lanes), Y (AVX2, 16) */
+#define X_V __m128i
+#define X_LD(p) _mm_loadu_si128((const __m128i *)(p))
+#define X_ST(p, v) _mm_storeu_si128((__m128i *)(p), v)
+#define X_ZERO _mm_setzero_si128
+#define X_OR _mm_or_si128
+#define X_GT _mm_cmpgt_epi16
+#define X_ADD _mm_add_epi16
+#define X_ANY(v) _mm_movemask_epi8(v)
+/* the levels (minus, in nl) raise the union's 8 bytes at u */
+#define X_UNION(u, nl, FIX)                                                                    \
+    do {                                                                                       \
+        __m128i l_ = _mm_sub_epi16(_mm_setzero_si128(), nl);                                  \
+        __m128i o_ = _mm_loadl_epi64((const __m128i *)(u));                                   \
+        _mm_storel_epi64((__m128i *)(u), _mm_max_epu8(o_, _mm_packus_epi16(l_, l_)));         \
+    } while (0)
+/* the keys of 8 values: float32 (two vectors of 4), or 16-bit patterns; sm: the max |x| */
+#define X_KEYS_I32(row, sm0, sm1, key)                                                         \
+    do {                                                                                       \
+        __m128i a0_ = _mm_and_si128(_mm_loadu_si128((const __m128i *)(row)), vmask);          \
+        __m128i a1_ = _mm_and_si128(_mm_loadu_si128((const __m128i *)(row) + 1), vmask);      \
+        __m128i g0_ = _mm_cmpgt_epi32(a0_, sm0), g1_ = _mm_cmpgt_epi32(a1_, sm1);             \
+        sm0 = _mm_or_si128(_mm_and_si128(g0_, a0_), _mm_andnot_si128(g0_, sm0));              \
+        sm1 = _mm_or_si128(_mm_and_si128(g1_, a1_), _mm_andnot_si128(g1_, sm1));              \
+        key = _mm_packs_epi32(_mm_sub_epi32(_mm_srli_epi32(a0_, 15), bias),                   \
+                              _mm_sub_epi32(_mm_srli_epi32(a1_, 15), bias));                  \
+    } while (0)
+#define X_KEYS_I16(row, sm0, sm1, key)                                                         \
+    do {                                                                                       \
+        key = _mm_and_si128(_mm_loadu_si128((const __m128i *)(row)), vmask);                  \
+        sm0 = _mm_max_epi16(sm0, key);                                                         \
+    } while (0)
+#ifdef AVX2_KERNELS
+#define Y_V __m256i
+#define Y_LD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define Y_ST(p, v) _mm256_storeu_si256((__m256i *)(p), v)
+#define Y_ZERO _mm256_setzero_si256
+#define Y_OR _mm256_or_si256
+#define Y_GT _mm256_cmpgt_epi16
+#define Y_ADD _mm256_add_epi16
+#define Y_ANY(v) _mm256_movemask_epi8(v)
+/* FIX: the lane order of Y_KEYS_I32's pack (dims 0-3, 8-11, 4-7, 12-15) put back */
+#define Y_UNION(u, nl, FIX)                                                                    \
+    do {                                                                                       \
+        __m256i l_ = _mm256_sub_epi16(_mm256_setzero_si256(), nl);                            \
+        __m128i p_ = _mm_packus_epi16(_mm256_castsi256_si128(l_),                             \
+                                      _mm256_extracti128_si256(l_, 1));                       \
+        if (FIX)                                                                               \
+            p_ = _mm_shuffle_epi32(p_, 0xD8);                                                  \
+        __m128i o_ = _mm_loadu_si128((const __m128i *)(u));                                   \
+        _mm_storeu_si128((__m128i *)(u), _mm_max_epu8(o_, p_));                               \
+    } while (0)
+#define Y_KEYS_I32(row, sm0, sm1, key)                                                         \
+    do {                                                                                       \
+        __m256i a0_ = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(row)), vmask);    \
+        __m256i a1_ = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(row) + 1), vmask);\
+        sm0 = _mm256_max_epi32(sm0, a0_);                                                      \
+        sm1 = _mm256_max_epi32(sm1, a1_);                                                      \
+        key = _mm256_packs_epi32(_mm256_sub_epi32(_mm256_srli_epi32(a0_, 15), bias),          \
+                                 _mm256_sub_epi32(_mm256_srli_epi32(a1_, 15), bias));         \
+    } while (0)
+#define Y_KEYS_I16(row, sm0, sm1, key)                                                         \
+    do {                                                                                       \
+        key = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(row)), vmask);            \
+        sm0 = _mm256_max_epi16(sm0, key);                                                      \
+    } while (0)
+#endif
+
+/* Positions [t0, t1) (at most ROWS) of one sequence's [T, H] patterns, dims [0, full) L at a
+ * time (L = the 16-bit lanes of P): raises sm[d] (the sequence's max |x|), adds to
+ * tot[d * GMAX + g * L + lane] minus the number of positions whose value reaches threshold g
+ * (km1[g]: its key - 1 in L lanes; keys past the grid's are never reached) and raises the union
+ * [T, H]. VI: the int vector of the patterns (bias, vmask), W: the patterns' vectors per key
+ * vector. */
+#define GE_ROWS(NAME, ATTR, P, INT, VI, SET1, W, KEYS, FIX)                                    \
+    ATTR static void NAME(const INT *bits, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t H,        \
+                          Py_ssize_t full, INT mask, const int16_t *km1, int G, INT *sm,      \
+                          int16_t *tot, uint8_t *uni)                                          \
+    {                                                                                          \
+        enum { L = sizeof(P##_V) / 2 };                                                        \
+        const VI vmask = SET1(mask), bias = SET1(32768);                                       \
+        const P##_V k0 = P##_LD(km1);                                                          \
+        const int n = (int)(t1 - t0);                                                          \
+        P##_V key[ROWS], nl[ROWS];                                                             \
+        (void)bias;                                                                            \
+        for (Py_ssize_t d = 0; d < full; d += L) {                                             \
+            VI m0 = P##_LD(sm + d), m1 = W == 2 ? P##_LD(sm + d + L / 2) : m0;                 \
+            P##_V hit = P##_ZERO();                                                            \
+            for (int r = 0; r < n; r++) {                                                      \
+                KEYS(bits + (t0 + r) * H + d, m0, m1, key[r]);                                 \
+                hit = P##_OR(hit, P##_GT(key[r], k0));                                         \
+            }                                                                                  \
+            P##_ST(sm + d, m0);                                                                \
+            if (W == 2)                                                                        \
+                P##_ST(sm + d + L / 2, m1);                                                    \
+            if (!P##_ANY(hit))                                                                 \
+                continue;                                                                      \
+            int16_t *o = tot + d * GMAX;                                                       \
+            for (int r = 0; r < n; r++) nl[r] = P##_ZERO();                                    \
+            for (int g = 0; g < G; g++) {                                                      \
+                P##_V k = P##_LD(km1 + g * L), acc = P##_ZERO(), any = P##_ZERO();             \
+                for (int r = 0; r < n; r++) {                                                  \
+                    P##_V c = P##_GT(key[r], k);                                               \
+                    acc = P##_ADD(acc, c);                                                     \
+                    nl[r] = P##_ADD(nl[r], c);                                                 \
+                    any = P##_OR(any, c);                                                      \
+                }                                                                              \
+                if (!P##_ANY(any))                                                             \
+                    break; /* no key of the tile reaches it, nor a higher threshold */         \
+                P##_ST(o + g * L, P##_ADD(P##_LD(o + g * L), acc));                            \
+            }                                                                                  \
+            for (int r = 0; r < n; r++) P##_UNION(uni + (t0 + r) * H + d, nl[r], FIX);         \
+        }                                                                                      \
+    }
+
+GE_ROWS(ge_x_i32, , X, int32_t, __m128i, _mm_set1_epi32, 2, X_KEYS_I32, 0)
+GE_ROWS(ge_x_i16, , X, int16_t, __m128i, _mm_set1_epi16, 1, X_KEYS_I16, 0)
+#ifdef AVX2_KERNELS
+GE_ROWS(ge_y_i32, AVX2, Y, int32_t, __m256i, _mm256_set1_epi32, 2, Y_KEYS_I32, 1)
+GE_ROWS(ge_y_i16, AVX2, Y, int16_t, __m256i, _mm256_set1_epi16, 1, Y_KEYS_I16, 0)
+#else
+#define ge_y_i32 ge_x_i32
+#define ge_y_i16 ge_x_i16
+#endif
+
+/* The whole chunk: per sequence, tiles of ROWS positions by the kernel of `isa` (1: SSE2, 2:
+ * AVX2; L 16-bit lanes), the dims after the last full vector one value at a time with the
+ * table (as site_row's), then the counts per level from the per-threshold counts. tot (int16,
+ * [vector][g][lane], GMAX thresholds a vector) is added up in ge (int32, [d][g]) every SPAN
+ * positions. km1: GMAX * 16 int16 of scratch. */
+#define GE_SCAN(NAME, INT, UINT, SHIFT, KX, KY, FIX)                                           \
+    static void NAME(const INT *bits, Py_ssize_t b, Py_ssize_t T, Py_ssize_t H, INT mask,     \
+                     const uint8_t *lut, const INT *keys, int G, INT *smax, int32_t *counts,  \
+                     Py_ssize_t G1, uint8_t *uni, int isa, int16_t *km1, int16_t *tot,        \
+                     int32_t *ge)                                                              \
+    {                                                                                          \
+        const int L = isa == 2 ? 16 : 8, fix = isa == 2 && FIX;                                \
+        for (int g = 0; g < GMAX; g++)                                                         \
+            for (int j = 0; j < L; j++) /* |x| >= key iff its 16-bit key > km1 */             \
+                km1[g * L + j] = g >= G ? INT16_MAX                                            \
+                                 : SHIFT ? (int16_t)(((UINT)keys[g] >> SHIFT) - 32768 - 1)     \
+                                         : (int16_t)(keys[g] - 1);                             \
+        Py_ssize_t full = H - H % L;                                                           \
+        for (Py_ssize_t i = 0; i < b; i++) {                                                   \
+            const INT *x = bits + i * T * H;                                                   \
+            uint8_t *u = uni + i * T * H;                                                      \
+            int32_t *ci = counts + i * H * G1;                                                 \
+            INT *sm = smax + i * H;                                                            \
+            memset(ge, 0, full * GMAX * sizeof(int32_t));                                      \
+            for (Py_ssize_t r0 = 0; r0 < T; r0 += SPAN) {                                      \
+                Py_ssize_t r1 = r0 + SPAN < T ? r0 + SPAN : T;                                 \
+                memset(tot, 0, full * GMAX * sizeof(int16_t));                                 \
+                for (Py_ssize_t t0 = r0; t0 < r1; t0 += ROWS) {                                \
+                    Py_ssize_t t1 = t0 + ROWS < r1 ? t0 + ROWS : r1;                           \
+                    (isa == 2 ? KY : KX)(x, t0, t1, H, full, mask, km1, G, sm, tot, u);        \
+                }                                                                              \
+                for (Py_ssize_t v = 0; v < full; v += L)                                       \
+                    for (int j = 0; j < L; j++) {                                              \
+                        /* the pack's lane order: lanes 4-7 hold dims 8-11 and 8-11 dims 4-7 */\
+                        int dj = fix && (j & 12) == 4 ? j + 4 : fix && (j & 12) == 8 ? j - 4 : j;  \
+                        int32_t *e = ge + (v + dj) * GMAX;                                     \
+                        for (int g = 0; g < G; g++)                                            \
+                            e[g] -= tot[v * GMAX + g * L + j];                                 \
+                    }                                                                          \
+            }                                                                                  \
+            for (Py_ssize_t d = 0; d < full; d++) {                                            \
+                int32_t *c = ci + d * G1, *e = ge + d * GMAX;                                  \
+                for (int g = 0; g < G; g++)                                                    \
+                    c[g + 1] += e[g] - (g + 1 < G ? e[g + 1] : 0);                             \
+            }                                                                                  \
+            for (Py_ssize_t t = 0; t < T; t++)                                                 \
+                for (Py_ssize_t d = full; d < H; d++) {                                        \
+                    INT v = x[t * H + d], a = v & mask;                                        \
+                    sm[d] = a > sm[d] ? a : sm[d];                                             \
+                    uint8_t lv = lut[KEY(UINT, v, SHIFT)];                                     \
+                    ci[d * G1 + lv] += lv != 0;                                                \
+                    RAISE(u[t * H + d], lv);                                                   \
+                }                                                                              \
+        }                                                                                      \
+    }
+GE_SCAN(ge_scan_i32, int32_t, uint32_t, 15, ge_x_i32, ge_y_i32, 1)
+GE_SCAN(ge_scan_i16, int16_t, uint16_t, 0, ge_x_i16, ge_y_i16, 0)
+#endif
+
+/* 0: the table look-ups of site_scan_*; 1: the compares on SSE2; 2: on AVX2 (this CPU's) */
+static int best_isa(void)
+{
+#ifdef AVX2_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        return 2;
+#endif
+#ifdef GE_KERNELS
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 static PyObject *scan(PyObject *self, PyObject *args)
 {
     Py_ssize_t bits, s0, s1, s2, b, T, H, itemsize, mask, lut, cols, h, counts, G1, uni, u0, u1,
@@ -197,10 +421,10 @@ static PyObject *scan(PyObject *self, PyObject *args)
 
 static PyObject *site_scan(PyObject *self, PyObject *args)
 {
-    Py_ssize_t bits, itemsize, b, T, H, mask, lut, key0, smax, counts, G1, uni;
-    int shift;
-    if (!PyArg_ParseTuple(args, "nnnnnninnnnnn", &bits, &itemsize, &b, &T, &H, &mask, &shift,
-                          &lut, &key0, &smax, &counts, &G1, &uni))
+    Py_ssize_t bits, itemsize, b, T, H, mask, lut, key0, smax, counts, G1, uni, keys;
+    int shift, G, isa;
+    if (!PyArg_ParseTuple(args, "nnnnnninnnnnnnii", &bits, &itemsize, &b, &T, &H, &mask, &shift,
+                          &lut, &key0, &smax, &counts, &G1, &uni, &keys, &G, &isa))
         return NULL;
     if ((itemsize != 2 || shift != 0 || mask != 0x7FFF) &&
         (itemsize != 4 || shift != 15 || mask != 0x7FFFFFFF)) {
@@ -208,25 +432,50 @@ static PyObject *site_scan(PyObject *self, PyObject *args)
                         "site scan: 2-byte patterns take shift 0, 4-byte ones shift 15");
         return NULL;
     }
-    int32_t *idx = PyMem_RawMalloc((H + BLOCK) * sizeof(int32_t)); /* a row's hits */
+    if (isa < 0 || isa > best_isa() || (isa > 0 && (G < 1 || G > 16 || G1 != G + 1))) {
+        PyErr_SetString(PyExc_ValueError, "site scan: no such kernel for this grid or CPU");
+        return NULL;
+    }
+    /* scratch: a row's hits (the table look-ups); or the keys in lanes, the per-threshold
+     * counts of a span of positions in the bits' width and in int32 (the compares) */
+    void *idx = PyMem_RawMalloc(isa == 0 ? (H + BLOCK) * sizeof(int32_t)
+                                         : GMAX * 32 + (size_t)H * GMAX * (2 + 4));
     if (idx == NULL)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    if (itemsize == 4)
+    if (isa == 0 && itemsize == 4)
         site_scan_i32((const int32_t *)bits, b, T, H, (int32_t)mask, (const uint8_t *)lut,
-                      (int32_t)key0, (int32_t *)smax, (int32_t *)counts, G1, (uint8_t *)uni, idx);
-    else
+                      (int32_t)key0, (int32_t *)smax, (int32_t *)counts, G1, (uint8_t *)uni,
+                      (int32_t *)idx);
+    else if (isa == 0)
         site_scan_i16((const int16_t *)bits, b, T, H, (int16_t)mask, (const uint8_t *)lut,
-                      (int16_t)key0, (int16_t *)smax, (int32_t *)counts, G1, (uint8_t *)uni, idx);
+                      (int16_t)key0, (int16_t *)smax, (int32_t *)counts, G1, (uint8_t *)uni,
+                      (int32_t *)idx);
+#ifdef GE_KERNELS
+    else if (itemsize == 4)
+        ge_scan_i32((const int32_t *)bits, b, T, H, (int32_t)mask, (const uint8_t *)lut,
+                    (const int32_t *)keys, G, (int32_t *)smax, (int32_t *)counts, G1,
+                    (uint8_t *)uni, isa, (int16_t *)idx, (int16_t *)((char *)idx + GMAX * 32),
+                    (int32_t *)((char *)idx + GMAX * 32 + (size_t)H * GMAX * 2));
+    else
+        ge_scan_i16((const int16_t *)bits, b, T, H, (int16_t)mask, (const uint8_t *)lut,
+                    (const int16_t *)keys, G, (int16_t *)smax, (int32_t *)counts, G1,
+                    (uint8_t *)uni, isa, (int16_t *)idx, (int16_t *)((char *)idx + GMAX * 32),
+                    (int32_t *)((char *)idx + GMAX * 32 + (size_t)H * GMAX * 2));
+#endif
     Py_END_ALLOW_THREADS
     PyMem_RawFree(idx);
     Py_RETURN_NONE;
 }
 
+static PyObject *isa(PyObject *self, PyObject *args) { return PyLong_FromLong(best_isa()); }
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The dense scan of one chunk (see harness/engine/kernels.py)."},
     {"site_scan", site_scan, METH_VARARGS,
      "A site chunk at any density in one read (see harness/engine/kernels.py)."},
+    {"isa", isa, METH_NOARGS,
+     "The best site scan this CPU runs: 0 table look-ups, 1 SSE2 compares, 2 AVX2 compares."},
     {NULL, NULL, 0, NULL},
 };
 

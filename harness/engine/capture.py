@@ -68,6 +68,8 @@ CPU_KERNEL = True
 # On the CPU, where no observer reads a site's hits, all of a site's reductions in one read by
 # a second kernel (kernels.site_scan) instead of the block-max pre-pass and the paths above.
 SITE_KERNEL = True
+# Its kernel (kernels.site_scan's isa): None, the fastest this CPU runs for the grid.
+SITE_ISA: int | None = None
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
 
@@ -454,7 +456,7 @@ class Capture:
         B, H, G, s = x.shape[0], self.H, self.G, site.index
         lut, shift = table
         ints, mask = _bit_pattern(x.dtype)
-        key0 = int(thr[0].view(ints))  # |x| >= grid[0] iff (bits & mask) >= key0
+        keys = thr.view(ints).numpy()  # |x| >= grid[g] iff (bits & mask) >= keys[g]
         bits = x.view(ints)
         smax = torch.zeros((B, H), dtype=ints)
         counts = torch.zeros((B, H, G + 1), dtype=torch.int32)
@@ -465,10 +467,11 @@ class Capture:
                 mask,
                 shift,
                 lut.numpy(),
-                key0,
+                keys,
                 smax[b0:b1].numpy(),
                 counts[b0:b1].numpy(),
                 part.union[b0:b1].numpy(),
+                isa=SITE_ISA,
             )
         smax = smax.view(x.dtype)
         part.smax[s] = smax

@@ -16,7 +16,11 @@ stay: there they run at memory bandwidth beside the matmuls. Where the extension
 ``site_scan`` goes further where no observer reads a site's hits: the whole site in one read,
 at any density: the max |x| per (sequence, dim) from the bit patterns (no block-max pre-pass),
 and only for the values that reach grid[0] their level, count and union, so that a value under
-the grid costs a read and a compare (16 at a time, SSE2 on x86-64, plain C elsewhere).
+the grid costs a read and a compare (16 at a time, SSE2 on x86-64, plain C elsewhere). On
+x86-64, for grids of up to 16 magnitudes (every grid the harness makes), the levels and counts
+come from compares instead: per threshold, a compare and two adds for 8 (SSE2) or 16 (AVX2,
+chosen at run time) values at once, and the counts per level from the counts of values that
+reach each threshold; at 50 % outlier dims that halves the kernel's time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 _SCAN = []  # the wrapped kernels (dense scan, site scan), or Nones without the extension
+SITE_ISAS = []  # the site scan's kernels this CPU runs (see site_scan's isa)
 
 
 def _wrap(kernel):
@@ -80,16 +85,21 @@ def _wrap(kernel):
     return scan
 
 
-def _wrap_site(kernel):
-    def site_scan(bits, mask, shift, lut, key0, smax, counts, union):
+def _wrap_site(kernel, best: int):
+    def site_scan(bits, mask, shift, lut, keys, smax, counts, union, isa=None):
         """bits [b, T, H] (int32 or int16, C-contiguous: the values' bit patterns); raises
         smax[i, d] (bits' dtype, [b, H]) to the max of bits & mask over t; for every value
-        whose bits & mask >= key0, of level lv = lut[(bits & mask) >> shift]: adds 1 to
+        whose bits & mask >= keys[0], of level lv = lut[(bits & mask) >> shift] (= the number
+        of ``keys``, the thresholds' patterns in ascending order, that it reaches): adds 1 to
         counts[i, d, lv] (int32, [b, H, G + 1]; level 0 is not counted) and raises
-        union[i, t, d] (uint8, [b, T, H]) to lv. All C-contiguous."""
+        union[i, t, d] (uint8, [b, T, H]) to lv. All C-contiguous. ``isa``: the kernel (0:
+        table look-ups, 1: SSE2 compares, 2: AVX2 compares); default the best this CPU runs
+        for the grid (compares for up to 16 thresholds)."""
         b, T, H = bits.shape
         G1, shift = counts.shape[-1], int(shift)
         top = np.iinfo(bits.dtype).max >> shift
+        keys = np.ascontiguousarray(keys, dtype=bits.dtype)
+        G = keys.shape[0]
         # the C loop trusts these: a wrong array here would write outside its buffers
         if not (
             bits.dtype in (np.int16, np.int32)
@@ -106,10 +116,20 @@ def _wrap_site(kernel):
             and union.dtype == np.uint8
             and union.flags.c_contiguous
             and union.shape == (b, T, H)
+            and G >= 1
+            and G1 == G + 1
+            and (keys > 0).all()
         ):
             raise ValueError("site scan: arrays of the wrong dtype, shape or layout")
         if lut[: top + 1].max(initial=0) >= G1:
             raise ValueError("site scan: a level beyond the counts' last")
+        if ((keys.astype(np.int64) & ((1 << shift) - 1)) != 0).any():
+            raise ValueError("site scan: thresholds not exact at the table's resolution")
+        compares = G <= 16 and bool((np.diff(keys) >= 0).all())
+        if isa is None:
+            isa = best if compares else 0
+        elif isa and not compares:
+            raise ValueError("site scan: compares need at most 16 thresholds, in ascending order")
         kernel(
             bits.ctypes.data,
             bits.itemsize,
@@ -119,11 +139,14 @@ def _wrap_site(kernel):
             int(mask),
             shift,
             lut.ctypes.data,
-            int(key0),
+            int(keys[0]),
             smax.ctypes.data,
             counts.ctypes.data,
             G1,
             union.ctypes.data,
+            keys.ctypes.data,
+            G,
+            int(isa),
         )
 
     return site_scan
@@ -136,7 +159,8 @@ def _load():
         except ImportError:  # the PyTorch ops compute the same figures, slower
             _SCAN.extend((None, None))
         else:
-            _SCAN.extend((_wrap(_scan.scan), _wrap_site(_scan.site_scan)))
+            _SCAN.extend((_wrap(_scan.scan), _wrap_site(_scan.site_scan, _scan.isa())))
+            SITE_ISAS.extend(range(_scan.isa() + 1))
     return _SCAN
 
 
