@@ -119,13 +119,15 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
 
 def force_path(monkeypatch, path: str) -> None:
     """Every chunk through one reduction: the CPU's one-read site kernel ("site", the CPU's
-    default), or else re-read candidate blocks ("sparse"), a level map of the whole chunk
-    ("dense"), or of the gathered columns that have a candidate ("columns"); "-torch": the
-    dense scans by PyTorch ops (the GPU's way) instead of the CPU's kernel."""
+    default: its compares on x86-64; "site-table": its table look-ups), or else re-read
+    candidate blocks ("sparse"), a level map of the whole chunk ("dense"), or of the gathered
+    columns that have a candidate ("columns"); "-torch": the dense scans by PyTorch ops (the
+    GPU's way) instead of the CPU's kernel."""
     import harness.engine.capture as capture
 
-    monkeypatch.setattr(capture, "SITE_KERNEL", path == "site")
-    if path == "site":
+    monkeypatch.setattr(capture, "SITE_KERNEL", path.startswith("site"))
+    monkeypatch.setattr(capture, "SITE_ISA", 0 if path == "site-table" else None)
+    if path.startswith("site"):
         return
     path, _, ops = path.partition("-")
     fraction = {"sparse": float("inf"), "dense": -1.0, "columns": 0.0}[path]
@@ -134,7 +136,7 @@ def force_path(monkeypatch, path: str) -> None:
     monkeypatch.setattr(capture, "CPU_KERNEL", ops != "torch")
 
 
-PATHS = ["site", "sparse", "dense", "columns", "dense-torch", "columns-torch"]
+PATHS = ["site", "site-table", "sparse", "dense", "columns", "dense-torch", "columns-torch"]
 
 
 @pytest.mark.parametrize("path", PATHS)
