@@ -439,7 +439,11 @@ def test_the_cpu_kernels_are_built_and_are_the_ones_used(monkeypatch):
     monkeypatch.setattr(
         kernels,
         "_SCAN",
-        [lambda *a: calls.append("dense") or dense(*a), kernels._wrap_site(site, _scan.isa())],
+        [
+            lambda *a: calls.append("dense") or dense(*a),
+            kernels._wrap_site(site, _scan.isa()),
+            *kernels.union_kernels(),
+        ],
     )
     analyze(model, ids)
     sites = len(find_sites(model, "ln").sites)
@@ -531,9 +535,9 @@ def test_the_cpu_kernel_refuses_arrays_it_would_write_outside_of():
 
 
 @pytest.fixture(scope="module")
-def portable_site_scan(tmp_path_factory):
-    """The site kernel built from the same file without its SSE2 block loop (-DSCAN_PORTABLE):
-    the code that ARM hosts (e.g. GH200) compile."""
+def portable_scan(tmp_path_factory):
+    """The extension built from the same file without its SSE2 code (-DSCAN_PORTABLE): the
+    code that ARM hosts (e.g. GH200) compile."""
     import importlib.util
     from pathlib import Path
 
@@ -553,7 +557,15 @@ def portable_site_scan(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("_scan", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return kernels._wrap_site(module.site_scan, module.isa())
+    assert module.isa() == 0  # the table look-ups only
+    return module
+
+
+@pytest.fixture(scope="module")
+def portable_site_scan(portable_scan):
+    from harness.engine import kernels
+
+    return kernels._wrap_site(portable_scan.site_scan, portable_scan.isa())
 
 
 SITE_BUILDS = [
@@ -707,6 +719,45 @@ def test_the_site_kernel_on_16_thresholds_and_on_17(build, request):
             _site_scan_against_the_definition(site_kernel(build, request), x, grid17, torch.float32)
     counts = _site_scan_against_the_definition(kernels.site_scan(), x, grid17, torch.float32)
     assert (counts[..., 1:].sum(dim=(0, 1)) > 0).all()
+
+
+@pytest.mark.parametrize("build", ["sse2", "portable"])
+@pytest.mark.parametrize("G", [10, 254])
+def test_the_union_kernels_equal_brute_force(G, build, request):
+    """The merge's reads of a batch's union against numpy: positions per (sequence, dim) at
+    each level or above, nonzero levels per position, and the hits' dims and levels in
+    (position, dim) order, with uint16 and int32 dims; 300 positions (past the 255 that 8-bit
+    lanes count), 2 blocks of 16 dims and 5 after them, rows and blocks without hits."""
+    from harness.engine import kernels
+
+    if build == "portable":
+        module = request.getfixturevalue("portable_scan")
+        counts, hits = kernels._wrap_union(module.union_counts, module.union_hits)
+    else:
+        counts, hits = kernels.union_kernels()
+    rng = np.random.default_rng(G)
+    B, T, H = 3, 300, 37
+    union = rng.integers(0, G + 1, (B, T, H), dtype=np.uint8)
+    union[rng.random((B, T, H)) < 0.6] = 0
+    union[0, 10:20] = 0  # rows without hits
+    union[1, :, :16] = 0  # a block without hits
+    union[2, :, 20] = G  # the top level everywhere
+    ge = np.zeros((B, H, G), np.int32)
+    rows = np.zeros(B * T, np.int64)
+    counts(union, G, ge, rows)
+    want_ge = (union[..., None] > np.arange(G)).sum(axis=1)  # [B, H, G]
+    assert np.array_equal(ge, want_ge)
+    assert np.array_equal(rows, (union != 0).sum(axis=2).reshape(-1))
+    flat = np.flatnonzero(union)
+    for dim_dtype in (np.uint16, np.int32):
+        dims, levels = hits(union.reshape(B * T, H), int(rows.sum()), dim_dtype)
+        assert dims.dtype == dim_dtype and np.array_equal(dims, flat % H)
+        assert np.array_equal(levels, union.reshape(-1)[flat])
+    for wrong in (int(rows.sum()) - 20, int(rows.sum()) - 1, int(rows.sum()) + 1):
+        with pytest.raises(ValueError, match="not the"):  # stops at its arrays' end
+            hits(union.reshape(B * T, H), wrong, np.uint16)
+    with pytest.raises(ValueError, match="union counts"):
+        counts(union, G, np.zeros((B, H - 1, G), np.int32), rows)
 
 
 def test_the_site_kernel_refuses_arrays_it_would_write_outside_of():

@@ -121,8 +121,8 @@ def force_path(monkeypatch, path: str) -> None:
     """Every chunk through one reduction: the CPU's one-read site kernel ("site", the CPU's
     default: its compares on x86-64; "site-table": its table look-ups), or else re-read
     candidate blocks ("sparse"), a level map of the whole chunk ("dense"), or of the gathered
-    columns that have a candidate ("columns"); "-torch": the dense scans by PyTorch ops (the
-    GPU's way) instead of the CPU's kernel."""
+    columns that have a candidate ("columns"); "-torch": the dense scans and the merge's reads
+    of the union by PyTorch ops (the GPU's way) instead of the CPU's kernels."""
     import harness.engine.capture as capture
 
     monkeypatch.setattr(capture, "SITE_KERNEL", path.startswith("site"))
@@ -134,6 +134,7 @@ def force_path(monkeypatch, path: str) -> None:
     monkeypatch.setattr(capture, "DENSE_FRACTION", fraction)
     monkeypatch.setattr(capture, "DENSE_COLUMNS", float("inf") if path == "columns" else 0.25)
     monkeypatch.setattr(capture, "CPU_KERNEL", ops != "torch")
+    monkeypatch.setattr(capture, "UNION_KERNEL", ops != "torch")
 
 
 PATHS = ["site", "site-table", "sparse", "dense", "columns", "dense-torch", "columns-torch"]

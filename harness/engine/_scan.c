@@ -378,6 +378,143 @@ GE_SCAN(ge_scan_i32, int32_t, uint32_t, 15, ge_x_i32, ge_y_i32, 1)
 GE_SCAN(ge_scan_i16, int16_t, uint16_t, 0, ge_x_i16, ge_y_i16, 0)
 #endif
 
+/* The batch's union (uint8 levels [B, T, H], C-contiguous) after its last site, for the CPU's
+ * merge (kernels.union_counts and union_hits), in place of a bincount of (sequence, dim, level)
+ * offsets, a nonzero and the hits' divisions by H: passes over int64 arrays the size of the
+ * hits, where these read the union 16 levels at a time and write 3 bytes a hit.
+ * union_counts adds to ge[i, d, g] the number of positions t with union[i, t, d] > g (int32
+ * [B, H, G], G <= 254) and to rows[i * T + t] the number of nonzero levels in that row (int64).
+ * union_hits: the dims (uint16 or int32) and levels (uint8) of the nonzero levels of n rows of
+ * H, in (row, dim) order, their number returned (-1 where they would not fit in cap entries:
+ * whole blocks of 16 are written, the count advanced by their hits). */
+#define UBLOCK 16
+#define UROWS 255 /* positions counted in 8-bit lanes before they are added up in 32 bits */
+#if defined(__SSE2__) && !defined(SCAN_PORTABLE)
+static void union_counts_c(const uint8_t *uni, Py_ssize_t B, Py_ssize_t T, Py_ssize_t H, int G,
+                           int32_t *ge, int64_t *rows)
+{
+    Py_ssize_t full = H - H % UBLOCK;
+    __m128i at[254], acc[254]; /* at[g]: g + 1 in every lane */
+    for (int g = 0; g < G; g++) at[g] = _mm_set1_epi8((char)(g + 1));
+    for (Py_ssize_t i = 0; i < B; i++) {
+        const uint8_t *u = uni + i * T * H;
+        int32_t *gi = ge + i * H * G;
+        int64_t *ri = rows + i * T;
+        for (Py_ssize_t d = 0; d < full; d += UBLOCK)
+            for (Py_ssize_t t0 = 0; t0 < T; t0 += UROWS) {
+                Py_ssize_t t1 = t0 + UROWS < T ? t0 + UROWS : T;
+                int any = 0;
+                for (int g = 0; g < G; g++) acc[g] = _mm_setzero_si128();
+                for (Py_ssize_t t = t0; t < t1; t++) {
+                    __m128i v = _mm_loadu_si128((const __m128i *)(u + t * H + d));
+                    int nz = 0xFFFF ^ _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()));
+                    if (!nz)
+                        continue;
+                    any = 1;
+                    ri[t] += __builtin_popcount(nz);
+                    for (int g = 0; g < G; g++) /* v >= g + 1 (unsigned): max(v, g + 1) == v */
+                        acc[g] = _mm_sub_epi8(acc[g], _mm_cmpeq_epi8(_mm_max_epu8(v, at[g]), v));
+                }
+                if (!any)
+                    continue;
+                for (int g = 0; g < G; g++) {
+                    uint8_t lanes[UBLOCK];
+                    _mm_storeu_si128((__m128i *)lanes, acc[g]);
+                    for (int j = 0; j < UBLOCK; j++) gi[(d + j) * G + g] += lanes[j];
+                }
+            }
+        for (Py_ssize_t t = 0; t < T; t++)
+            for (Py_ssize_t d = full; d < H; d++) {
+                uint8_t v = u[t * H + d];
+                ri[t] += v != 0;
+                for (int g = 0; g < v && g < G; g++) gi[d * G + g] += 1;
+            }
+    }
+}
+#define NONZERO(p) (0xFFFF ^ _mm_movemask_epi8(_mm_cmpeq_epi8(                                 \
+                                 _mm_loadu_si128((const __m128i *)(p)), _mm_setzero_si128())))
+#else
+static void union_counts_c(const uint8_t *uni, Py_ssize_t B, Py_ssize_t T, Py_ssize_t H, int G,
+                           int32_t *ge, int64_t *rows)
+{
+    for (Py_ssize_t i = 0; i < B; i++)
+        for (Py_ssize_t t = 0; t < T; t++)
+            for (Py_ssize_t d = 0; d < H; d++) {
+                uint8_t v = uni[(i * T + t) * H + d];
+                rows[i * T + t] += v != 0;
+                for (int g = 0; g < v && g < G; g++) ge[(i * H + d) * G + g] += 1;
+            }
+}
+#define NONZERO(p) 1
+#endif
+
+#define UNION_HITS(NAME, DIM)                                                                  \
+    static Py_ssize_t NAME(const uint8_t *uni, Py_ssize_t n, Py_ssize_t H, DIM *dims,         \
+                           uint8_t *levels, Py_ssize_t cap)                                    \
+    {                                                                                          \
+        Py_ssize_t full = H - H % UBLOCK, k = 0;                                               \
+        for (Py_ssize_t r = 0; r < n; r++) {                                                   \
+            const uint8_t *u = uni + r * H;                                                    \
+            for (Py_ssize_t d0 = 0; d0 < full; d0 += UBLOCK) {                                 \
+                if (!NONZERO(u + d0))                                                          \
+                    continue;                                                                  \
+                if (k + UBLOCK > cap)                                                          \
+                    return -1; /* more hits than the arrays hold */                           \
+                for (int j = 0; j < UBLOCK; j++) {                                             \
+                    uint8_t v = u[d0 + j];                                                     \
+                    dims[k] = (DIM)(d0 + j);                                                   \
+                    levels[k] = v;                                                             \
+                    k += v != 0;                                                               \
+                }                                                                              \
+            }                                                                                  \
+            for (Py_ssize_t d = full; d < H; d++) {                                            \
+                if (k >= cap)                                                                  \
+                    return -1;                                                                 \
+                dims[k] = (DIM)d;                                                              \
+                levels[k] = u[d];                                                              \
+                k += u[d] != 0;                                                                \
+            }                                                                                  \
+        }                                                                                      \
+        return k;                                                                              \
+    }
+UNION_HITS(union_hits_u16, uint16_t)
+UNION_HITS(union_hits_i32, int32_t)
+
+static PyObject *union_counts(PyObject *self, PyObject *args)
+{
+    Py_ssize_t uni, B, T, H, ge, rows;
+    int G;
+    if (!PyArg_ParseTuple(args, "nnnninn", &uni, &B, &T, &H, &G, &ge, &rows))
+        return NULL;
+    if (G < 1 || G > 254) {
+        PyErr_SetString(PyExc_ValueError, "union counts: 1 to 254 levels");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    union_counts_c((const uint8_t *)uni, B, T, H, G, (int32_t *)ge, (int64_t *)rows);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *union_hits(PyObject *self, PyObject *args)
+{
+    Py_ssize_t uni, n, H, dims, dim_size, levels, cap, k;
+    if (!PyArg_ParseTuple(args, "nnnnnnn", &uni, &n, &H, &dims, &dim_size, &levels, &cap))
+        return NULL;
+    if (dim_size != 2 && dim_size != 4) {
+        PyErr_SetString(PyExc_ValueError, "union hits: dims are 2 or 4 bytes wide");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dim_size == 2)
+        k = union_hits_u16((const uint8_t *)uni, n, H, (uint16_t *)dims, (uint8_t *)levels, cap);
+    else
+        k = union_hits_i32((const uint8_t *)uni, n, H, (int32_t *)dims, (uint8_t *)levels, cap);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSsize_t(k);
+}
+
+
 /* 0: the table look-ups of site_scan_*; 1: the compares on SSE2; 2: on AVX2 (this CPU's) */
 static int best_isa(void)
 {
@@ -474,6 +611,10 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The dense scan of one chunk (see harness/engine/kernels.py)."},
     {"site_scan", site_scan, METH_VARARGS,
      "A site chunk at any density in one read (see harness/engine/kernels.py)."},
+    {"union_counts", union_counts, METH_VARARGS,
+     "A union's counts per (sequence, dim, level) and per row (see harness/engine/kernels.py)."},
+    {"union_hits", union_hits, METH_VARARGS,
+     "A union's nonzero levels and their dims (see harness/engine/kernels.py)."},
     {"isa", isa, METH_NOARGS,
      "The best site scan this CPU runs: 0 table look-ups, 1 SSE2 compares, 2 AVX2 compares."},
     {NULL, NULL, 0, NULL},

@@ -70,6 +70,9 @@ CPU_KERNEL = True
 SITE_KERNEL = True
 # Its kernel (kernels.site_scan's isa): None, the fastest this CPU runs for the grid.
 SITE_ISA: int | None = None
+# On the CPU, the merge's counts and hits of a batch's union by the extension's two reads
+# (kernels.union_kernels) instead of a bincount and a nonzero (the GPU's way).
+UNION_KERNEL = True
 # Threads for the reductions inside a hook on the CPU (None: as many as the forward pass).
 HOOK_THREADS = 1
 
@@ -319,7 +322,8 @@ class Capture:
         self.site_seq_level = np.zeros((S, N, H), dtype=np.uint8)
         self.seq_pos_count = np.zeros((G, N, H), dtype=np.int32)
         self.seq_occ = np.zeros((G, N, H), dtype=np.int64)
-        self._hits: list[tuple[np.ndarray, np.ndarray]] = []  # flat index, level
+        # per batch: its first window, hits per position, their dims and levels
+        self._hits: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self.token_ids = np.zeros((N, seq_len), dtype=np.int32)
         self.done = np.zeros(N, dtype=bool)
         self.forward_calls = 0
@@ -632,27 +636,10 @@ class Capture:
         union = parts[0].union
         for part in parts[1:]:
             union = torch.maximum(union, part.union.to(union.device))
-        # per-(sequence, dim, level) position counts by a dense bincount (see _reduce_dense),
-        # a chunk of sequences at a time in the capture's scratch: no hit-sized index arithmetic
-        pos_counts = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=union.device)
-        per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, union.device) // (T * H)))
-        for b0 in range(0, B, per_chunk):
-            b = min(B, b0 + per_chunk) - b0
-            ints, _ = parts[0].buffers((b, T, H))
-            offsets = parts[0].level_offsets(b, H, G)
-            first = b0 * H * (G + 1)
-            counts = parts[0].level_counts(union[b0 : b0 + b], offsets, ints)
-            pos_counts[first : first + counts.numel()] += counts
-        pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
+        pos_ge, hits = self._union_figures(parts[0], union, B, T)
         occ = sum(p.occ.cpu().numpy() for p in parts)
         occ_ge = _at_least(occ.reshape(B, H, G + 1))
-        # the hits as flat indices into the run's [N, T, H] (stats splits them into positions
-        # and dims once, on the host) and their levels
-        flat = union.view(-1).nonzero().squeeze(1)
-        level = union.view(-1).index_select(0, flat)
-        if n0:
-            flat += n0 * T * H
-        hits = (flat.cpu().numpy(), level.cpu().numpy())
+        hits = (n0, *hits)
 
         # commit (nothing above touched the run's arrays)
         def commit() -> None:
@@ -669,23 +656,59 @@ class Capture:
 
         return commit
 
+    def _union_figures(self, part: _DeviceBatch, union: torch.Tensor, B: int, T: int):
+        """From a batch's union [B, T, H]: the positions per (sequence, dim) at each grid level
+        or above ([B, H, G]), and its hits as the count per position (B * T), their dims (in
+        position then dim order) and levels. On the CPU by the extension's two reads of the
+        union; elsewhere a dense bincount (see _reduce_dense), a chunk of sequences at a time
+        in the capture's scratch, and a nonzero."""
+        H, G = self.H, self.G
+        dim_dtype = np.uint16 if H <= np.iinfo(np.uint16).max + 1 else np.int32
+        counts, hits = kernels.union_kernels()
+        if union.device.type == "cpu" and counts is not None and G <= 254 and UNION_KERNEL:
+            u = union.numpy()
+            pos_ge = np.zeros((B, H, G), dtype=np.int32)
+            rows = np.zeros(B * T, dtype=np.int64)
+            counts(u, G, pos_ge, rows)
+            dims, level = hits(u.reshape(B * T, H), int(rows.sum()), dim_dtype)
+            return pos_ge, (rows, dims, level)
+        pos_counts = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=union.device)
+        per_chunk = max(1, min(B, _chunk_budget(self.chunk_elements, union.device) // (T * H)))
+        for b0 in range(0, B, per_chunk):
+            b = min(B, b0 + per_chunk) - b0
+            ints, _ = part.buffers((b, T, H))
+            offsets = part.level_offsets(b, H, G)
+            first = b0 * H * (G + 1)
+            c = part.level_counts(union[b0 : b0 + b], offsets, ints)
+            pos_counts[first : first + c.numel()] += c
+        pos_ge = _at_least(pos_counts.view(B, H, G + 1).cpu().numpy())
+        flat = union.view(-1).nonzero().squeeze(1)
+        level = union.view(-1).index_select(0, flat)
+        pos = flat // H
+        rows = torch.bincount(pos, minlength=B * T)
+        dims = (flat - pos * H).cpu().numpy().astype(dim_dtype)
+        return pos_ge, (rows.cpu().numpy(), dims, level.cpu().numpy())
+
     def stats(self) -> CapturedStats:
         if not self.done.all():
             raise HarnessError(
                 f"only {int(self.done.sum())} of {self.N} windows were processed; the result is "
                 "incomplete and was not written."
             )
-        NT, H = self.N * self.T, self.H
-        # each batch's hits are in (position, dim) order (nonzero of its union) and batches hold
-        # disjoint ranges of positions: in the order of their first position (batches may
-        # have been committed out of order after a retry), they are all in order, unsorted
-        parts = sorted(self._hits, key=lambda h: int(h[0][0]) if h[0].size else -1)
-        flat = np.concatenate([h[0] for h in parts]) if parts else np.zeros(0, np.int64)
-        lev = np.concatenate([h[1] for h in parts]) if parts else np.zeros(0, np.uint8)
-        pos = flat // H
-        dim = (flat - pos * H).astype(np.uint16 if H <= np.iinfo(np.uint16).max + 1 else np.int32)
+        NT = self.N * self.T
+        # each batch's hits are in (position, dim) order and batches hold disjoint ranges of
+        # positions that cover the run: in the order of their first window (batches may have
+        # been committed out of order after a retry), they are all in order, unsorted
+        none = (0, np.zeros(0, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.uint8))
+        parts = sorted(self._hits, key=lambda h: h[0]) or [none]
+        rows, dim, lev = (np.concatenate([h[k] for h in parts]) for k in (1, 2, 3))
+        if rows.shape != (NT,):
+            raise HarnessError(
+                f"the batches' hits cover {rows.size} positions, not the run's {NT}; please "
+                "report this with the command line."
+            )
         indptr = np.zeros(NT + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pos, minlength=NT), out=indptr[1:])
+        np.cumsum(rows, out=indptr[1:])
         stats = CapturedStats(
             grid=np.asarray(self.grid, dtype=np.float64),
             site_names=[s.name for s in self.sites],

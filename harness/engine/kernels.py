@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_SCAN = []  # the wrapped kernels (dense scan, site scan), or Nones without the extension
+_SCAN = []  # the wrapped kernels (dense scan, site scan, union counts, union hits), or Nones
 SITE_ISAS = []  # the site scan's kernels this CPU runs (see site_scan's isa)
 
 
@@ -152,14 +152,67 @@ def _wrap_site(kernel, best: int):
     return site_scan
 
 
+def _wrap_union(counts_kernel, hits_kernel):
+    def union_counts(union, G, ge, rows):
+        """union (uint8 [B, T, H], C-contiguous: levels 0..G): adds to ge[i, d, g] (int32
+        [B, H, G]) the number of positions whose level in dim d of sequence i is > g, and to
+        rows[i * T + t] (int64 [B * T]) the number of nonzero levels of that position."""
+        B, T, H = union.shape
+        if not (
+            union.dtype == np.uint8
+            and union.flags.c_contiguous
+            and 1 <= G <= 254
+            and ge.dtype == np.int32
+            and ge.flags.c_contiguous
+            and ge.shape == (B, H, G)
+            and rows.dtype == np.int64
+            and rows.flags.c_contiguous
+            and rows.shape == (B * T,)
+        ):
+            raise ValueError("union counts: arrays of the wrong dtype, shape or layout")
+        counts_kernel(union.ctypes.data, B, T, H, int(G), ge.ctypes.data, rows.ctypes.data)
+
+    def union_hits(union, total, dim_dtype):
+        """The dims (``dim_dtype``: uint16 or int32) and levels (uint8) of the nonzero levels
+        of union ([n, H] rows, uint8, C-contiguous), in (row, dim) order; ``total``: their
+        number (from union_counts' rows)."""
+        n, H = union.shape
+        dim_dtype = np.dtype(dim_dtype)
+        if not (
+            union.dtype == np.uint8
+            and union.flags.c_contiguous
+            and dim_dtype in (np.dtype(np.uint16), np.dtype(np.int32))
+            and H - 1 <= np.iinfo(dim_dtype).max
+        ):
+            raise ValueError("union hits: arrays of the wrong dtype, shape or layout")
+        # the kernel writes whole blocks of 16 and counts only their hits: 16 of slack
+        dims = np.empty(total + 16, dim_dtype)
+        levels = np.empty(total + 16, np.uint8)
+        k = hits_kernel(
+            union.ctypes.data,
+            n,
+            H,
+            dims.ctypes.data,
+            dim_dtype.itemsize,
+            levels.ctypes.data,
+            dims.shape[0],
+        )
+        if k != total:  # -1: more than total, stopped before the arrays' end
+            raise ValueError(f"union hits: not the {total} nonzero levels counted")
+        return dims[:total], levels[:total]
+
+    return union_counts, union_hits
+
+
 def _load():
     if not _SCAN:
         try:
             from harness.engine import _scan
         except ImportError:  # the PyTorch ops compute the same figures, slower
-            _SCAN.extend((None, None))
+            _SCAN.extend((None, None, None, None))
         else:
             _SCAN.extend((_wrap(_scan.scan), _wrap_site(_scan.site_scan, _scan.isa())))
+            _SCAN.extend(_wrap_union(_scan.union_counts, _scan.union_hits))
             SITE_ISAS.extend(range(_scan.isa() + 1))
     return _SCAN
 
@@ -173,6 +226,12 @@ def site_scan():
     """The one-read kernel of a whole site chunk (single-threaded, releases the GIL), or None
     where the extension was not built."""
     return _load()[1]
+
+
+def union_kernels():
+    """(union_counts, union_hits): the CPU merge's reads of a batch's union, or (None, None)
+    where the extension was not built."""
+    return tuple(_load()[2:4])
 
 
 NO_LEVELS = np.zeros((0, 0, 0), dtype=np.uint8)
