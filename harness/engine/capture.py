@@ -22,7 +22,9 @@ chunk of whole sequences, on x's device and in x's dtype:
 On the CPU, at the sites whose hits no observer reads (every site of a dense model), all of the
 above is one read of the site by a second kernel (``kernels.site_scan``): the max per (sequence,
 dim), and for the values that reach grid[0] only, their level, counts and union; a value under
-the grid costs its read and a compare whatever the density (docs/performance.md).
+the grid costs its read and a compare whatever the density (docs/performance.md). On x86-64 the
+levels come from vector compares (SSE2, or AVX2 where the CPU has it), and the merge reads the
+batch's union with two more kernel passes instead of a bincount and a nonzero.
 
 A value's grid level comes from a lookup table indexed by the high bits of |x|'s bit pattern
 (whose integer order is the order of the values) when the grid allows it (any grid in 16-bit
