@@ -688,7 +688,8 @@ class Capture:
         level = union.view(-1).index_select(0, flat)
         pos = flat // H
         rows = torch.bincount(pos, minlength=B * T)
-        dims = (flat - pos * H).cpu().numpy().astype(dim_dtype)
+        # int32 on the device: half the bytes to the host of the int64 indices
+        dims = (flat - pos * H).to(torch.int32).cpu().numpy().astype(dim_dtype)
         return pos_ge, (rows.cpu().numpy(), dims, level.cpu().numpy())
 
     def stats(self) -> CapturedStats:
