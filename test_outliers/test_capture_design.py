@@ -423,7 +423,7 @@ def test_the_cpu_kernels_are_built_and_are_the_ones_used(monkeypatch):
     from harness.engine import kernels
     from harness.engine.sites import find_sites
 
-    assert kernels.dense_scan() is not None and kernels.site_scan() is not None, (
+    assert None not in (kernels.dense_scan(), kernels.site_scan(), kernels.rows_reaching()), (
         "harness/engine/_scan.c was not built: reinstall with a C compiler (pip install -e .)"
     )
     from harness.engine import _scan
@@ -443,6 +443,7 @@ def test_the_cpu_kernels_are_built_and_are_the_ones_used(monkeypatch):
             lambda *a: calls.append("dense") or dense(*a),
             kernels._wrap_site(site, _scan.isa()),
             *kernels.union_kernels(),
+            kernels.rows_reaching(),
         ],
     )
     analyze(model, ids)
@@ -758,6 +759,42 @@ def test_the_union_kernels_equal_brute_force(G, build, request):
             hits(union.reshape(B * T, H), wrong, np.uint16)
     with pytest.raises(ValueError, match="union counts"):
         counts(union, G, np.zeros((B, H - 1, G), np.int32), rows)
+
+
+def test_the_rows_reaching_kernel_equals_brute_force():
+    """The count behind "% of positions affected" against a loop over every hit: rows without
+    hits, rows whose only kept hit is their last, a dim asked for at a level it misses, uint16
+    and int32 dims; refusals of row bounds outside the hits and of a dim outside the table."""
+    from harness.engine import kernels
+
+    count = kernels.rows_reaching()
+    rng = np.random.default_rng(7)
+    n, H, G = 400, 50, 10
+    per_row = rng.integers(0, 12, n)
+    per_row[::9] = 0
+    indptr = np.concatenate(([0], np.cumsum(per_row))).astype(np.int64)
+    dims = np.concatenate([np.sort(rng.choice(H, k, replace=False)) for k in per_row])
+    levels = rng.integers(1, G + 1, len(dims)).astype(np.uint8)
+    need = np.full(H, 255, np.uint8)
+    need[rng.choice(H, 6, replace=False)] = rng.integers(1, G + 1, 6)
+    last = indptr[2] - 1  # row 1: only its last hit is kept
+    levels[indptr[1] : last] = 1
+    need[dims[indptr[1] : last]] = np.maximum(need[dims[indptr[1] : last]], 2)
+    need[dims[last]], levels[last] = 3, 3
+    want = sum(
+        any(levels[k] >= need[dims[k]] for k in range(indptr[r], indptr[r + 1])) for r in range(n)
+    )
+    assert 0 < want < n - n // 9
+    for dim_dtype in (np.uint16, np.int32):
+        assert count(indptr, dims.astype(dim_dtype), levels, need) == want
+    d16 = dims.astype(np.uint16)
+    for bad in (indptr[::-1], indptr + 1, indptr[:1] - 1):  # not ascending, past the end
+        with pytest.raises(ValueError, match="rows reaching"):
+            count(bad, d16, levels, need)
+    with pytest.raises(ValueError, match="rows reaching"):
+        count(indptr, dims.astype(np.int64), levels, need)
+    with pytest.raises(ValueError, match="outside"):
+        count(indptr, d16, levels, need[: H // 2])
 
 
 def test_the_site_kernel_refuses_arrays_it_would_write_outside_of():

@@ -515,6 +515,51 @@ static PyObject *union_hits(PyObject *self, PyObject *args)
 }
 
 
+/* For Dettmers' "% of positions affected" (criteria.positions_affected): the number of rows of a
+ * CSR of hits (indptr int64 [n + 1], dims uint16 or int32, levels uint8) with some hit at a level
+ * >= need[dim] (uint8 [H]; 255, above every level, for a dim not asked for), each row read up to
+ * its first such hit; -1 where a dim lies outside need. Where outliers are dense that is a few
+ * hits a row, in place of a mask, a gather and a running count over millions of hits. */
+#define ROWS_REACHING(NAME, DIM)                                                               \
+    static Py_ssize_t NAME(const int64_t *indptr, Py_ssize_t n, const DIM *dims,              \
+                           const uint8_t *levels, const uint8_t *need, Py_ssize_t H)           \
+    {                                                                                          \
+        Py_ssize_t rows = 0;                                                                   \
+        for (Py_ssize_t r = 0; r < n; r++)                                                     \
+            for (int64_t k = indptr[r]; k < indptr[r + 1]; k++) {                              \
+                int64_t d = (int64_t)dims[k];                                                  \
+                if (d < 0 || d >= H)                                                           \
+                    return -1;                                                                 \
+                if (levels[k] >= need[d]) {                                                    \
+                    rows++;                                                                    \
+                    break;                                                                     \
+                }                                                                              \
+            }                                                                                  \
+        return rows;                                                                           \
+    }
+ROWS_REACHING(rows_reaching_u16, uint16_t)
+ROWS_REACHING(rows_reaching_i32, int32_t)
+
+static PyObject *rows_reaching(PyObject *self, PyObject *args)
+{
+    Py_ssize_t indptr, n, dims, dim_size, levels, need, H, rows;
+    if (!PyArg_ParseTuple(args, "nnnnnnn", &indptr, &n, &dims, &dim_size, &levels, &need, &H))
+        return NULL;
+    if (dim_size != 2 && dim_size != 4) {
+        PyErr_SetString(PyExc_ValueError, "rows reaching: dims are 2 or 4 bytes wide");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dim_size == 2)
+        rows = rows_reaching_u16((const int64_t *)indptr, n, (const uint16_t *)dims,
+                                 (const uint8_t *)levels, (const uint8_t *)need, H);
+    else
+        rows = rows_reaching_i32((const int64_t *)indptr, n, (const int32_t *)dims,
+                                 (const uint8_t *)levels, (const uint8_t *)need, H);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSsize_t(rows);
+}
+
 /* 0: the table look-ups of site_scan_*; 1: the compares on SSE2; 2: on AVX2 (this CPU's) */
 static int best_isa(void)
 {
@@ -615,6 +660,8 @@ static PyMethodDef methods[] = {
      "A union's counts per (sequence, dim, level) and per row (see harness/engine/kernels.py)."},
     {"union_hits", union_hits, METH_VARARGS,
      "A union's nonzero levels and their dims (see harness/engine/kernels.py)."},
+    {"rows_reaching", rows_reaching, METH_VARARGS,
+     "Rows of a CSR of hits with a hit at its dim's level (see harness/engine/kernels.py)."},
     {"isa", isa, METH_NOARGS,
      "The best site scan this CPU runs: 0 table look-ups, 1 SSE2 compares, 2 AVX2 compares."},
     {NULL, NULL, 0, NULL},

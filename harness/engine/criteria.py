@@ -18,6 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from harness.engine.kernels import rows_reaching
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 
@@ -124,16 +125,18 @@ def seed_compatible(stats: CapturedStats, criteria: Criteria, *, with_pairs: boo
     if with_pairs:
         occ = stats.seq_occ[g][seq, dim]
         mx = stats.seq_max[seq, dim]
+        # tolist: Python numbers in one step a column, not a numpy scalar per field of a pair
+        columns = (seq, dim, layer_pct, seq_pct, mx.astype(np.float64), occ)
         out["pairs"] = [
             {
-                "seq": int(n),
-                "dim": int(d),
-                "layer_pct": float(lp),
-                "seq_pct": float(sp),
-                "max_magnitude": float(m),
-                "occurrences": int(o),
+                "seq": n,
+                "dim": d,
+                "layer_pct": lp,
+                "seq_pct": sp,
+                "max_magnitude": m,
+                "occurrences": o,
             }
-            for n, d, lp, sp, m, o in zip(seq, dim, layer_pct, seq_pct, mx, occ, strict=True)
+            for n, d, lp, sp, m, o in zip(*(c.tolist() for c in columns), strict=True)
         ]
     return out
 
@@ -163,11 +166,15 @@ def positions_affected(stats: CapturedStats, dims: np.ndarray, magnitude: float)
     if len(dims) == 0 or len(stats.hits_dim) == 0:
         return 0
     level = stats.grid_index(magnitude) + 1
+    kernel = rows_reaching()
+    if kernel is not None and stats.hits_dim.dtype in (np.uint16, np.int32):
+        # each row read up to its first kept hit: where outliers are dense, a few hits a row
+        need = np.full(stats.hidden_size, 255, dtype=np.uint8)  # 255: above every level
+        need[np.asarray(dims, dtype=np.int64)] = level
+        return kernel(stats.hits_indptr, stats.hits_dim, stats.hits_level, need)
     keep = stats.hits_of(dims, level)
-    # kept hits per position from the running count at the row bounds (hits are row-major):
-    # no sort of millions of positions where outliers are dense
-    upto = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    return int(np.count_nonzero(upto[stats.hits_indptr[1:]] > upto[stats.hits_indptr[:-1]]))
+    starts = stats.hits_indptr[:-1][np.diff(stats.hits_indptr) > 0]  # rows with hits
+    return int(np.count_nonzero(np.logical_or.reduceat(keep, starts))) if len(starts) else 0
 
 
 def pooled(stats: CapturedStats, criteria: Criteria) -> dict:

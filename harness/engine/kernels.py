@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_SCAN = []  # the wrapped kernels (dense scan, site scan, union counts, union hits), or Nones
+_SCAN = []  # the wrapped kernels (dense scan, site scan, union counts and hits, rows reaching)
 SITE_ISAS = []  # the site scan's kernels this CPU runs (see site_scan's isa)
 
 
@@ -204,15 +204,53 @@ def _wrap_union(counts_kernel, hits_kernel):
     return union_counts, union_hits
 
 
+def _wrap_rows(kernel):
+    def rows_reaching(indptr, dims, levels, need):
+        """The number of rows of the CSR (indptr int64 [n + 1]; dims uint16 or int32 and levels
+        uint8, aligned) with some hit at a level >= need[dim] (need: uint8 [H]; 255 for a dim
+        not asked for, above every level a grid gives)."""
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        dims, levels = np.ascontiguousarray(dims), np.ascontiguousarray(levels)
+        need = np.ascontiguousarray(need, dtype=np.uint8)
+        n = indptr.shape[0] - 1
+        # the C loop trusts the row bounds: they must lie inside the hits, in order
+        if not (
+            dims.dtype in (np.uint16, np.int32)
+            and levels.dtype == np.uint8
+            and dims.shape == levels.shape
+            and dims.ndim == 1
+            and n >= 0
+            and indptr[0] >= 0
+            and indptr[-1] <= dims.shape[0]
+            and bool(np.all(indptr[1:] >= indptr[:-1]))
+        ):
+            raise ValueError("rows reaching: arrays of the wrong dtype, shape or order")
+        rows = kernel(
+            indptr.ctypes.data,
+            n,
+            dims.ctypes.data,
+            dims.itemsize,
+            levels.ctypes.data,
+            need.ctypes.data,
+            need.shape[0],
+        )
+        if rows < 0:
+            raise ValueError("rows reaching: a hit's dim outside the dims")
+        return rows
+
+    return rows_reaching
+
+
 def _load():
     if not _SCAN:
         try:
             from harness.engine import _scan
         except ImportError:  # the PyTorch ops compute the same figures, slower
-            _SCAN.extend((None, None, None, None))
+            _SCAN.extend((None, None, None, None, None))
         else:
             _SCAN.extend((_wrap(_scan.scan), _wrap_site(_scan.site_scan, _scan.isa())))
             _SCAN.extend(_wrap_union(_scan.union_counts, _scan.union_hits))
+            _SCAN.append(_wrap_rows(_scan.rows_reaching))
             SITE_ISAS.extend(range(_scan.isa() + 1))
     return _SCAN
 
@@ -232,6 +270,12 @@ def union_kernels():
     """(union_counts, union_hits): the CPU merge's reads of a batch's union, or (None, None)
     where the extension was not built."""
     return tuple(_load()[2:4])
+
+
+def rows_reaching():
+    """The count of rows of a CSR of hits with a hit of the asked dims at their levels (for
+    "% of positions affected"), or None where the extension was not built."""
+    return _load()[4]
 
 
 NO_LEVELS = np.zeros((0, 0, 0), dtype=np.uint8)
