@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 from harness.loading.kernel_path import kernel_path_of
 from harness.preflight.checks import preflight
 from harness.preflight.command import preflight_table
+from harness.preflight.packages import _kernels_range
 from harness.preflight.targets import parse_gpus
 from harness.preflight.verdict import OK, REFUSE, WARN, PreflightRefused
 
@@ -51,7 +52,7 @@ SMALL = dict(
 # Stand-ins for the optional kernel packages: module name -> attributes transformers looks up.
 FAKE = {
     "triton": {"__version__": "3.4.0"},
-    "kernels": {"__version__": "0.18.2"},
+    "kernels": {"__version__": _kernels_range()[0]},  # the lowest this transformers accepts
     "fla": {"__version__": "0.3.0"},
     "fla.ops": {},
     "fla.ops.gated_delta_rule": {
@@ -424,7 +425,7 @@ def test_tiny_models_pass_on_the_cpu():
 # -- the 12 study models, offline ---------------------------------------------------------------
 POD_WITH_KERNELS = {
     "triton": "3.4.0",
-    "kernels": "0.18.2",
+    "kernels": _kernels_range()[0],  # the lowest this transformers accepts (5.25: 0.19.1)
     "fla": "0.3.0",
     "causal_conv1d": "1.5.0",
 }

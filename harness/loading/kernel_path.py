@@ -6,9 +6,23 @@ import sys
 
 
 # -- after loading: the path transformers really took -------------------------------------------
+def _closure_var(fn, name: str):
+    code = getattr(fn, "__code__", None)
+    if code is None or name not in code.co_freevars:
+        return None
+    return fn.__closure__[code.co_freevars.index(name)].cell_contents
+
+
 def _uses_package(fn) -> bool | None:
     """For a function wrapped by transformers' ``use_kernel_func_from_hub_with_fallback``: whether
     the package (not the PyTorch fallback) was bound when the modeling module was imported."""
+    for _ in range(4):  # where `kernels` is installed, its hub wrapper holds the function
+        inner = getattr(fn, "__wrapped__", None) or _closure_var(
+            getattr(type(fn), "forward", None), "func"
+        )
+        if inner is None or _closure_var(fn, "is_new_implementation") is not None:
+            break
+        fn = inner  # kernels >= 0.19: an nn.Module whose forward calls the decorated function
     code = getattr(fn, "__code__", None)
     if code is None or "is_new_implementation" not in code.co_freevars:
         return None

@@ -82,12 +82,13 @@ def _mxfp4_row(report, packed: bool, why: str, dt: str) -> None:
             "their MXFP4 memory and numerics differ from the kernel path.",
         )
     else:
+        lo, hi = _kernels_range()  # what this transformers accepts
         report.add(
             "weights",
             REFUSE,
             f"{report.model} would be dequantized from MXFP4 to {dt} "
             f"(~4x expert memory, different numerics) because {why}; install triton>=3.4 "
-            "and kernels>=0.18.2,<0.19 on a GPU of compute capability >= 7.5, or pass "
+            f"and kernels>={lo},<{hi} on a GPU of compute capability >= 7.5, or pass "
             "--allow-fallback to run it dequantized (labelled).",
         )
 
