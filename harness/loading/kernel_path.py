@@ -23,10 +23,8 @@ def _uses_package(fn) -> bool | None:
         if inner is None or _closure_var(fn, "is_new_implementation") is not None:
             break
         fn = inner  # kernels >= 0.19: an nn.Module whose forward calls the decorated function
-    code = getattr(fn, "__code__", None)
-    if code is None or "is_new_implementation" not in code.co_freevars:
-        return None
-    return bool(fn.__closure__[code.co_freevars.index("is_new_implementation")].cell_contents)
+    flag = _closure_var(fn, "is_new_implementation")
+    return None if flag is None else bool(flag)
 
 
 def kernel_path_of(model) -> dict:
