@@ -22,7 +22,7 @@ import torch
 from factories import random_ids, random_model, site_norm
 from scipy.stats import binomtest
 
-from harness.attribution.experts import _enrichment
+from harness.attribution.expert_figures import _enrichment
 from harness.attribution.observer import (
     ROUTER_OUTPUTS,
     attribution_observers,

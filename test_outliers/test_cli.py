@@ -1,5 +1,6 @@
 """The `outliers` command as a user runs it."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -68,16 +69,18 @@ def test_analyze_writes_one_result_and_prints_a_summary(tmp_path, tiny_cache):
     assert row.startswith("planted_qwen3,")
     assert "## Where outliers live" in (tmp_path / "reports" / "summary.md").read_text()
     # a stdout format imports neither torch nor matplotlib (start-up in well under a second)
-    # and writes nothing
+    # and writes nothing, also where it recomputes the figures (and the attribution section)
+    # at other criteria
     files = sorted(tmp_path.rglob("*"))
-    for fmt in ("csv", "table", "json", "md"):
+    for fmt, more in itertools.product(("csv", "table", "json", "md"), ([], ["--magnitude", "8"])):
+        args = ["report", "--results-dir", str(tmp_path), "--format", fmt, *more]
         probe = subprocess.run(
             [
                 sys.executable,
                 "-c",
                 "import sys, contextlib, io; from harness.cli import main\n"
                 "with contextlib.redirect_stdout(io.StringIO()):\n"
-                f"    rc = main(['report', '--results-dir', {str(tmp_path)!r}, '--format', {fmt!r}])\n"
+                f"    rc = main({args!r})\n"
                 "print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)",
             ],
             capture_output=True,

@@ -24,16 +24,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from harness.attribution.experts import ExpertRouting, expert_section
-from harness.attribution.massive import MassiveActivations, decoder_layers, massive_section
+from harness.attribution.experts import ExpertRouting
+from harness.attribution.massive import MassiveActivations, decoder_layers
+from harness.attribution.section import BOS_KEY, attribution_section
 from harness.attribution.tokens import MIN_OCCURRENCES, token_attribution
 from harness.engine.architectures import ROUTER_OUTPUTS
 from harness.engine.capture import Batch, Observer
 from harness.engine.criteria import Criteria
 from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
-
-BOS_KEY = "attr_bos_token_id"
 
 __all__ = [
     "ROUTER_OUTPUTS",
@@ -114,29 +113,6 @@ class Attribution(Observer):
                 min_occurrences=self.min_occurrences,
             )
         }
-
-
-def attribution_section(
-    stats: CapturedStats,
-    criteria: Criteria,
-    *,
-    bos_token_id: int | None = None,
-    min_occurrences: int = MIN_OCCURRENCES,
-) -> dict:
-    """The ``attribution`` section of result.json from the statistics alone (no model).
-
-    ``tokens`` always; ``massive`` and ``experts`` when their arrays are in ``stats.extra``
-    (else None). ``bos_token_id`` defaults to the one stored at capture time.
-    """
-    if bos_token_id is None and BOS_KEY in stats.extra and int(stats.extra[BOS_KEY]) >= 0:
-        bos_token_id = int(stats.extra[BOS_KEY])
-    return {
-        "tokens": token_attribution(
-            stats, criteria, bos_token_id=bos_token_id, min_occurrences=min_occurrences
-        ),
-        "massive": massive_section(stats, criteria),
-        "experts": expert_section(stats, criteria),
-    }
 
 
 def _bos_token_id(model: torch.nn.Module) -> int | None:

@@ -161,7 +161,7 @@ def _row(run: Path, result: AnalysisResult, crit: Criteria, rethreshold, resampl
     ci = bootstrap(stats, crit, resamples=resamples, seed=seed) if resamples > 0 else {}
     attribution = result.sections.get("attribution")
     if rethreshold and attribution is not None:
-        from harness.attribution.observer import attribution_section
+        from harness.attribution.section import attribution_section
 
         attribution = attribution_section(stats, crit, bos_token_id=data.get("bos_token_id"))
     return Row(
