@@ -68,7 +68,46 @@ def _summary(result, run_dir) -> str:
         ["tokens/s", f"{result.timing.tokens_per_second:.0f}"],
         ["result", str(run_dir)],
     ]
-    return tabulate(rows, tablefmt="simple")
+    unit = c.get("layer_denominators") or {}
+    rows.insert(
+        4,
+        [
+            "layer % counted over",
+            f"{c.layer_unit} ({c.layer_denominator}; sites {unit.get('sites', '?')}, layers "
+            f"{unit.get('layers', '?')})"
+            + (", first position left out" if c.skip_first_position else ""),
+        ],
+    )
+    return tabulate(rows, tablefmt="simple") + _by_definition_table(result)
+
+
+def _by_definition_table(result) -> str:
+    """The headline figures under each layer unit, with and without the first position."""
+    from tabulate import tabulate
+
+    defs = result.sections.get("by_definition") or {}
+    body = []
+    for key, figs in defs.items():
+        if figs is None:
+            continue
+        sc, po = figs["seed_compatible"], figs["pooled"]
+        dims = ", ".join(f"{d['dim']} ({d['layer_pct']:.1f}%)" for d in po["dims"][:4]) + (
+            " ..." if len(po["dims"]) > 4 else ""
+        )
+        body.append(
+            [
+                key.replace("_", " "),
+                sc["num_outliers"],
+                po["num_dims"],
+                f"{po['sites_affected_pct']:.1f}",
+                f"{po['positions_affected_pct']:.1f}",
+                dims or "-",
+            ]
+        )
+    if not body:
+        return ""
+    headers = ["layer unit", "pairs", "pooled dims", "units affected %", "positions %", "dims"]
+    return "\n\n" + tabulate(body, headers=headers, tablefmt="simple")
 
 
 def _as_original_row(result) -> list:

@@ -54,12 +54,28 @@ OPTIONS: tuple[Option, ...] = (
         "sites",
         str,
         "ln",
-        "site set: ln (norm outputs), residual (layer outputs), all",
-        ("ln", "residual", "all"),
+        "site set: ln (block inputs: what attention and MLP read), dettmers (ln plus the "
+        "attention output projection's input: Dettmers' list), residual (layer outputs), all",
+        ("ln", "dettmers", "residual", "all"),
     ),
     Option("magnitude", float, 6.0, "outlier magnitude |x| >= M (Dettmers: 6)"),
-    Option("layer_frac", float, 0.25, "minimum share of sites (Dettmers: 0.25)"),
+    Option("layer_frac", float, 0.25, "minimum share of sites or layers (Dettmers: 0.25)"),
     Option("seq_frac", float, 0.06, "minimum share of token positions (Dettmers: 0.06)"),
+    Option(
+        "layer_unit",
+        str,
+        "sites",
+        "layer-%% denominator: sites (each measured tensor; the original study, and what "
+        "table 4's numbers fit) or layers (a transformer layer counts when any of its sites "
+        "does); both are recorded",
+        ("sites", "layers"),
+    ),
+    Option(
+        "skip_first_position",
+        bool,
+        False,
+        "leave each window's first position out of the headline figures (both are recorded)",
+    ),
     Option("device", str, "auto", "auto (cuda if present), cpu or cuda", ("auto", "cpu", "cuda")),
     Option(
         "dtype",
@@ -106,6 +122,8 @@ class AnalysisOptions:
     magnitude: float = 6.0
     layer_frac: float = 0.25
     seq_frac: float = 0.06
+    layer_unit: str = "sites"
+    skip_first_position: bool = False
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int | None = None
@@ -120,7 +138,7 @@ class AnalysisOptions:
                 raise HarnessError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
         from harness.engine.criteria import Criteria
 
-        Criteria(self.magnitude, self.layer_frac, self.seq_frac)  # validates
+        Criteria(self.magnitude, self.layer_frac, self.seq_frac, self.layer_unit)  # validates
         for opt in OPTIONS:
             value = getattr(self, opt.name)
             if opt.choices and value not in opt.choices:

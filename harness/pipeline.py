@@ -15,7 +15,14 @@ import torch
 
 from harness.config_fields import config_field
 from harness.engine.capture import Batch, Capture, Observer, run_together
-from harness.engine.criteria import Criteria, bf16_rounding_threshold, evaluate, seed_compatible
+from harness.engine.criteria import (
+    Criteria,
+    bf16_rounding_threshold,
+    by_definition,
+    evaluate,
+    seed_compatible,
+)
+from harness.engine.criteria import view as criteria_view
 from harness.engine.forward import base_forward, input_device, is_oom
 from harness.engine.schema import AnalysisResult
 from harness.engine.selfcheck import CHECK_POSITIONS, SiteProbe, SitesChanged
@@ -54,9 +61,8 @@ def _as_original(stats, criteria: Criteria, threshold: float | None) -> dict:
             "same_as_exact": True,
             "why": "the activations are bfloat16 already: the original's rounding changes nothing",
         }
-    sc = seed_compatible(
-        stats, Criteria(threshold, criteria.layer_frac, criteria.seq_frac), with_pairs=False
-    )
+    c = replace(criteria, magnitude=threshold)
+    sc = seed_compatible(criteria_view(stats, c), c, with_pairs=False)
     return {"threshold": threshold, "same_as_exact": False, "why": why, **sc}
 
 
@@ -93,6 +99,8 @@ def analyze(
     magnitude: float = 6.0,
     layer_frac: float = 0.25,
     seq_frac: float = 0.06,
+    layer_unit: str = "sites",
+    skip_first_position: bool = False,
     batch_size: int | None = None,
     grid: Iterable[float] | None = None,
     observers: Iterable[Observer] = (),
@@ -104,11 +112,17 @@ def analyze(
     """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
     ``harness.data.windows.Windows``) with exactly one forward pass per batch.
 
-    Thresholds are parameters (Dettmers: 6.0 / 0.25 / 0.06, inclusive). The statistics are
+    Thresholds are parameters (Dettmers: 6.0 / 0.25 / 0.06, inclusive). ``layer_unit`` names
+    the layer-% denominator ("sites", the original study's; "layers": a transformer layer counts
+    when any of its sites reaches the magnitude); ``skip_first_position`` leaves each window's
+    first position out of the headline figures. Both are recorded either way
+    (``sections["by_definition"]``). The statistics are
     captured at every magnitude of ``grid`` (default 3..100, plus ``magnitude``), so
     ``harness.engine.criteria.evaluate`` recomputes every figure at other thresholds without the model.
     """
-    criteria = Criteria(float(magnitude), float(layer_frac), float(seq_frac))
+    criteria = Criteria(
+        float(magnitude), float(layer_frac), float(seq_frac), layer_unit, bool(skip_first_position)
+    )
     parse_site_set(sites)
     ids, data_info = _as_ids(windows)
     N, T = ids.shape
@@ -165,7 +179,10 @@ def analyze(
     activation_dtypes = sorted(cap.activation_dtypes)
     t_analysis = time.perf_counter()
     figures = evaluate(stats, criteria)
-    sections = {"seed_compatible_as_original": _as_original(stats, criteria, as_original)}
+    sections = {
+        "seed_compatible_as_original": _as_original(stats, criteria, as_original),
+        "by_definition": by_definition(stats, criteria),
+    }
     for obs in observers:
         summary = getattr(obs, "summary", None)
         if callable(summary):
@@ -230,7 +247,8 @@ def _site_kind_parts(side_stats, side_maps, info, data, criteria, grid_values, t
             timing=timing,
             stats=kind_stats,
             sections={
-                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original)
+                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original),
+                "by_definition": by_definition(kind_stats, criteria),
             },
         )
         for kind, kind_stats in side_stats.items()
@@ -382,17 +400,28 @@ def _criteria_record(criteria: Criteria, sitemap, grid_values) -> dict:
         "magnitude": criteria.magnitude,
         "layer_frac": criteria.layer_frac,
         "seq_frac": criteria.seq_frac,
+        "layer_unit": criteria.layer_unit,
+        "skip_first_position": criteria.skip_first_position,
         "sites": sitemap.site_set,
         "num_sites": len(sitemap.sites),
         "site_names": sitemap.names,
         "site_modules": sitemap.module_names,
-        # the layer-% denominator is the number of distinct sites: a layer whose attention and
-        # MLP read one tensor (parallel blocks) counts it once
-        "layer_denominator": len(sitemap.sites),
+        # per site: a layer whose attention and MLP read one tensor (parallel blocks) counts it
+        # once; per layer: the layers that hold a site
+        "layer_denominator": len(sitemap.sites)
+        if criteria.layer_unit == "sites"
+        else len({s.layer for s in sitemap.sites}),
+        "layer_denominators": {
+            "sites": len(sitemap.sites),
+            "layers": len({s.layer for s in sitemap.sites}),
+        },
         "sites_per_layer": sitemap.sites_per_layer(),
         "shared_input_layers": list(sitemap.shared_input_layers),
+        "sites_not_measured": list(sitemap.unmeasured),
         "site_definition": "attn_in / mlp_in: the input of the block's first projection (what "
-        "q/k/v, the FFN expansion and the router multiply); resid_out: the layer's output",
+        "q/k/v, the FFN expansion and the router multiply); attn_out_in: the input of the "
+        "attention output projection (where it has hidden-size features); resid_out: the "
+        "layer's output",
         "site_self_check": sitemap.self_check,
         "grid": list(grid_values),
         "comparison": "inclusive (>=), fractions compared exactly in integers",

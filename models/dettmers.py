@@ -22,6 +22,21 @@ from dataclasses import asdict, dataclass
 SOURCE = "Dettmers et al. 2022, LLM.int8() (arXiv 2208.07339), appendix C, table 4"
 CRITERIA = {"magnitude": 6.0, "layer_frac": 0.25, "seq_frac": 0.06}
 DATASET = "C4"
+# The settings table 4 was made under, as data; None = the paper does not state it (not
+# checked, and said so). Sites: "attention projection (key/query/value/output) and the expansion
+# layer of the FFN" (--sites dettmers). Layer unit: its percentages are fractions of those
+# inputs, not of transformer layers: 64% (fairseq 1.3B, 24 layers), 52% (2.7B, 32) and 62%
+# (GPT-J, 28) are k / L for no whole k, and k / 3L for some (docs/sites.md).
+SETTINGS: dict[str, object] = {
+    "dataset": DATASET,
+    "sites": "dettmers",
+    "layer_unit": "sites",
+    **CRITERIA,
+    "seq_len": None,
+    "dtype": None,
+    "first_position": None,
+    "rounding": None,
+}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT])\s*$", re.IGNORECASE)
 _UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
@@ -44,6 +59,7 @@ class ReferencePoint:
     outlier_dims: int
     layer_pct: float  # % of layers affected
     seq_pct: float  # % of sequence dimensions (positions) affected
+    num_layers: int  # transformer layers of the model (GPT-2 paper; Artetxe et al. 2021; GPT-J)
 
     @property
     def label(self) -> str:
@@ -53,22 +69,22 @@ class ReferencePoint:
         return {**asdict(self), "label": self.label}
 
 
-def _point(family: str, size: str, ppl: float, dims: int, layers: float, seq: float):
-    return ReferencePoint(family, size, parse_size(size), ppl, dims, float(layers), float(seq))
+def _point(family: str, size: str, ppl: float, dims: int, layers: float, seq: float, n: int):
+    return ReferencePoint(family, size, parse_size(size), ppl, dims, float(layers), float(seq), n)
 
 
 # In the table's order (METHOD.md, section 5).
 DETTMERS_TABLE4: tuple[ReferencePoint, ...] = (
-    _point("GPT-2", "117M", 33.5, 1, 25, 6),
-    _point("GPT-2", "345M", 26.0, 2, 29, 18),
-    _point("fairseq", "125M", 25.7, 2, 25, 22),
-    _point("GPT-2", "762M", 22.6, 2, 31, 16),
-    _point("GPT-2", "1.5B", 21.0, 2, 41, 35),
-    _point("fairseq", "1.3B", 15.9, 4, 64, 47),
-    _point("fairseq", "2.7B", 14.4, 5, 52, 18),
-    _point("GPT-J", "6.0B", 13.8, 6, 62, 28),
-    _point("fairseq", "6.7B", 13.3, 6, 100, 75),
-    _point("fairseq", "13B", 12.5, 7, 100, 73),
+    _point("GPT-2", "117M", 33.5, 1, 25, 6, 12),
+    _point("GPT-2", "345M", 26.0, 2, 29, 18, 24),
+    _point("fairseq", "125M", 25.7, 2, 25, 22, 12),
+    _point("GPT-2", "762M", 22.6, 2, 31, 16, 36),
+    _point("GPT-2", "1.5B", 21.0, 2, 41, 35, 48),
+    _point("fairseq", "1.3B", 15.9, 4, 64, 47, 24),
+    _point("fairseq", "2.7B", 14.4, 5, 52, 18, 32),
+    _point("GPT-J", "6.0B", 13.8, 6, 62, 28, 28),
+    _point("fairseq", "6.7B", 13.3, 6, 100, 75, 32),
+    _point("fairseq", "13B", 12.5, 7, 100, 73, 40),
 )
 
 
@@ -146,6 +162,31 @@ def _params_of(row: dict) -> float | None:
     return nominal_params(str(row.get("id")))
 
 
+def table4_comparability(row: dict) -> str | None:
+    """For one of our rows of a table-4 family (ids opt_*, gpt2_*, fairseq_*, gpt_j_*): whether
+    it was made under the settings table 4 states (``SETTINGS``), and if not, why; None for
+    other rows. ``row["settings"]``: the row's settings (``Row.settings``)."""
+    if _prefix(str(row.get("id") or row.get("model") or "")) is None:
+        return None
+    ours = row.get("settings") or {}
+    differ = []
+    for key, want in SETTINGS.items():
+        if want is None:
+            continue
+        got = ours.get(key)
+        same = (
+            isinstance(got, str) and want.lower() in got.lower().split("/")[-1].split("-")
+            if key == "dataset"
+            else got == want
+        )
+        if not same:
+            differ.append(f"{key} {got} vs {want}")
+    unstated = ", ".join(k for k, v in SETTINGS.items() if v is None)
+    if differ:
+        return "not comparable: " + "; ".join(differ)
+    return f"comparable (not stated in table 4, so not checked: {unstated})"
+
+
 def beside_ours(rows: Sequence[dict], ours: dict[str, str] | None = None) -> list[dict]:
     """Our reference-family rows (ids opt_*, gpt2_*, pythia_*) each beside Dettmers' nearest
     published point (nearest in log10 params) of the same lineage: fairseq for OPT, GPT-2 for
@@ -171,6 +212,7 @@ def beside_ours(rows: Sequence[dict], ours: dict[str, str] | None = None) -> lis
             "dettmers_layer_pct": None,
             "dettmers_seq_pct": None,
             "same_size": False,
+            "comparability": table4_comparability(row),
         }
         family = FAMILY_OF_PREFIX[prefix]
         candidates = [p for p in DETTMERS_TABLE4 if p.family == family]
@@ -210,6 +252,8 @@ __all__ = [
     "ReferencePoint",
     "SOURCE",
     "beside_ours",
+    "SETTINGS",
+    "table4_comparability",
     "nominal_params",
     "parse_size",
     "reference_point",

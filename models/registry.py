@@ -54,17 +54,22 @@ class Published:
     # outlier dim"): compare them with our pooled figures, not with the pair averages.
     outlier_dims: int | None = None
     source: str = "original study README (arb8020/research, dev/outlier-features)"
-    # The settings the figure was made with; a run is comparable when it used the same.
+    # The settings the figure was made with; a run is comparable when it used the same. The
+    # weights' dtype is the entry's own (``ModelEntry.dtype``: bf16, OLMoE's float32 rerun), and
+    # the count compared is ours as the original computed it (activations rounded to bf16).
     settings: tuple[tuple[str, object], ...] = (
         ("dataset", "HuggingFaceFW/fineweb-edu"),
         ("num_seqs", 16),
         ("seq_len", 2048),
         ("stride", 1024),
         ("sites", "ln"),
+        ("layer_unit", "sites"),
+        ("skip_first_position", False),
         ("magnitude", 6.0),
         ("layer_frac", 0.25),
         ("seq_frac", 0.06),
     )
+    rounding: str = "activations cast to bfloat16 before |x| >= 6 (also in float32 runs)"
 
 
 @dataclass(frozen=True)

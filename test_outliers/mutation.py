@@ -32,15 +32,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # module -> (functions mutated, the tests that guard them)
 TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "harness/engine/criteria.py": (
-        ("meets", "seed_compatible", "pooled_dims", "positions_affected", "pooled"),
-        ("test_outliers/test_criteria_properties.py", "test_outliers/test_engine_oracle.py"),
+        ("meets", "seed_compatible", "pooled_dims", "positions_affected", "pooled", "view"),
+        (
+            "test_outliers/test_criteria_properties.py",
+            "test_outliers/test_engine_oracle.py",
+            "test_outliers/test_definitions.py",
+        ),
+    ),
+    "harness/engine/statistics.py": (
+        ("by_layer", "without_first_position", "_count_sites"),
+        ("test_outliers/test_engine_oracle.py", "test_outliers/test_definitions.py"),
     ),
     "harness/engine/capture.py": (
-        ("_reduce", "_reduce_dense", "_values_over", "_merged_parts", "stats", "_at_least"),
+        (
+            "_reduce",
+            "_reduce_dense",
+            "_values_over",
+            "_first_position",
+            "_merged_parts",
+            "stats",
+            "_at_least",
+        ),
         ("test_outliers/test_engine_oracle.py", "test_outliers/test_capture_design.py"),
     ),
     "harness/engine/selfcheck.py": (
-        ("_record", "verify", "check", "_equal", "_same"),
+        ("_record", "verify", "check", "_equal", "_same", "_check_blocks", "_target"),
         (
             "test_outliers/test_zoo.py",
             "test_outliers/test_site_definitions.py",

@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from harness.engine.statistics import DEFAULT_GRID, CapturedStats
+from harness.engine.statistics import DEFAULT_GRID, CapturedStats, FirstPosition
 
 # model_type -> (decoder layers path, attention-input norm, MLP-input norm)
 ORACLE_LAYOUT = {
@@ -82,37 +82,51 @@ def _frac(x: float) -> Fraction:
     return Fraction(repr(float(x)))
 
 
-def oracle_figures(acts: np.ndarray, magnitude: float, layer_frac: float, seq_frac: float) -> dict:
-    """The figures of METHOD.md by the letter, from full activations [S, N, T, H]."""
+def oracle_figures(
+    acts: np.ndarray,
+    magnitude: float,
+    layer_frac: float,
+    seq_frac: float,
+    layer_of: list[int] | None = None,
+) -> dict:
+    """The figures of METHOD.md by the letter, from full activations [S, N, T, H]. With
+    ``layer_of`` (the layer of each site), the layer criterion counts transformer layers: a layer
+    is hit when any of its sites is (Dettmers' wording)."""
     S, N, T, H = acts.shape
     A, B = _frac(layer_frac), _frac(seq_frac)
     big = np.abs(acts) >= magnitude  # exact: acts hold the activation values in float64
+    units = (
+        [[s] for s in range(S)]
+        if layer_of is None
+        else [[s for s in range(S) if layer_of[s] == k] for k in sorted(set(layer_of))]
+    )
+    U = len(units)
     pairs = {}
     for n in range(N):
         for d in range(H):
-            sites_hit = sum(1 for s in range(S) if big[s, n, :, d].any())
+            sites_hit = sum(1 for u in units if any(big[s, n, :, d].any() for s in u))
             positions = sum(1 for t in range(T) if big[:, n, t, d].any())
-            if sites_hit >= 1 and Fraction(sites_hit, S) >= A and Fraction(positions, T) >= B:
+            if sites_hit >= 1 and Fraction(sites_hit, U) >= A and Fraction(positions, T) >= B:
                 pairs[(n, d)] = {
-                    "layer_pct": 100.0 * sites_hit / S,
+                    "layer_pct": 100.0 * sites_hit / U,
                     "seq_pct": 100.0 * positions / T,
                     "max_magnitude": float(np.abs(acts[:, n, :, d]).max()),
                     "occurrences": int(big[:, n, :, d].sum()),
                 }
     dims = {}
     for d in range(H):
-        sites_hit = sum(1 for s in range(S) if big[s, :, :, d].any())
+        sites_hit = sum(1 for u in units if any(big[s, :, :, d].any() for s in u))
         positions = int(big[:, :, :, d].any(axis=0).sum())
-        if sites_hit >= 1 and Fraction(sites_hit, S) >= A and Fraction(positions, N * T) >= B:
+        if sites_hit >= 1 and Fraction(sites_hit, U) >= A and Fraction(positions, N * T) >= B:
             dims[d] = {
-                "layer_pct": 100.0 * sites_hit / S,
+                "layer_pct": 100.0 * sites_hit / U,
                 "seq_pct": 100.0 * positions / (N * T),
                 "max_magnitude": float(np.abs(acts[:, :, :, d]).max()),
                 "occurrences": int(big[:, :, :, d].sum()),
             }
     sys_dims = sorted(dims)
     if sys_dims:
-        sites_affected = sum(1 for s in range(S) if big[s][..., sys_dims].any())
+        sites_affected = sum(1 for u in units if any(big[s][..., sys_dims].any() for s in u))
         positions_affected = int(big[..., sys_dims].any(axis=(0, 3)).sum())
     else:
         sites_affected = positions_affected = 0
@@ -123,7 +137,7 @@ def oracle_figures(acts: np.ndarray, magnitude: float, layer_frac: float, seq_fr
     return {
         "pairs": pairs,
         "dims": dims,
-        "sites_affected_pct": 100.0 * sites_affected / S,
+        "sites_affected_pct": 100.0 * sites_affected / U,
         "positions_affected_pct": 100.0 * positions_affected / (N * T),
         "per_site": per_site,
     }
@@ -160,4 +174,14 @@ def stats_from_activations(acts: np.ndarray, grid=DEFAULT_GRID) -> CapturedStats
         hits_dim=dim.astype(np.uint16),
         hits_level=union_level.reshape(N * T, H)[pos, dim].astype(np.uint8),
         token_ids=np.zeros((N, T), np.int32),
+        first_position=None
+        if T < 2
+        else FirstPosition(
+            site_max_rest=a[:, :, 1:].max(axis=(1, 2)).astype(np.float32),
+            seq_max_rest=a[:, :, 1:].max(axis=(0, 2)).astype(np.float32),
+            site_seq_level_rest=(a[:, :, 1:].max(axis=2)[..., None] >= grid)
+            .sum(-1)
+            .astype(np.uint8),
+            site_seq_level_first=(a[:, :, 0][..., None] >= grid).sum(-1).astype(np.uint8),
+        ),
     )

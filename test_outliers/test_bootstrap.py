@@ -29,6 +29,9 @@ CRITERIA = [
     Criteria(8.0, 0.1, 0.0),
     Criteria(20.0, 0.0, 0.5),
     Criteria(4.0, 0.0, 0.0),
+    Criteria(6.0, 0.25, 0.06, "layers"),
+    Criteria(3.0, 0.5, 0.2, "sites", True),
+    Criteria(4.0, 0.25, 0.06, "layers", True),
 ]
 
 

@@ -11,10 +11,18 @@ from harness.pipeline import analyze
 THRESHOLDS = [(3.0, 0.25, 0.06), (4.0, 0.5, 0.1), (6.0, 0.25, 0.06), (5.0, 0.0, 0.0)]
 
 
-def assert_matches_oracle(result_stats, acts, thresholds):
-    for m, a, b in thresholds:
-        got = evaluate(result_stats, Criteria(m, a, b))
-        want = oracle_figures(acts, m, a, b)
+DEFINITIONS = [("sites", False), ("layers", False), ("sites", True), ("layers", True)]
+
+
+def assert_matches_oracle(result_stats, acts, thresholds, definitions=(("sites", False),)):
+    """``definitions``: (layer unit, first position left out) pairs; the oracle counts layers by
+    the site names' layer index and leaves the first position out by slicing the activations."""
+    layer_of = [int(n.split(".")[1]) for n in result_stats.site_names]
+    for (m, a, b), (unit, skip) in ((t, d) for t in thresholds for d in definitions):
+        got = evaluate(result_stats, Criteria(m, a, b, unit, skip))
+        want = oracle_figures(
+            acts[:, :, 1:] if skip else acts, m, a, b, layer_of if unit == "layers" else None
+        )
         pairs = {(p["seq"], p["dim"]): p for p in got["seed_compatible"]["pairs"]}
         assert set(pairs) == set(want["pairs"]), (m, a, b)
         for key, w in want["pairs"].items():
@@ -43,7 +51,7 @@ def test_engine_equals_oracle(arch, dtype):
     names, acts = collect_activations(model, ids, "ln", batch_size=2)
     assert result.criteria["site_names"] == names
     assert result.seed_compatible["num_outliers"] > 0, "the test model must produce outliers"
-    assert_matches_oracle(result.stats, acts, THRESHOLDS)
+    assert_matches_oracle(result.stats, acts, THRESHOLDS, DEFINITIONS)
 
 
 @pytest.mark.parametrize("sites", ["residual", "all"])
@@ -54,7 +62,7 @@ def test_engine_equals_oracle_other_site_sets(arch, sites):
     result = analyze(model, ids, sites=sites, batch_size=3, magnitude=4.0)
     names, acts = collect_activations(model, ids, sites, batch_size=3)
     assert result.criteria["site_names"] == names
-    assert_matches_oracle(result.stats, acts, [(4.0, 0.25, 0.06), (3.0, 0.1, 0.2)])
+    assert_matches_oracle(result.stats, acts, [(4.0, 0.25, 0.06), (3.0, 0.1, 0.2)], DEFINITIONS)
 
 
 def test_run_at_off_grid_magnitude_is_exact():

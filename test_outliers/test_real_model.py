@@ -194,6 +194,27 @@ def test_pinned_outliers_of_smollm2(smollm2, main_job_run):
     assert pair["dim"] == 247 and pair["layer_pct"] == 25.0
 
 
+def test_smollm2_dim_247_under_both_layer_units(main_job_run):
+    """Measured once (never tuned), the denominator that flips a headline: on the offline
+    default's windows, dim 247 reaches 6 at 13 of the 60 sites (21.7%: not systematic per site)
+    and those 13 sites lie in 13 of the 30 layers (43.3%: systematic per layer). Each window on
+    its own: 12 of 30 layers (median), so the union over 16 windows says more than any window.
+    The brute-force counts come from the site maxima directly."""
+    stats = main_job_run.stats
+    reached = stats.site_max[:, 247] >= 6.0
+    layers = {int(n.split(".")[1]) for n, r in zip(stats.site_names, reached, strict=True) if r}
+    assert (int(reached.sum()), len(layers)) == (13, 13)
+    by_unit = main_job_run.sections["by_definition"]
+    assert by_unit["sites"]["pooled"]["num_dims"] == 0
+    (d,) = by_unit["layers"]["pooled"]["dims"]
+    assert d["dim"] == 247 and d["layer_pct"] == 100.0 * 13 / 30
+    assert d["window"]["layer_pct_median"] == 100.0 * 12 / 30
+    assert by_unit["layers"]["pooled"]["layer_denominator"] == 30
+    # the first position left out: the same dim, over 16 x 255 positions
+    (d0,) = by_unit["layers_without_first_position"]["pooled"]["dims"]
+    assert d0["dim"] == 247 and d0["seq_pct"] != d["seq_pct"]
+
+
 # -- the original study's rounding ---------------------------------------------------------------
 # A re-derivation of dev/outlier-features/analyze_activations.py (arb8020/research): activations
 # cast to bf16 (extract_activations.py: `.to(torch.bfloat16)`), then per sequence (batch size 1)

@@ -189,9 +189,19 @@ def test_published_deviation_when_settings_match(sweep, tmp_path):
     res = read_result(run)
     d = res.data
     d.dataset, d.num_seqs, d.seq_len, d.stride = "HuggingFaceFW/fineweb-edu", 16, 2048, 1024
-    write_result(res, tmp_path, stats=read_stats(run))
-    (row,) = collect(tmp_path, resamples=0)
-    ours = res.seed_compatible.num_outliers
+    # the weights' dtype is a published setting: the study ran Qwen3-0.6B in bf16
+    write_result(res, tmp_path / "fp32", stats=read_stats(run))
+    (row,) = collect(tmp_path / "fp32", resamples=0)
+    assert row.published_deviation == "n/a (different settings)"
+    res.model.dtype = "bfloat16"
+    write_result(res, tmp_path / "bf16", stats=read_stats(run))
+    (row,) = collect(tmp_path / "bf16", resamples=0)
+    # the count compared is ours as the original computed it: activations rounded to bf16
+    # (this run's activations are fp32, so that is the count at the bf16 threshold 5.984375)
+    orig = res.sections["seed_compatible_as_original"]
+    assert orig["same_as_exact"] is False and orig["threshold"] == 5.984375
+    ours = orig["num_outliers"]
+    assert ours >= res.seed_compatible.num_outliers
     assert row.published_deviation == ours - 9212
     assert row.published_deviation_pct == pytest.approx(100.0 * (ours - 9212) / 9212)
 
@@ -511,3 +521,32 @@ def test_the_reference_configuration_is_the_study_default_else_the_most_common(s
     rows = {r.model_name: r for r in collect(root, resamples=0)}
     assert rows["moe_m"].comparable and rows["moe_m"].comparability == "reference configuration"
     assert not rows["dense_q"].comparable and not rows["moe_o"].comparable
+
+
+def test_a_table_4_pairing_made_under_other_settings_is_labelled(tmp_path):
+    """A GPT-2 row on other data and sites than table 4 (C4, --sites dettmers) is paired with
+    GPT-2 117M in summary.md but marked NO with the reasons, in the CSV, and on the plot that
+    draws table 4; the same model under table 4's stated settings is comparable."""
+    from harness.reports.plots import REFERENCE_LABEL, scatter_plot
+
+    model = random_model("gpt2", torch.float32, seed=4, gain=2.0)
+    ids = random_ids(4, 32, seed=11)
+    meta = {"id": "gpt2_small"}
+    write_result(analyze(model, ids, model_meta=meta), tmp_path / "r", environment=ENV)
+    (row,) = collect(tmp_path / "r", resamples=0)
+    want = "not comparable: dataset tensor vs C4; sites ln vs dettmers"
+    assert row.table4_comparability == want
+    assert row.export()["table4_comparability"] == want
+    md = write_reports([row], tmp_path / "out", plots=False)["summary.md"].read_text()
+    table4 = md.split("## Dettmers et al. 2022", 1)[1].split("## Where outliers live", 1)[0]
+    line = next(x for x in table4.splitlines() if x.startswith("| gpt2_small"))
+    assert "| NO " in line and want in line
+    plot = scatter_plot([row], "total_params", "sites_affected_pct", tmp_path / "p.png")
+    assert plot["series"][REFERENCE_LABEL]["not_comparable"] == [
+        "gpt2_small (dataset tensor vs C4; sites ln vs dettmers)"
+    ]
+    result = analyze(model, ids, sites="dettmers", model_meta=meta)
+    result.data.dataset = "allenai/c4"
+    write_result(result, tmp_path / "c4", environment=ENV)
+    (row,) = collect(tmp_path / "c4", resamples=0)
+    assert row.table4_comparability.startswith("comparable")

@@ -194,12 +194,17 @@ def test_the_check_compares_the_first_positions_of_the_first_window(where):
         model.model(ids)
     heads = [c.head for c in probe.calls if c.head is not None]
     assert heads and all(tuple(h.shape) == (16, H) for h in heads)
-    # values are kept for the sites, the layers' inputs, each block's first projection and
-    # layer 0's projections (those H wide: not down_proj's input); not for every projection
+    # values are kept for the sites, the layers' inputs, each block's first projection, the
+    # projections returning H features (possible output projections) and layer 0's projections
+    # (those H wide: not down_proj's input); the other readers are compared when they run
     wide = [c.shape[-1] == H for c in probe.calls]
     kept = len(probe.seen) + len(probe.layer_in)
     for key, calls in probe.readers.items():
-        kept += sum(wide[i] for _, i in (calls if key.startswith("0.") else calls[:1]))
+        kept += sum(
+            wide[i]
+            for j, (_, i, out) in enumerate(calls)
+            if key.startswith("0.") or j == 0 or out == H
+        )
     assert len(heads) == kept < len(probe.calls)
     probe.verify()  # the model as it is: every site is what the next layer reads
 
@@ -218,3 +223,102 @@ def test_the_check_compares_the_first_positions_of_the_first_window(where):
             probe.verify()
     finally:
         handle.remove()
+
+
+def _scaled_input(factor):
+    def pre_hook(_module, args, kwargs):
+        if args:
+            return (args[0] * factor, *args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=kwargs["hidden_states"] * factor)
+
+    return pre_hook
+
+
+@pytest.mark.parametrize(
+    "layer, projection", [(0, "q_proj"), (1, "k_proj"), (1, "up_proj")], ids=str
+)
+def test_a_block_whose_readers_multiply_different_values_stops_the_run(layer, projection):
+    """Planted: a pre-hook makes one first-level reader of a block multiply 3x the block's input,
+    so that no single tensor is what the block reads. The check compares every reader of every
+    layer by value with the block's first projection, so the run stops with one sentence naming
+    the readers; the check of before (the site against the first projection to run only, and
+    layer 0 only) passed all three."""
+    from harness.errors import HarnessError
+
+    model = random_model("qwen3", seed=3)
+    ids = random_ids(3, 16, seed=4)
+    block = "self_attn" if projection in ("q_proj", "k_proj") else "mlp"
+    module = getattr(getattr(model.model.layers[layer], block), projection)
+    handle = module.register_forward_pre_hook(_scaled_input(3.0), with_kwargs=True)
+    try:
+        with pytest.raises(HarnessError) as err:
+            analyze(model, ids, batch_size=2)
+    finally:
+        handle.remove()
+    text = str(err.value)
+    kind = "attention" if block == "self_attn" else "MLP"
+    assert text.startswith(f"layer {layer}'s {kind} block: ") and "\n" not in text
+    named = text.split(": ", 1)[1].split(" multiplied", 1)[0]
+    if projection == "q_proj":  # q runs first: k and v differ from it
+        assert named == "k_proj, v_proj" and "other values than q_proj" in text
+    else:
+        assert named == projection
+    analyze(model, ids, batch_size=2)  # without the hook, the same model passes
+
+
+def test_a_block_chosen_in_another_layer_stops_the_run():
+    """Planted: layer 0's attention block (and its site) taken from layer 1, a wrongly chosen
+    block whose readers agree with each other and with the site. The check sees it run outside
+    decoder layer 0."""
+    from dataclasses import replace
+
+    from harness.engine.selfcheck import verify_sites
+    from harness.engine.sites import find_sites
+    from harness.errors import HarnessError
+
+    model = random_model("qwen3", seed=3)
+    ids = random_ids(3, 16, seed=4)
+    real = find_sites(model, "ln")
+    blocks = list(real.blocks)
+    blocks[0] = dict(blocks[0], attn=blocks[1]["attn"])
+    q1 = model.model.layers[1].self_attn.q_proj
+    sites = tuple(
+        replace(s, module=q1, module_name="model.layers.1.self_attn.q_proj", block="x")
+        if s.name == "layers.0.attn_in"
+        else s
+        for s in real.sites
+    )
+    wrong = replace(real, blocks=tuple(blocks), sites=sites)
+    with pytest.raises(
+        HarnessError, match="^layer 0's attention block .* ran outside decoder layer 0"
+    ):
+        verify_sites(model, wrong, ids[:1])
+    verify_sites(model, real, ids[:1])
+
+
+def test_the_attention_output_site_is_the_output_projections_input():
+    """``--sites dettmers`` adds, per layer, the input of the attention output projection
+    (Dettmers' "key/query/value/output"): equal, in every layer, to what the module this test
+    names (``self_attn.o_proj``, not found by structure) multiplies."""
+    model = random_model("llama", seed=5)
+    ids = random_ids(2, 16, seed=6)
+    rec = Recorder()
+    seen = {}
+    handles = [
+        layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda _m, args, i=i: seen.__setitem__(i, args[0].detach().clone())
+        )
+        for i, layer in enumerate(model.model.layers)
+    ]
+    try:
+        result = analyze(model, ids, sites="dettmers", batch_size=2, observers=[rec])
+    finally:
+        for h in handles:
+            h.remove()
+    L = model.config.num_hidden_layers
+    assert result.criteria["site_names"] == [
+        f"layers.{i}.{k}" for i in range(L) for k in ("attn_in", "attn_out_in", "mlp_in")
+    ]
+    assert result.criteria.num_sites == 3 * L
+    for i in range(L):
+        torch.testing.assert_close(rec.seen[f"layers.{i}.attn_out_in"], seen[i], rtol=0, atol=0)

@@ -220,3 +220,18 @@ def test_self_check_refusals_are_one_sentence_naming_the_module(zoo_rows):
     for mt in ("prophetnet", "cpmant"):  # the self-check's shape sentence, on a pass of its own
         reason = zoo_rows[mt]["reason"]
         assert "holds a tensor of shape (1, " in reason and "of the batch" not in reason, reason
+
+
+def test_the_attention_output_projection_site_on_every_architecture(zoo_rows):
+    """``--sites dettmers``' attn_out_in equals, in every layer, what the conventionally named
+    output projection (o_proj, out_proj, c_proj, dense, wo, ...) multiplies; where that input
+    is not hidden-sized (heads x head_dim != hidden) it is left out, never measured as if it
+    were the hidden dims."""
+    measured = [r for r in zoo_rows.values() if r["verdict"] == "correct"]
+    verdicts = {r["model_type"]: r["attn_out_in"] for r in measured}
+    bad = {mt: v for mt, v in verdicts.items() if v.startswith(("wrong", "refused"))}
+    assert bad == {}
+    assert sum(v == "correct" for v in verdicts.values()) >= 0.85 * len(verdicts)
+    for mt in STUDIED:
+        want = "not hidden-sized: left out" if mt == "qwen3_next" else "correct"
+        assert verdicts[mt] == want, (mt, verdicts[mt])

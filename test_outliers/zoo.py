@@ -291,6 +291,8 @@ MLP_READERS = {
     "w_in",
     "Wi",
 }
+# Conventional names of the attention output projection (its input: the heads' output).
+ATTN_OUT = {"o_proj", "out_proj", "c_proj", "dense", "wo", "o", "out", "out_lin", "proj", "o_dense"}
 ATTN_PATH = ("attn", "attention")
 CROSS_PATH = ("encoder_attn", "cross_attn", "crossattention")
 LAYER_COUNT_FIELDS = ("decoder_layers", "num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -351,6 +353,8 @@ def oracle_readers(layer):
         )
         if leaf in ATTN_READERS and in_attn:
             out.append(("attn", name, module))
+        elif leaf in ATTN_OUT and in_attn:
+            out.append(("attn_out", name, module))
         elif (leaf in MLP_READERS or ffn_dense) and not in_attn:
             out.append(("mlp", name, module))
     return out
@@ -455,7 +459,7 @@ def _assess(model_type: str, seq: int, layers: int) -> dict:
     H = result.model["hidden_size"]
     problems, checked = [], {"attn": 0, "mlp": 0, "resid": 0}
     for (i, kind, name), x in inputs.items():
-        if x.shape[-1] != H:
+        if x.shape[-1] != H or kind == "attn_out":
             continue
         site = f"layers.{i}.{'attn_in' if kind == 'attn' or i in shared else 'mlp_in'}"
         got = rec.seen.get(site)
@@ -496,12 +500,44 @@ def _assess(model_type: str, seq: int, layers: int) -> dict:
     }
     if problems:
         return row | {"verdict": "wrong", "reason": "; ".join(problems[:3])}
+    row["attn_out_in"] = _assess_attn_out(model, ids, inputs)
     if not (checked["attn"] and (checked["mlp"] or shared)):
         return row | {
             "verdict": "unverified",
             "reason": "the oracle's name table does not know this model's projections",
         }
     return row | {"verdict": "correct", "reason": ""}
+
+
+def _assess_attn_out(model, ids, inputs) -> str:
+    """``--sites dettmers``' attention-output-projection site beside the oracle's: correct (every
+    layer's site equals what the conventionally named output projection multiplies), wrong
+    (with the reason), no oracle (no such name), or refused (with the harness's sentence)."""
+    from harness.errors import HarnessError
+    from harness.pipeline import analyze
+
+    want = {i: x for (i, kind, _name), x in inputs.items() if kind == "attn_out"}
+    H = model.get_input_embeddings().weight.shape[-1]
+    narrow = {i for i, x in want.items() if x.shape[-1] != H}
+    want = {i: x for i, x in want.items() if i not in narrow}
+    rec = _Recorder()
+    try:
+        analyze(model, ids, sites="dettmers", batch_size=2, observers=[rec])
+    except HarnessError as err:
+        return f"refused: {err}"
+    got = {int(n.split(".")[1]): x for n, x in rec.seen.items() if n.endswith(".attn_out_in")}
+    if narrow and not want:
+        # the heads' channels are not the hidden dims: left out, and no site may claim them
+        return "not hidden-sized: left out" if not got else "wrong: a site of another width"
+    if not want:
+        return "no oracle" if got else "no site, no oracle"
+    for i, x in want.items():
+        y = got.get(i)
+        if y is None:
+            return f"wrong: no site layers.{i}.attn_out_in"
+        if y.numel() != x.numel() or not torch.equal(y.reshape(x.shape), x):
+            return f"wrong: layers.{i}.attn_out_in is not the output projection's input"
+    return "correct"
 
 
 VERDICT_ORDER = ("correct", "unsupported", "refused", "not run", "not built", "unverified")
@@ -555,9 +591,13 @@ def markdown(rows: list[dict]) -> str:
         "or run (the reason is the library's); *unverified* = the oracle does not know the "
         "projections' names.",
         "",
+        "`attn_out_in` (`--sites dettmers`: the input of the attention output projection) is "
+        "compared with the input of the projection the oracle finds by its conventional name "
+        "(o_proj, out_proj, c_proj, dense, wo, ...).",
+        "",
         "| model_type | class | verdict | sites per layer | attn_in hooked at | mlp_in hooked at "
-        "| reason |",
-        "|---|---|---|---|---|---|---|",
+        "| attn_out_in | reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (VERDICT_ORDER + ("wrong",)).index(r["verdict"])):
         per = ", ".join(f"{k} in {v} layers" for k, v in (r.get("sites_per_layer") or {}).items())
@@ -569,7 +609,8 @@ def markdown(rows: list[dict]) -> str:
             reason = "resid_out not measurable: layers output several residual streams"
         lines.append(
             f"| {r['model_type']} | {r['class']} | {r['verdict']} | {per} | "
-            f"{strip(r.get('attn_module'))} | {strip(r.get('mlp_module'))} | {reason[:160]} |"
+            f"{strip(r.get('attn_module'))} | {strip(r.get('mlp_module'))} | "
+            f"{(r.get('attn_out_in') or '').replace('|', '/')[:80]} | {reason[:160]} |"
         )
     return "\n".join(lines) + "\n"
 

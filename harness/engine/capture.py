@@ -52,7 +52,7 @@ import torch
 
 from harness.engine import kernels
 from harness.engine.sites import Site, SiteMap, hook_tensor
-from harness.engine.statistics import CapturedStats
+from harness.engine.statistics import CapturedStats, FirstPosition
 from harness.errors import HarnessError, NonFiniteActivations
 
 # Elements processed per chunk: bounds the scratch memory next to the activation itself.
@@ -233,6 +233,10 @@ class _DeviceBatch:
         self.union = torch.zeros((B, T, H), dtype=torch.uint8, device=device)
         self.smax = torch.zeros((S, B, H), dtype=torch.float32, device=device)  # max |x| over T
         self.level = torch.zeros((S, B, H), dtype=torch.uint8, device=device)  # its grid level
+        # the same without the window's first position, and that position's own level
+        self.smax_rest = torch.zeros((S, B, H), dtype=torch.float32, device=device)
+        self.level_rest = torch.zeros((S, B, H), dtype=torch.uint8, device=device)
+        self.level_first = torch.zeros((S, B, H), dtype=torch.uint8, device=device)
         self.hist = torch.zeros((S, G + 1), dtype=torch.int64, device=device)
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
         self._ones = torch.ones(0, dtype=torch.int64, device=device)
@@ -322,6 +326,10 @@ class Capture:
         self.seq_max = np.zeros((N, H), dtype=np.float32)
         self.seq_site_count = np.zeros((G, N, H), dtype=np.int32)
         self.site_seq_level = np.zeros((S, N, H), dtype=np.uint8)
+        self.site_max_rest = np.zeros((S, H), dtype=np.float32)
+        self.seq_max_rest = np.zeros((N, H), dtype=np.float32)
+        self.site_seq_level_rest = np.zeros((S, N, H), dtype=np.uint8)
+        self.site_seq_level_first = np.zeros((S, N, H), dtype=np.uint8)
         self.seq_pos_count = np.zeros((G, N, H), dtype=np.int32)
         self.seq_occ = np.zeros((G, N, H), dtype=np.int64)
         # per batch: its first window, hits per position, their dims and levels
@@ -375,6 +383,7 @@ class Capture:
             x = self._as_bth(x, site)
             with hook_threads(x.device):
                 self._reduce(site, x)
+                self._first_position(site, x)
             for obs in self.observers:
                 obs.on_site(site, x, self._batch)
 
@@ -453,6 +462,29 @@ class Capture:
                     obs.on_hits(site, pos, wide, self.grid, self._batch)
             level = torch.maximum(union.index_select(0, pos), level)
             union.index_copy_(0, pos, level)  # positions are distinct within a site
+
+    def _first_position(self, site: Site, x: torch.Tensor) -> None:
+        """The window's first position apart (massive activations live there): its level per
+        (sequence, dim), and the max |x| over the other positions. That max equals the one
+        ``_reduce`` found except where the first position holds it; only those (sequence, dim)
+        columns are read again (a few dims of a few windows, except at sites where the first
+        position is the largest nearly everywhere: then about one more read of the tensor)."""
+        part = self._part(x.device)
+        thr, _ = self.thresholds.get(x.device, x.dtype)
+        s = site.index
+        first = x[:, 0, :].abs()  # [B, H], exact in x's dtype
+        part.level_first[s] = torch.bucketize(first, thr, right=True)
+        smax, rest = part.smax[s], part.smax_rest[s]
+        if x.shape[1] == 1:
+            rest.zero_()
+        else:
+            rest.copy_(smax)
+            bd = (first.float() >= smax).nonzero()
+            if bd.numel():
+                cols = x[bd[:, 0], 1:, bd[:, 1]]  # [k, T - 1]
+                vals = torch.maximum(cols.amax(dim=1), cols.amin(dim=1).neg())
+                rest[bd[:, 0], bd[:, 1]] = vals.float()
+        part.level_rest[s] = torch.bucketize(rest.to(x.dtype), thr, right=True)
 
     def _reduce_cpu(self, scan, site: Site, part: _DeviceBatch, x, thr, table, per_chunk) -> None:
         """Every reduction of ``_reduce`` at once, a chunk at a time, by the CPU's one-read
@@ -627,6 +659,9 @@ class Capture:
                 f"{n1 - 1}); {advice}."
             )
         seq_max = smax.max(axis=0)
+        rest = np.maximum.reduce([p.smax_rest.cpu().numpy() for p in parts])  # [S, B, H]
+        level_rest = np.maximum.reduce([p.level_rest.cpu().numpy() for p in parts])
+        level_first = np.maximum.reduce([p.level_first.cpu().numpy() for p in parts])
         # number of sites at which each (sequence, dim) reaches grid[g]
         site_count = sum(
             torch.stack([(p.level > g).sum(dim=0, dtype=torch.int32) for g in range(G)])
@@ -650,6 +685,10 @@ class Capture:
             self.seq_max[n0:n1] = np.maximum(self.seq_max[n0:n1], seq_max)
             self.seq_site_count[:, n0:n1] += site_count.astype(np.int32)
             self.site_seq_level[:, n0:n1] = site_level
+            np.maximum(self.site_max_rest, rest.max(axis=1), out=self.site_max_rest)
+            self.seq_max_rest[n0:n1] = np.maximum(self.seq_max_rest[n0:n1], rest.max(axis=0))
+            self.site_seq_level_rest[:, n0:n1] = level_rest
+            self.site_seq_level_first[:, n0:n1] = level_first
             self.seq_pos_count[:, n0:n1] += pos_ge.transpose(2, 0, 1).astype(np.int32)
             self.seq_occ[:, n0:n1] += occ_ge.transpose(2, 0, 1)
             self._hits.append(hits)
@@ -729,6 +768,12 @@ class Capture:
             hits_dim=dim,
             hits_level=lev,
             token_ids=self.token_ids,
+            first_position=FirstPosition(
+                self.site_max_rest,
+                self.seq_max_rest,
+                self.site_seq_level_rest,
+                self.site_seq_level_first,
+            ),
         )
         for obs in self.observers:
             obs.finalize(stats)

@@ -9,11 +9,17 @@ decimal fraction p / q), so that exactly 25% / 6% pass.
 - ``pooled``: over the whole corpus; distinct dims, plus Dettmers' aggregates (% of sites and %
   of positions touched by any systematic dim).
 - ``per_site``: values over the magnitude and max |x| per site.
+
+``Criteria.layer_unit`` names the layer-% denominator: "sites" (the original study's count, 2
+per sequential layer) or "layers" (Dettmers' wording: a transformer layer counts for a dim when
+any of its sites reaches the magnitude). ``skip_first_position`` leaves each window's first
+position out. Both are views of the same statistics (``CapturedStats.by_layer``,
+``without_first_position``): every figure can be recomputed either way from stats.npz.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -22,14 +28,24 @@ from harness.engine.kernels import rows_reaching
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 
+LAYER_UNITS = ("sites", "layers")
+
 
 @dataclass(frozen=True)
 class Criteria:
     magnitude: float = 6.0
     layer_frac: float = 0.25
     seq_frac: float = 0.06
+    layer_unit: str = "sites"
+    skip_first_position: bool = False
 
     def __post_init__(self):
+        if self.layer_unit not in LAYER_UNITS:
+            raise HarnessError(
+                f"--layer-unit must be one of {', '.join(LAYER_UNITS)} (got {self.layer_unit!r}): "
+                "sites = each measured tensor counts (the original study), layers = a "
+                "transformer layer counts when any of its sites reaches the magnitude."
+            )
         if not (np.isfinite(self.magnitude) and self.magnitude > 0):
             raise HarnessError(
                 f"--magnitude must be a positive number (got {self.magnitude}); Dettmers used 6."
@@ -187,6 +203,7 @@ def pooled(stats: CapturedStats, criteria: Criteria) -> dict:
     max_mag = stats.site_max[:, dims].max(axis=0) if len(dims) else np.zeros(0)
     occ = stats.seq_occ[g][:, dims].sum(axis=0) if len(dims) else np.zeros(0, np.int64)
     seqs_sys = _seqs_systematic(stats, criteria, dims)
+    windows = _per_window(stats, g, dims)
     sites_hit = arr["reached"][:, dims].any(axis=1) if len(dims) else np.zeros(S, bool)
     return {
         "num_dims": int(len(dims)),
@@ -198,16 +215,38 @@ def pooled(stats: CapturedStats, criteria: Criteria) -> dict:
                 "max_magnitude": float(m),
                 "occurrences": int(o),
                 "num_sequences_systematic": int(ns),
+                "window": w,
             }
-            for d, lp, sp, m, o, ns in zip(
-                dims, layer_pct, seq_pct, max_mag, occ, seqs_sys, strict=True
+            for d, lp, sp, m, o, ns, w in zip(
+                dims, layer_pct, seq_pct, max_mag, occ, seqs_sys, windows, strict=True
             )
         ],
+        "num_windows": int(stats.num_seqs),
         "mean_layer_pct": _mean(layer_pct),
         "mean_seq_pct": _mean(seq_pct),
         "sites_affected_pct": 100.0 * float(sites_hit.sum()) / S,
         "positions_affected_pct": 100.0 * positions_affected(stats, dims, criteria.magnitude) / NT,
     }
+
+
+def _per_window(stats: CapturedStats, g: int, dims: np.ndarray) -> list[dict]:
+    """Per systematic dim, its layer % and position % in each window on its own (every window,
+    also those where it is not systematic): median and interquartile range. The pooled figures
+    are unions over the corpus and grow with the number of windows; these do not."""
+    if len(dims) == 0:
+        return []
+    lp = 100.0 * stats.seq_site_count[g][:, dims] / stats.num_sites  # [N, D]
+    sp = 100.0 * stats.seq_pos_count[g][:, dims] / stats.seq_len
+    q = np.percentile(np.stack([lp, sp]), [25, 50, 75], axis=1)  # [3, 2, D]
+    return [
+        {
+            "layer_pct_median": float(q[1, 0, i]),
+            "layer_pct_iqr": [float(q[0, 0, i]), float(q[2, 0, i])],
+            "seq_pct_median": float(q[1, 1, i]),
+            "seq_pct_iqr": [float(q[0, 1, i]), float(q[2, 1, i])],
+        }
+        for i in range(len(dims))
+    ]
 
 
 def _seqs_systematic(stats: CapturedStats, criteria: Criteria, dims: np.ndarray) -> np.ndarray:
@@ -221,9 +260,10 @@ def _seqs_systematic(stats: CapturedStats, criteria: Criteria, dims: np.ndarray)
     return ok.sum(axis=0)
 
 
-def per_site(stats: CapturedStats, criteria: Criteria) -> list[dict]:
+def per_site(stats: CapturedStats, criteria: Criteria, dims=None) -> list[dict]:
     g = stats.grid_index(criteria.magnitude)
-    dims, _ = pooled_dims(stats, criteria)
+    if dims is None:
+        dims, _ = pooled_dims(stats, criteria)
     out = []
     for s, name in enumerate(stats.site_names):
         row = stats.site_max[s]
@@ -240,10 +280,53 @@ def per_site(stats: CapturedStats, criteria: Criteria) -> list[dict]:
     return out
 
 
+def view(stats: CapturedStats, criteria: Criteria) -> CapturedStats:
+    """The statistics the criteria read: by layer and / or without the first position."""
+    if criteria.skip_first_position:
+        stats = stats.without_first_position()
+    return stats.by_layer() if criteria.layer_unit == "layers" else stats
+
+
 def evaluate(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> dict:
-    """All figures at ``criteria``: {"seed_compatible", "pooled", "per_site"}."""
-    return {
-        "seed_compatible": seed_compatible(stats, criteria, with_pairs=with_pairs),
-        "pooled": pooled(stats, criteria),
-        "per_site": per_site(stats, criteria),
+    """All figures at ``criteria``: {"seed_compatible", "pooled", "per_site"}. ``per_site``
+    keeps one row per site under either layer unit (its systematic dims are the unit's)."""
+    sites = stats.without_first_position() if criteria.skip_first_position else stats
+    seen = view(stats, criteria)
+    out = {
+        "seed_compatible": seed_compatible(seen, criteria, with_pairs=with_pairs),
+        "pooled": pooled(seen, criteria),
+        "per_site": per_site(sites, criteria, pooled_dims(seen, criteria)[0]),
     }
+    for part in ("seed_compatible", "pooled"):
+        out[part].update(
+            layer_unit=criteria.layer_unit,
+            layer_denominator=seen.num_sites,
+            first_position="left out" if criteria.skip_first_position else "included",
+        )
+    return out
+
+
+def summary(figures: dict) -> dict:
+    """The figures of ``evaluate`` without their long lists (pairs; a dim list of numbers)."""
+    sc = {k: v for k, v in figures["seed_compatible"].items() if k != "pairs"}
+    po = dict(figures["pooled"])
+    po["dims"] = [
+        {k: d[k] for k in ("dim", "layer_pct", "seq_pct", "window")} for d in po.get("dims", [])
+    ]
+    return {"seed_compatible": sc, "pooled": po}
+
+
+def by_definition(stats: CapturedStats, criteria: Criteria) -> dict:
+    """The headline figures under every choice the definitions leave open, side by side: the
+    layer unit (sites, layers) x the first position (included, left out). ``None`` for the
+    first-position-less figures of statistics captured before it was kept apart."""
+    out = {}
+    for unit in LAYER_UNITS:
+        for skip in (False, True):
+            key = f"{unit}{'_without_first_position' if skip else ''}"
+            if skip and (stats.first_position is None or stats.seq_len < 2):
+                out[key] = None
+                continue
+            c = replace(criteria, layer_unit=unit, skip_first_position=skip)
+            out[key] = summary(evaluate(stats, c, with_pairs=False))
+    return out

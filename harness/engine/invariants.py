@@ -128,24 +128,53 @@ def honest_run_failures(
     return fails
 
 
+_SETTING_DEFAULTS = {"layer_unit": "sites", "skip_first_position": False}
+
+
+def as_original_count(result: AnalysisResult) -> tuple[int | None, str]:
+    """Our seed-compatible count as the original study computed it (every activation rounded
+    to bf16 before the magnitude test), and which figure that is."""
+    orig = result.sections.get("seed_compatible_as_original") or {}
+    if orig.get("same_as_exact"):
+        return result.seed_compatible.num_outliers, "exact (the activations are bf16 already)"
+    if "num_outliers" in orig:
+        return int(
+            orig["num_outliers"]
+        ), f"as the original computed it (|x| >= {orig['threshold']:g})"
+    return None, "the as-original (bf16-rounded) count was not recorded"
+
+
 def published_deviation(result: AnalysisResult | dict, entry) -> dict | None:
-    """Our seed-compatible count beside the published one, when the settings match (the
-    published settings are named as the data and criteria fields are)."""
+    """Our seed-compatible count, as the original computed it (bf16 rounding), beside the
+    published one, when the settings match: the published settings (named as the data and
+    criteria fields are) and the weights' dtype the entry names."""
     pub = getattr(entry, "published", None)
     if pub is None or pub.num_outliers is None:
         return None
     result = as_result(result)
 
     def ours(name):
+        if name == "dtype":
+            return result.model.dtype
         section = result.data if name in result.data.names() else result.criteria
-        return getattr(section, name)
+        value = getattr(section, name, None)
+        if value is None and name not in section.names():
+            value = section.get(name, _SETTING_DEFAULTS.get(name))
+        return value
 
-    differs = [k for k, v in pub.settings if ours(k) != v]
+    settings = (*pub.settings, ("dtype", getattr(entry, "dtype", None)))
+    differs = [k for k, v in settings if v is not None and ours(k) != v]
+    count, figure = as_original_count(result)
     out = {
         "published": pub.num_outliers,
-        "ours": result.seed_compatible.num_outliers,
+        "ours": count,
+        "ours_figure": figure,
         "source": pub.source,
+        "settings": dict(settings),
+        "rounding": pub.rounding,
     }
+    if count is None:
+        differs.append("rounding")
     if differs:
         out["comparable"] = False
         out["differs"] = differs

@@ -114,9 +114,11 @@ class CriteriaRecord(Record):
     magnitude: float = 6.0
     layer_frac: float = 0.25
     seq_frac: float = 0.06
+    layer_unit: str = "sites"  # the layer-% denominator: sites | layers
+    skip_first_position: bool = False
     sites: str = "ln"
     num_sites: int = 0
-    layer_denominator: int = 0  # distinct sites: parallel blocks' shared input counts once
+    layer_denominator: int = 0  # in layer_unit: parallel blocks' shared input counts once
     grid: list = field(default_factory=list)
 
 
@@ -237,7 +239,13 @@ class AnalysisResult:
         from harness.engine.criteria import Criteria
 
         c = self.criteria
-        return Criteria(float(c.magnitude), float(c.layer_frac), float(c.seq_frac))
+        return Criteria(
+            float(c.magnitude),
+            float(c.layer_frac),
+            float(c.seq_frac),
+            c.layer_unit or "sites",
+            bool(c.skip_first_position),
+        )
 
 
 def upgrade(d: dict) -> dict:

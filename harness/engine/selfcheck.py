@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from harness.engine.forward import base_forward  # the same forward the capture runs
-from harness.engine.sites import Site, SiteMap, hook_tensor
+from harness.engine.sites import Site, SiteMap, _output_of, hook_tensor, input_of
 from harness.errors import HarnessError
 
 # Positions of the first window compared by the checks (the first batch's, or a short pass's).
@@ -55,7 +55,9 @@ class SiteProbe:
         self.calls: list[_Seen] = []
         self._live: dict[int, list] = {}  # layer -> [(call index, StorageWeakRef, identity)]
         self.seen: dict[int, list[int]] = {}  # site index -> its calls
-        self.readers: dict[str, list[tuple[str, int]]] = {}  # block key -> (projection, call)
+        # block key -> (projection, call, output features), in the order they ran
+        self.readers: dict[str, list[tuple[str, int, int | None]]] = {}
+        self.same_as_first: dict[int, bool] = {}  # a reader's call -> equals the block's first
         self.layer_in: dict[int, int] = {}
 
     # -- hooks -----------------------------------------------------------------------------
@@ -90,13 +92,23 @@ class SiteProbe:
             )
 
         def projection_fn(layer, key, name):
-            def fn(x):
-                if x is not None:
-                    calls = self.readers.setdefault(key, [])
-                    # values compared: the block's first projection to run, and layer 0's
-                    # readers (recorded in the result)
-                    keep = layer == 0 or not calls
-                    calls.append((name, self._record(x, layer, keep)))
+            # a forward hook: the input as the projection multiplied it, after every pre-hook
+            def fn(_module, args, kwargs, output):
+                x = input_of(args, kwargs)
+                if x is None:
+                    return
+                calls = self.readers.setdefault(key, [])
+                out = _output_of(output)
+                out_dim = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() else None
+                # values kept: the block's first projection to run, possible output
+                # projections (hidden-size outputs) and layer 0's readers (recorded in the
+                # result); every other reader is compared with the first one here and now
+                keep = layer == 0 or not calls or out_dim == self.H
+                index = self._record(x, layer, True)
+                if calls and not keep:
+                    self.same_as_first[index] = self._equal(index, calls[0][1])
+                    self.calls[index].head = None
+                calls.append((name, index, out_dim))
 
             return fn
 
@@ -108,15 +120,16 @@ class SiteProbe:
             return fn
 
         hooks = [(s.module, site_fn(s), s.mode) for s in self.sitemap.sites]
+        readers = []
         for i, blocks in enumerate(self.sitemap.blocks):
             for kind, (_block, projections) in blocks.items():
-                hooks += [
-                    (modules[n], projection_fn(i, f"{i}.{kind}", n), "input") for n in projections
-                ]
+                readers += [(modules[n], projection_fn(i, f"{i}.{kind}", n)) for n in projections]
         hooks += [(layer, layer_fn(i), "input") for i, layer in enumerate(self.sitemap.layers)]
         try:
             for module, fn, mode in hooks:
                 self._handles.append(hook_tensor(module, fn, mode))
+            for module, fn in readers:
+                self._handles.append(module.register_forward_hook(fn, with_kwargs=True))
         except BaseException:
             self.close()
             raise
@@ -131,11 +144,73 @@ class SiteProbe:
         self._live.clear()
 
     # -- the checks ------------------------------------------------------------------------
+    def _target(self, site: Site) -> tuple[str | None, int | None]:
+        """(projection, call) that ``site`` must equal: its block's first projection to run
+        (attn_in, mlp_in), or the attention block's output projection (attn_out_in: the last
+        projection to run that returns hidden-size features)."""
+        calls = self.readers.get(_block_key(site)) or []
+        if site.kind == "attn_out_in":
+            outs = [(n, c) for n, c, o in calls if o == self.H]
+            return outs[-1] if outs and len(calls) > 1 else (None, None)
+        return (calls[0][0], calls[0][1]) if calls else (None, None)
+
+    def _output_projections(self, calls) -> set[str]:
+        """Per module holding projections, the last one to run that returns hidden-size
+        features: what a block returns through (o_proj, down_proj, fc2, c_proj), not a reader
+        of its input."""
+        last: dict[str, str] = {}
+        for name, _c, out in calls:
+            if out == self.H:
+                last[name.rsplit(".", 1)[0]] = name
+        return set(last.values())
+
+    def _check_blocks(self) -> int:
+        """Every block, every layer: it runs inside its own decoder layer, and every first-level
+        reader of its input (q, k, v; gate, up; the router; shared experts: each projection that
+        multiplies a hidden-size tensor and is not the block's output projection) multiplies the
+        same values. Returns the number of readers compared."""
+        compared = 0
+        kinds = {"attn": "attention", "mlp": "MLP"}
+        for key, calls in self.readers.items():
+            layer, kind = key.split(".")
+            i = int(layer)
+            block = kinds.get(kind, kind)
+            first_name, first_call, _ = calls[0]
+            start, end = self.layer_in.get(i), self.layer_in.get(i + 1)
+            if (start is not None and first_call < start) or (end is not None and first_call > end):
+                raise HarnessError(
+                    f"layer {i}'s {block} block ({first_name}) ran outside decoder layer {i}; the "
+                    "structural site discovery chose another layer's block "
+                    f"({self.sitemap.model_type}): please report it with the model id."
+                )
+            outputs = self._output_projections(calls)
+            differ = []
+            for name, c, _ in calls[1:]:
+                if name in outputs or self.calls[c].shape[-1] != self.H:
+                    continue
+                compared += 1
+                same = self.same_as_first.get(c)
+                if same is None:
+                    same = self._equal(c, first_call)
+                if not same:
+                    differ.append(name.rsplit(".", 1)[-1])
+            if differ:
+                raise HarnessError(
+                    f"layer {i}'s {block} block: {', '.join(sorted(set(differ)))} multiplied "
+                    f"other values than {first_name.rsplit('.', 1)[-1]} (compared over the first "
+                    f"{self.P} positions), so no single tensor is what this block reads; this "
+                    f"model ({self.sitemap.model_type}) changes a projection's input inside the "
+                    "block (a hook or adapter on one projection?): remove it, or report the model "
+                    "id if it does this by design."
+                )
+        return compared
+
     def verify(self) -> SiteMap:
         """The site map to measure with (parallel blocks merged to one site, sites moved to the
-        projection that runs first, ``self_check`` filled in); a site that is not what its
-        block's first-executed projection receives stops the run with one sentence naming both
-        modules."""
+        projection that runs first, or last for the attention output projection,
+        ``self_check`` filled in). A site that is not what its block's projections receive, a
+        block whose readers multiply different values, or a block that runs outside its layer
+        stops the run with one sentence naming the modules."""
         t0 = time.perf_counter()
         sitemap, H, calls, tokens = self.sitemap, self.H, self.calls, self.tokens
         moved: dict[int, str] = {}
@@ -149,19 +224,19 @@ class SiteProbe:
                     f"({sitemap.model_type}): please report it with the model id."
                 )
             c = got[0]
-            name = None
+            name = want = None
             if site.kind != "resid_out":
-                name, want = (self.readers.get(_block_key(site)) or [(None, None)])[0]
+                name, want = self._target(site)
                 if name is not None and name != site.module_name:
                     # registration order is not execution order (Phi-3 registers o_proj before
-                    # qkv_proj): the site moves to the projection that runs first
-                    runs = sum(1 for n, _ in self.readers[_block_key(site)] if n == name)
+                    # qkv_proj): the site moves to the projection that runs first (last)
+                    runs = sum(1 for n, _, _ in self.readers[_block_key(site)] if n == name)
                     if runs != 1:
                         raise HarnessError(
-                            f"site {site.name}: the first projection of its block ({name}) ran "
-                            f"{runs} times in one forward pass instead of once; the structural "
-                            f"site discovery does not fit this model ({sitemap.model_type}): "
-                            "please report it with the model id."
+                            f"site {site.name}: the projection of its block it must equal "
+                            f"({name}) ran {runs} times in one forward pass instead of once; the "
+                            f"structural site discovery does not fit this model "
+                            f"({sitemap.model_type}): please report it with the model id."
                         )
                     moved[site.index] = name
                     c = want
@@ -183,12 +258,14 @@ class SiteProbe:
                         f"model ({sitemap.model_type}): please report it with the model id."
                     )
             elif want is None or not self._equal(c, want):
+                what = "output projection" if site.kind == "attn_out_in" else "first projection"
                 raise HarnessError(
-                    f"site {site.name} ({site.module_name}) is not what its block's first "
-                    f"projection to run ({name or 'none ran'}) receives; the structural site "
-                    f"discovery does not fit this model ({sitemap.model_type}): please report it "
-                    "with the model id."
+                    f"site {site.name} ({site.module_name}) is not what its block's {what} "
+                    f"to run ({name or 'none ran'}) receives; the structural site discovery does "
+                    f"not fit this model ({sitemap.model_type}): please report it with the model "
+                    "id."
                 )
+        readers_compared = self._check_blocks()
         sites = tuple(
             replace(s, module_name=moved[s.index], module=self.model.get_submodule(moved[s.index]))
             if s.index in moved
@@ -225,15 +302,21 @@ class SiteProbe:
             "seconds": round(self.seconds, 4),
             "sites_checked": len(sitemap.sites),
             "moved_to_first_run": len(moved),
-            "what": "each attn_in / mlp_in site equals the input of its block's first projection "
-            "to run (all projections hooked separately); each resid_out equals the next layer's "
+            "layers_checked": len(self.sitemap.layers),
+            "readers_compared": readers_compared,
+            "what": "in every layer, each block runs inside its own decoder layer and every "
+            "first-level reader of its input (q, k, v; gate, up; router; shared experts) "
+            "multiplies the same values (compared by value, each projection hooked after its "
+            "pre-hooks); each attn_in / mlp_in site equals the input of its block's first "
+            "projection to run, each attn_out_in the input of the attention output projection "
+            "(the last to run with hidden-size outputs); each resid_out equals the next layer's "
             "input",
             # which projections read the site tensor (first layer, as a record of what was checked)
             "readers": {
                 s.name: sorted(
                     {
                         n
-                        for n, c in self.readers.get(_block_key(s), [])
+                        for n, c, _ in self.readers.get(_block_key(s), [])
                         if self._equal(c, site_call[s.index])
                     }
                 )
@@ -294,7 +377,7 @@ def verify_sites(model: nn.Module, sitemap: SiteMap, token_ids: torch.Tensor) ->
 
 
 def _block_key(site: Site) -> str:
-    return f"{site.layer}.{'attn' if site.kind == 'attn_in' else 'mlp'}"
+    return f"{site.layer}.{'mlp' if site.kind == 'mlp_in' else 'attn'}"
 
 
 class SitesChanged(Exception):

@@ -48,10 +48,12 @@ from harness.errors import HarnessError, UnsupportedArchitecture
 
 SITE_SETS = {
     "ln": ("attn_in", "mlp_in"),
+    # Dettmers 2022: "attention projection (key/query/value/output) and the expansion layer"
+    "dettmers": ("attn_in", "attn_out_in", "mlp_in"),
     "residual": ("resid_out",),
     "all": ("attn_in", "mlp_in", "resid_out"),
 }
-SITE_KIND_ORDER = ("attn_in", "mlp_in", "resid_out")
+SITE_KIND_ORDER = ("attn_in", "attn_out_in", "mlp_in", "resid_out")
 
 
 # Attribute names and class-name patterns of blocks (structure, not architectures).
@@ -73,7 +75,7 @@ class Site:
     index: int
     name: str  # uniform name, e.g. "layers.3.mlp_in"
     layer: int
-    kind: str  # attn_in | mlp_in | resid_out
+    kind: str  # attn_in | attn_out_in | mlp_in | resid_out
     module_name: str  # the hooked module, e.g. "model.layers.3.mlp.gate_proj"
     mode: str  # input (forward pre-hook: what the module reads) | output (the layer's output)
     module: nn.Module = field(compare=False, repr=False)
@@ -104,6 +106,7 @@ class SiteMap:
     # per layer, its blocks: {"attn": (block path, [projection paths]), "mlp": (...)}
     blocks: tuple = field(default=(), compare=False, repr=False)
     shared_input_layers: tuple[int, ...] = ()  # layers whose two blocks read one tensor
+    unmeasured: tuple[str, ...] = ()  # sites of the set left out, each with why
     self_check: dict | None = field(default=None, compare=False)
 
     @property
@@ -129,8 +132,9 @@ def parse_site_set(value: str) -> str:
     if value not in SITE_SETS:
         raise HarnessError(
             f"unknown site set {value!r}; choose one of {', '.join(SITE_SETS)} "
-            "(ln = the inputs of each layer's attention and MLP blocks, residual = each layer's "
-            "output, all = both)."
+            "(ln = the inputs of each layer's attention and MLP blocks, dettmers = those and the "
+            "input of the attention output projection, residual = each layer's output, all = ln "
+            "and residual)."
         )
     return value
 
@@ -181,6 +185,34 @@ def is_projection(module: nn.Module) -> bool:
     if weight is not None and weight.dim() == 2:
         return True
     return "qweight" in module._buffers or "qweight" in module._parameters
+
+
+def out_features(module: nn.Module) -> int | None:
+    """How many features a projection returns (``nn.Linear``, GPT-2's ``Conv1D``: ``nf``)."""
+    for name in ("out_features", "nf"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    weight = module._parameters.get("weight")
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
+def in_features(module: nn.Module) -> int | None:
+    """How many features a projection multiplies (``nn.Linear``, GPT-2's ``Conv1D``: ``nx``)."""
+    for name in ("in_features", "nx"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    weight = module._parameters.get("weight")
+    return int(weight.shape[1]) if weight is not None and weight.dim() == 2 else None
+
+
+def _output_projection(modules: dict, projections: list[str], hidden: int) -> str | None:
+    """The attention block's output projection, by structure: its last projection (in
+    registration order) that returns hidden-size features; the self-check moves the site to
+    the last one that runs."""
+    out = [n for n in projections if out_features(modules[n]) == hidden]
+    return out[-1] if len(out) > 0 and len(projections) > 1 else None
 
 
 def _projections(block: nn.Module, prefix: str) -> list[str]:
@@ -254,7 +286,7 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
     found by structure (module docstring); the self-check (``harness.engine.selfcheck``)
     checks them on a forward pass.
 
-    Sites are ordered by layer, then attn_in, mlp_in, resid_out. A layer without an attention
+    Sites are ordered by layer, then attn_in, attn_out_in, mlp_in, resid_out. A layer without an attention
     block (the state-space or convolution layers of hybrid models) has no attn_in site. Raises
     ``UnsupportedArchitecture`` with one sentence when the model has no decoder layers with an
     attention and an MLP block.
@@ -278,11 +310,28 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
     path, layers, blocks = found
     kinds = [k for k in SITE_KIND_ORDER if k in SITE_SETS[sites]]
     modules = dict(model.named_modules())
+    hidden = hidden_size_of(model.config)
     out: list[Site] = []
+    unmeasured: list[str] = []
     for i in range(len(layers)):
         for kind in kinds:
             if kind == "resid_out":
                 name, mode, block = f"{path}.{i}", "output", f"{path}.{i}"
+            elif kind == "attn_out_in":
+                b = blocks[i].get("attn")
+                name = b and _output_projection(modules, b[1], hidden)
+                if name is None:
+                    continue
+                width = in_features(modules[name])
+                if width is not None and width != hidden:
+                    # its features are the heads' channels, not the hidden dims the criteria
+                    # count (where they are as many, as in Dettmers' models, they share indices)
+                    unmeasured.append(
+                        f"layers.{i}.attn_out_in ({name}): it multiplies {width} features, not "
+                        f"the {hidden} hidden dims"
+                    )
+                    continue
+                block, mode = b[0], "input"
             else:
                 b = blocks[i].get(kind[:-3] if kind == "attn_in" else "mlp")
                 if b is None:
@@ -304,7 +353,7 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
         model_type=model_type,
         model_class=cls,
         num_layers=len(layers),
-        hidden_size=hidden_size_of(model.config),
+        hidden_size=hidden,
         site_set=sites,
         sites=tuple(out),
         routers=tuple(routers),
@@ -313,6 +362,7 @@ def find_sites(model: nn.Module, sites: str = "ln") -> SiteMap:
         layers=tuple(layers),
         layers_path=path,
         blocks=tuple(blocks),
+        unmeasured=tuple(unmeasured),
     )
 
 

@@ -16,7 +16,14 @@ reductions at every magnitude of a grid (so figures can be recomputed offline at
   a position): every (position, dim) where some site reaches grid[0]; ``hits_level`` = how many
   grid values that max over sites reaches (1..G). 3 bytes per hit. This is the per-position
   union that Dettmers' "% of positions affected" needs for any set of systematic dims;
-- ``token_ids[N, T]`` (int32): the windows themselves, for attribution.
+- ``token_ids[N, T]`` (int32): the windows themselves, for attribution;
+- ``first_position`` (``FirstPosition``): the window's first position apart: the max |x| and
+  levels over the other positions, and that position's own levels, so that every figure can also
+  be computed without it (``without_first_position``; massive activations live there).
+
+``by_layer()`` and ``without_first_position()`` return statistics of the same shape whose sites
+are the transformer layers (a layer reaches a magnitude where any of its sites does) or whose
+windows start at their second position: the criteria and the bootstrap read them unchanged.
 
 ``grid`` holds the magnitudes as given (float64); comparisons were made exactly
 (|x| >= m over the real numbers, x as stored in the activation dtype).
@@ -25,7 +32,8 @@ reductions at every magnitude of a grid (so figures can be recomputed offline at
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +58,27 @@ def make_grid(magnitude: float, grid: tuple[float, ...] | None = None) -> tuple[
     return tuple(sorted(float(v) for v in values))
 
 
+@dataclass(eq=False)
+class FirstPosition:
+    """What the statistics need beside their arrays to leave each window's first position out."""
+
+    site_max_rest: np.ndarray  # [S, H] float32: max |x| over positions 1..T-1
+    seq_max_rest: np.ndarray  # [N, H] float32
+    site_seq_level_rest: np.ndarray  # [S, N, H] uint8: grid levels of the max over 1..T-1
+    site_seq_level_first: np.ndarray  # [S, N, H] uint8: grid level of |x| at position 0
+
+    def __eq__(self, other) -> bool:  # the same values, array by array
+        return isinstance(other, FirstPosition) and all(
+            np.array_equal(getattr(self, n), getattr(other, n)) for n in _FIRST_FIELDS
+        )
+
+    __hash__ = None
+
+
+_FIRST_FIELDS = ("site_max_rest", "seq_max_rest", "site_seq_level_rest", "site_seq_level_first")
+_SITE_NAME = re.compile(r"^layers\.(\d+)\.")
+
+
 @dataclass
 class CapturedStats:
     grid: np.ndarray
@@ -68,11 +97,120 @@ class CapturedStats:
     hits_dim: np.ndarray
     hits_level: np.ndarray
     token_ids: np.ndarray
+    first_position: FirstPosition | None = None  # None in statistics written before it existed
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # observers' arrays
+    unit: str = "sites"  # "layers" for ``by_layer()``'s statistics
+    skips_first_position: bool = False  # ``without_first_position()``'s statistics
 
     @property
     def num_sites(self) -> int:
         return len(self.site_names)
+
+    @property
+    def site_layers(self) -> np.ndarray:
+        """The transformer layer of each site (from its name, ``layers.<i>.<kind>``; a site
+        named otherwise is a layer of its own)."""
+        out, other = [], 1 << 30
+        for name in self.site_names:
+            m = _SITE_NAME.match(name)
+            out.append(int(m.group(1)) if m else other)
+            other += 0 if m else 1
+        return np.asarray(out, dtype=np.int64)
+
+    @property
+    def num_layers(self) -> int:
+        """Distinct transformer layers holding a site: the per-layer denominator."""
+        return len(np.unique(self.site_layers))
+
+    def by_layer(self) -> CapturedStats:
+        """These statistics with the transformer layers as their sites: a layer reaches a
+        magnitude for a dim where any of its sites does (Dettmers' "at least 25% of transformer
+        layers"); ``site_counts`` adds its sites' values up."""
+        if self.unit == "layers":
+            return self
+        layers = self.site_layers
+        order = np.argsort(layers, kind="stable")
+        lay = layers[order]
+        starts = np.flatnonzero(np.r_[True, lay[1:] != lay[:-1]])
+
+        def group(a):  # max over the sites of each layer, along axis 0
+            return np.maximum.reduceat(np.asarray(a)[order], starts, axis=0)
+
+        level = group(self.site_seq_level)
+        first = self.first_position
+        if first is not None:
+            first = FirstPosition(
+                group(first.site_max_rest),
+                first.seq_max_rest,
+                group(first.site_seq_level_rest),
+                group(first.site_seq_level_first),
+            )
+        return replace(
+            self,
+            site_names=[
+                f"layers.{int(i)}" if i < (1 << 30) else self.site_names[order[k]]
+                for k, i in zip(starts, lay[starts], strict=True)
+            ],
+            site_max=group(self.site_max),
+            site_counts=np.add.reduceat(np.asarray(self.site_counts)[order], starts, axis=0),
+            site_seq_level=level,
+            seq_site_count=_count_sites(level, len(self.grid)),
+            first_position=first,
+            unit="layers",
+        )
+
+    def without_first_position(self) -> CapturedStats:
+        """These statistics over positions 1..T-1 of each window. Raises a one-sentence error
+        for statistics captured before the first position was kept apart."""
+        from harness.errors import HarnessError
+
+        if self.skips_first_position:
+            return self
+        first = self.first_position
+        if first is None:
+            raise HarnessError(
+                "this result's stats.npz was captured before the first position was kept apart; "
+                "rerun the model to get figures without it."
+            )
+        if self.seq_len < 2:
+            raise HarnessError("windows of one token have no positions besides the first.")
+        N, T, G = self.num_seqs, self.seq_len, len(self.grid)
+        counts = np.diff(self.hits_indptr)
+        row_first = np.arange(N) * T
+        keep_row = np.ones(N * T, dtype=bool)
+        keep_row[row_first] = False
+        keep_hit = np.repeat(keep_row, counts)
+        # the first position's hits: one position of each window, per (grid level, dim)
+        starts, lengths = self.hits_indptr[row_first], counts[row_first]
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        take = np.repeat(starts, lengths) + within
+        seq_of = np.repeat(np.arange(N), lengths)
+        first_pos = np.zeros((G, N, self.hidden_size), dtype=np.int32)
+        dims, levels = np.asarray(self.hits_dim)[take], np.asarray(self.hits_level)[take]
+        for g in range(G):
+            sel = levels > g
+            first_pos[g, seq_of[sel], dims[sel].astype(np.int64)] = 1
+        indptr = np.zeros(N * (T - 1) + 1, dtype=np.int64)
+        np.cumsum(counts[keep_row], out=indptr[1:])
+        lev_first = first.site_seq_level_first
+        occ_first = np.stack([(lev_first > g).sum(axis=0) for g in range(G)])  # [G, N, H]
+        counts_first = np.stack([(lev_first > g).sum(axis=(1, 2)) for g in range(G)], axis=1)
+        return replace(
+            self,
+            seq_len=T - 1,
+            site_max=first.site_max_rest,
+            site_counts=np.asarray(self.site_counts) - counts_first,
+            seq_max=first.seq_max_rest,
+            site_seq_level=first.site_seq_level_rest,
+            seq_site_count=_count_sites(first.site_seq_level_rest, G),
+            seq_pos_count=np.asarray(self.seq_pos_count) - first_pos,
+            seq_occ=np.asarray(self.seq_occ) - occ_first,
+            hits_indptr=indptr,
+            hits_dim=np.asarray(self.hits_dim)[keep_hit],
+            hits_level=np.asarray(self.hits_level)[keep_hit],
+            token_ids=np.asarray(self.token_ids)[:, 1:],
+            skips_first_position=True,
+        )
 
     @property
     def num_positions(self) -> int:
@@ -106,10 +244,15 @@ class CapturedStats:
     # -- storage -------------------------------------------------------------------------
     def to_npz_bytes(self) -> bytes:
         arrays = {}
+        if self.unit != "sites" or self.skips_first_position:
+            raise ValueError("only the captured statistics are stored, not a view of them")
         for f in fields(self):
-            if f.name in ("extra", "site_names"):
+            if f.name in _NOT_ARRAYS:
                 continue
             arrays[f.name] = np.asarray(getattr(self, f.name))
+        if self.first_position is not None:
+            for name in _FIRST_FIELDS:
+                arrays[f"first__{name}"] = np.asarray(getattr(self.first_position, name))
         arrays["site_names"] = np.array(self.site_names, dtype=np.str_)
         arrays["stats_schema"] = np.array(STATS_SCHEMA)
         for key, value in self.extra.items():
@@ -124,8 +267,10 @@ class CapturedStats:
             data = {k: z[k] for k in z.files}
         extra = {k[len("extra__") :]: v for k, v in data.items() if k.startswith("extra__")}
         kwargs = {}
+        if all(f"first__{n}" in data for n in _FIRST_FIELDS):
+            kwargs["first_position"] = FirstPosition(*(data[f"first__{n}"] for n in _FIRST_FIELDS))
         for f in fields(cls):
-            if f.name == "extra":
+            if f.name in _NOT_ARRAYS and f.name != "site_names":
                 continue
             value = data[f.name]
             if f.name == "site_names":
@@ -134,3 +279,11 @@ class CapturedStats:
                 value = int(value)
             kwargs[f.name] = value
         return cls(**kwargs, extra=extra)
+
+
+_NOT_ARRAYS = ("extra", "site_names", "first_position", "unit", "skips_first_position")
+
+
+def _count_sites(level: np.ndarray, G: int) -> np.ndarray:
+    """[G, N, H] int32: how many sites (rows of ``level`` [S, N, H]) reach each grid level."""
+    return np.stack([(level > g).sum(axis=0, dtype=np.int32) for g in range(G)])

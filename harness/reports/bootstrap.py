@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from harness.engine.criteria import Criteria, meets, seed_pairs
+from harness.engine.criteria import Criteria, meets, seed_pairs, view
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 
@@ -119,6 +119,7 @@ def figures_for_sample(stats: CapturedStats, criteria: Criteria, seq_indices) ->
     Uses the engine's arithmetic on the same values in the same order, so
     ``figures_for_sample(stats, c, arange(N))`` equals ``evaluate(stats, c)`` exactly.
     Raises the grid's ``HarnessError`` when ``criteria.magnitude`` was not captured."""
+    stats = view(stats, criteria)  # the layer unit and first position the criteria name
     g = stats.grid_index(criteria.magnitude)
     idx = _check_indices(stats, seq_indices)
     S, T, N = stats.num_sites, stats.seq_len, stats.num_seqs
@@ -200,6 +201,7 @@ def resample_figures(stats: CapturedStats, criteria: Criteria, counts) -> dict[s
     """The headline figures of many samples at once: ``counts[b, n]`` = how often sequence n is
     in sample b. Returns ``{metric: array[B]}`` (NaN where a mean or median has no values).
     Equal to ``figures_for_sample`` on each sample up to float rounding of the means."""
+    stats = view(stats, criteria)
     g = stats.grid_index(criteria.magnitude)
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 2 or counts.shape[1] != stats.num_seqs:

@@ -27,7 +27,7 @@ from harness.engine.result import find_run_dirs, read_result, read_stats, run_di
 from harness.engine.schema import AnalysisResult, Pooled, SeedCompatible
 from harness.reports.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap
 from harness.reports.comparability import label_runs, mark_comparability
-from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row
+from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row, definition_figures
 
 
 # -- collecting ---------------------------------------------------------------------------------
@@ -64,12 +64,34 @@ def _data_spec(result: AnalysisResult) -> dict:
     }
 
 
-def _published(result: AnalysisResult, criteria: Criteria, num_outliers: int):
-    """(published count, deviation, deviation %) with the plugin's own settings check."""
+def _as_original_at(result: AnalysisResult, stats, criteria: Criteria) -> dict:
+    """The seed_compatible_as_original section at re-thresholded ``criteria``, from stats.npz
+    (empty when the bf16-rounded threshold was not captured)."""
+    from harness.engine.criteria import bf16_rounding_threshold, seed_compatible, view
+    from harness.errors import HarnessError
+
+    if _activation_dtype(result) == "bfloat16":
+        return {"same_as_exact": True, "threshold": criteria.magnitude}
+    c = replace(criteria, magnitude=bf16_rounding_threshold(criteria.magnitude))
+    try:
+        sc = seed_compatible(view(stats, c), c, with_pairs=False)
+    except HarnessError:  # that grid value was not captured
+        return {}
+    return {"same_as_exact": False, "threshold": c.magnitude, **sc}
+
+
+def _published(result: AnalysisResult, criteria: Criteria, num_outliers: int, stats, rethreshold):
+    """(published count, deviation, deviation %) with the plugin's own settings check; the
+    count compared is ours as the original computed it (bf16 rounding)."""
     from harness import models
     from harness.engine.invariants import published_deviation
 
     entry = models.REGISTRY.get(str(result.model.id))
+    if entry is None or entry.published is None:
+        return None, None, None
+    sections = dict(result.sections)
+    if rethreshold:
+        sections["seed_compatible_as_original"] = _as_original_at(result, stats, criteria)
     view = replace(
         result,
         criteria=replace(
@@ -77,8 +99,11 @@ def _published(result: AnalysisResult, criteria: Criteria, num_outliers: int):
             magnitude=criteria.magnitude,
             layer_frac=criteria.layer_frac,
             seq_frac=criteria.seq_frac,
+            layer_unit=criteria.layer_unit,
+            skip_first_position=criteria.skip_first_position,
         ),
         seed_compatible=replace(result.seed_compatible, num_outliers=num_outliers),
+        sections=sections,
     )
     dev = published_deviation(view, entry)
     if dev is None:
@@ -108,6 +133,8 @@ def _key(result: AnalysisResult, criteria: Criteria) -> tuple:
         criteria.magnitude,
         criteria.layer_frac,
         criteria.seq_frac,
+        criteria.layer_unit,
+        criteria.skip_first_position,
     )
 
 
@@ -141,6 +168,10 @@ def collect(
     rows.sort(key=lambda r: (r.total_params or 0, r.active_params or 0, r.model_name))
     mark_comparability(rows)
     label_runs(rows)
+    from harness.models.dettmers import table4_comparability
+
+    for r in rows:
+        r.table4_comparability = table4_comparability(r.trend_row())
     return rows
 
 
@@ -156,9 +187,16 @@ def _row(run: Path, result: AnalysisResult, crit: Criteria, rethreshold, resampl
         sc, po = result.seed_compatible, result.pooled
         figures = {"seed_compatible": sc, "pooled": po, "per_site": result.per_site}
     model, timing, data = result.model, result.timing, result.data
-    published, deviation, deviation_pct = _published(result, crit, sc.num_outliers)
+    published, deviation, deviation_pct = _published(
+        result, crit, sc.num_outliers, stats, rethreshold
+    )
     pod_seconds, pod_cost = _pod(result)
     ci = bootstrap(stats, crit, resamples=resamples, seed=seed) if resamples > 0 else {}
+    recorded = result.sections.get("by_definition")
+    if rethreshold or recorded is None:
+        from harness.engine.criteria import by_definition
+
+        recorded = by_definition(stats, crit)
     attribution = result.sections.get("attribution")
     if rethreshold and attribution is not None:
         from harness.attribution.section import attribution_section
@@ -197,6 +235,7 @@ def _row(run: Path, result: AnalysisResult, crit: Criteria, rethreshold, resampl
         pod_seconds=pod_seconds,
         pod_cost_usd=pod_cost,
         num_experts=int(model.num_experts or 0),
+        by_definition=definition_figures(recorded, crit.layer_unit),
         figures=figures,
         stats=stats,
         attribution=attribution,

@@ -41,6 +41,18 @@ def add_report_command(sub) -> None:
     p.add_argument("--layer-frac", type=float, default=None, help=helps["layer_frac"])
     p.add_argument("--seq-frac", type=float, default=None, help=helps["seq_frac"])
     p.add_argument(
+        "--layer-unit",
+        choices=("sites", "layers"),
+        default=None,
+        help=helps["layer_unit"] + "; re-thresholds from stats.npz",
+    )
+    p.add_argument(
+        "--skip-first-position",
+        action="store_true",
+        default=None,
+        help=helps["skip_first_position"] + "; re-thresholds from stats.npz",
+    )
+    p.add_argument(
         "--reports-dir",
         default=None,
         help="write the reports (tables, exports, plots) into this directory, as pytest "
@@ -56,16 +68,21 @@ def add_report_command(sub) -> None:
     p.set_defaults(func=run_report_command)
 
 
-def criteria_from_flags(magnitude, layer_frac, seq_frac) -> Criteria | None:
+def criteria_from_flags(
+    magnitude, layer_frac, seq_frac, layer_unit=None, skip_first_position=None
+) -> Criteria | None:
     """None when no flag was given (figures as recorded); otherwise the flags, with Dettmers'
-    values for the ones left out."""
-    if magnitude is None and layer_frac is None and seq_frac is None:
+    values (per site, every position) for the ones left out."""
+    given = (magnitude, layer_frac, seq_frac, layer_unit, skip_first_position)
+    if all(v is None for v in given):
         return None
     d = Criteria()
     return Criteria(
         d.magnitude if magnitude is None else magnitude,
         d.layer_frac if layer_frac is None else layer_frac,
         d.seq_frac if seq_frac is None else seq_frac,
+        d.layer_unit if layer_unit is None else layer_unit,
+        bool(skip_first_position),
     )
 
 
@@ -73,7 +90,9 @@ def run_report_command(args) -> int:
     import sys
 
     t0 = time.perf_counter()
-    criteria = criteria_from_flags(args.magnitude, args.layer_frac, args.seq_frac)
+    criteria = criteria_from_flags(
+        args.magnitude, args.layer_frac, args.seq_frac, args.layer_unit, args.skip_first_position
+    )
     rows = collect(args.results_dir, criteria, resamples=args.resamples)
     if not rows:
         raise HarnessError(

@@ -54,7 +54,8 @@ def differences(row: Row, ref: Row) -> list[str]:
 
 
 def _criteria_text(c: Criteria) -> str:
-    return f"|x|>={c.magnitude:g}, {c.layer_frac:g} sites, {c.seq_frac:g} positions"
+    first = ", first position left out" if c.skip_first_position else ""
+    return f"|x|>={c.magnitude:g}, {c.layer_frac:g} {c.layer_unit}, {c.seq_frac:g} positions{first}"
 
 
 def is_study_default(row: Row) -> bool:
@@ -112,7 +113,13 @@ def _label_parts(r: Row) -> list[tuple[str, str]]:
         ("dtype", r.activation_dtype),
         *((k, fmt.format(r.data.get(k))) for k, fmt in _LABEL_PARTS.items()),
         ("sites", f"sites {r.sites}"),
-        ("criteria", f"|x|>={c.magnitude:g} {c.layer_frac:g}/{c.seq_frac:g}"),
+        (
+            "criteria",
+            f"|x|>={c.magnitude:g} {c.layer_frac:g}"
+            + (" layers" if c.layer_unit == "layers" else "")
+            + f"/{c.seq_frac:g}"
+            + (" no first position" if c.skip_first_position else ""),
+        ),
         ("windows", f"windows {str(r.data.get('windows_sha256'))[:8]}"),
     ]
 

@@ -56,6 +56,7 @@ Y_AXES = {
     "median_seq_pct": "median sequence % of systematic (seq, dim) pairs",
     "sites_affected_pct": "% of sites touched by a pooled systematic dim",
     "positions_affected_pct": "% of positions touched by a pooled systematic dim",
+    "pct_layers_affected": "% of transformer layers touched by a per-layer systematic dim",
 }
 # Which column of table 4 goes on which y axis: only the pooled figures are Dettmers' quantities
 # (the seed-compatible pair statistics are the original study's own, not his).
@@ -71,9 +72,14 @@ TITLES = {
     "median_seq_pct": "Median sequence %",
     "sites_affected_pct": "Sites affected % (pooled)",
     "positions_affected_pct": "Positions affected % (pooled)",
+    "pct_layers_affected": "Layers affected % (pooled, per transformer layer)",
 }
 STUDY_PLOTS = tuple((x, y) for x in X_AXES for y in list(Y_AXES)[:4])  # the original 8
-POOLED_PLOTS = (("total_params", "sites_affected_pct"), ("total_params", "positions_affected_pct"))
+POOLED_PLOTS = (
+    ("total_params", "sites_affected_pct"),
+    ("total_params", "positions_affected_pct"),
+    ("total_params", "pct_layers_affected"),
+)
 
 
 def new_figure(figsize=FIGSIZE) -> Figure:
@@ -269,6 +275,24 @@ def scatter_plot(rows, x: str, y: str, path: str | Path, *, reference: bool = Tr
             color="0.3",
             va="bottom",
         )
+    if ref is not None:  # never paired silently: say which of our rows table 4 cannot be beside
+        apart = [
+            f"{r.label} ({r.table4_comparability.split(': ', 1)[1]})"
+            for r in rows
+            if r.table4_comparability and not r.table4_comparability.startswith("comparable")
+        ]
+        series[REFERENCE_LABEL]["not_comparable"] = apart
+        if apart:
+            ax.text(
+                0.01,
+                0.99,
+                textwrap.fill("not comparable with table 4: " + "; ".join(apart[:4]), 110)
+                + (f" and {len(apart) - 4} more" if len(apart) > 4 else ""),
+                transform=ax.transAxes,
+                fontsize=6,
+                color="0.3",
+                va="top",
+            )
     _place_labels(ax, labels, fontsize=7)
     if ref is not None:
         _place_labels(ax, list(zip(rx, ry, ref["labels"], strict=True)), fontsize=6, color="0.35")

@@ -19,7 +19,9 @@ LEGEND = (
     "published = the figure the original study (or Dettmers' table 4) reported for this model; "
     "dev = our pairs relative to it, shown only when the run used the published settings; "
     "cmp = yes when the row was made like the reference configuration (dtype, data, sites, "
-    "criteria), else it is not comparable and drawn hollow."
+    "criteria), else it is not comparable and drawn hollow; per-layer dims/L% = the pooled "
+    "dims and % of layers counted per transformer layer (a layer counts when any of its sites reaches the "
+    "magnitude) beside the per-site ones."
 )
 
 
@@ -69,6 +71,7 @@ _HEADERS = (
     "dims",
     "sites%",
     "pos%",
+    "per-layer dims/L%",
     "published",
     "dev",
     "cmp",
@@ -98,6 +101,9 @@ def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
                 r.pooled_dims,
                 _pct(r.sites_affected_pct),
                 _pct(r.positions_affected_pct),
+                "-"
+                if r.dims_per_layer is None
+                else f"{r.dims_per_layer}/{_pct(r.pct_layers_affected)}",
                 "-" if r.published_num_outliers is None else f"{r.published_num_outliers:,}",
                 _dev_text(r),
                 mark,
@@ -106,7 +112,9 @@ def _table_rows(rows: list[Row]) -> tuple[list[str], list[list], list[str]]:
     if any(isinstance(r.published_deviation_pct, str) for r in rows):
         notes.append(
             f"n/a* = {NOT_COMPARABLE_SETTINGS}: the run's settings differ from the "
-            "published figure's (16 x 2048 FineWeb-Edu, stride 1024, ln, 6/0.25/0.06)."
+            "published figure's (16 x 2048 FineWeb-Edu, stride 1024, ln, per site, every "
+            "position, 6/0.25/0.06, the entry's weights dtype; compared: our count as the "
+            "original computed it, activations rounded to bf16)."
         )
     return headers, body, notes
 

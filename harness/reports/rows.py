@@ -35,6 +35,41 @@ CI_METRICS: tuple[str, ...] = (
 )
 
 
+# The headline figures under each choice the definitions leave open (result.json's
+# ``by_definition``): per site and per transformer layer, with and without the first position.
+DEFINITION_COLUMNS: tuple[str, ...] = (
+    "pairs_per_site",
+    "pairs_per_layer",
+    "dims_per_site",
+    "dims_per_layer",
+    "pct_sites_affected",
+    "pct_layers_affected",
+    "dims_without_first_position",
+    "positions_affected_pct_without_first_position",
+)
+
+
+def definition_figures(by_definition: dict, unit: str) -> dict:
+    """``DEFINITION_COLUMNS`` from a ``by_definition`` table (None where not recorded)."""
+
+    def get(key, part, field):
+        figs = (by_definition or {}).get(key)
+        return None if figs is None else figs[part][field]
+
+    return {
+        "pairs_per_site": get("sites", "seed_compatible", "num_outliers"),
+        "pairs_per_layer": get("layers", "seed_compatible", "num_outliers"),
+        "dims_per_site": get("sites", "pooled", "num_dims"),
+        "dims_per_layer": get("layers", "pooled", "num_dims"),
+        "pct_sites_affected": get("sites", "pooled", "sites_affected_pct"),
+        "pct_layers_affected": get("layers", "pooled", "sites_affected_pct"),
+        "dims_without_first_position": get(f"{unit}_without_first_position", "pooled", "num_dims"),
+        "positions_affected_pct_without_first_position": get(
+            f"{unit}_without_first_position", "pooled", "positions_affected_pct"
+        ),
+    }
+
+
 EXTRA_COLUMNS: tuple[str, ...] = (
     "label",
     "group",
@@ -45,9 +80,12 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "pooled_seq_pct",
     "sites_affected_pct",
     "positions_affected_pct",
+    "layer_unit",
+    *DEFINITION_COLUMNS,
     "published_num_outliers",
     "published_deviation",
     "published_deviation_pct",
+    "table4_comparability",
     *(f"{m}_ci_{end}" for m in CI_METRICS for end in ("low", "high")),
     "comparable",
     "comparability",
@@ -113,6 +151,8 @@ class Row:
     pod_seconds: float | None = None
     pod_cost_usd: float | None = None
     num_experts: int = 0
+    by_definition: dict = field(default_factory=dict, repr=False)  # DEFINITION_COLUMNS
+    table4_comparability: str | None = None  # beside Dettmers' table 4: comparable, or why not
     figures: dict = field(default_factory=dict, repr=False)  # seed_compatible, pooled, per_site
     stats: CapturedStats | None = field(default=None, repr=False, compare=False)
     attribution: dict | None = field(default=None, repr=False, compare=False)
@@ -121,6 +161,15 @@ class Row:
 
     def __post_init__(self):
         self.label = self.label or self.model_name
+
+    @property
+    def dims_per_layer(self) -> int | None:
+        return self.by_definition.get("dims_per_layer")
+
+    @property
+    def pct_layers_affected(self) -> float | None:
+        """% of transformer layers touched by a per-layer systematic dim (Dettmers' wording)."""
+        return self.by_definition.get("pct_layers_affected")
 
     @property
     def is_moe(self) -> bool:
@@ -147,9 +196,12 @@ class Row:
             "pooled_seq_pct": self.pooled_seq_pct,
             "sites_affected_pct": self.sites_affected_pct,
             "positions_affected_pct": self.positions_affected_pct,
+            "layer_unit": self.criteria.layer_unit,
+            **{c: self.by_definition.get(c) for c in DEFINITION_COLUMNS},
             "published_num_outliers": self.published_num_outliers,
             "published_deviation": self.published_deviation,
             "published_deviation_pct": self.published_deviation_pct,
+            "table4_comparability": self.table4_comparability,
         }
         for metric in CI_METRICS:
             iv = self.ci.get(metric)
@@ -195,6 +247,22 @@ class Row:
             "pooled_seq_pct": self.pooled_seq_pct,
             "sites_affected_pct": self.sites_affected_pct,
             "positions_affected_pct": self.positions_affected_pct,
+            "settings": self.settings(),
+        }
+
+    def settings(self) -> dict:
+        """What a published comparison checks: the settings this row was made under."""
+        return {
+            "dataset": self.data.get("dataset"),
+            "seq_len": self.data.get("seq_len"),
+            "dtype": self.activation_dtype,
+            "sites": self.sites,
+            "layer_unit": self.criteria.layer_unit,
+            "first_position": "left out" if self.criteria.skip_first_position else "included",
+            "magnitude": self.criteria.magnitude,
+            "layer_frac": self.criteria.layer_frac,
+            "seq_frac": self.criteria.seq_frac,
+            "rounding": "exact",
         }
 
 

@@ -49,9 +49,12 @@ def _reference_section(rows: list[Row]) -> list[str]:
     from harness.models import dettmers as reference
 
     s = reference.reference_series()
+    stated = ", ".join(f"{k} {v}" for k, v in reference.SETTINGS.items() if v is not None)
+    unstated = ", ".join(k for k, v in reference.SETTINGS.items() if v is None)
     lines = [
-        f"{s['name']}: {s['source']}; {s['dataset']}, sub-layer inputs, |x| >= 6, 25% layers, "
-        "6% positions. Our comparable figures are the pooled ones (dims, sites %, positions %).",
+        f"{s['name']}: {s['source']}. Made under: {stated} (not stated: {unstated}). Our "
+        "figures beside it are the pooled ones (dims, sites %, positions %); a row made under "
+        "other settings is marked not comparable.",
         "",
         tabulate(
             list(
@@ -69,7 +72,7 @@ def _reference_section(rows: list[Row]) -> list[str]:
             disable_numparse=True,
         ),
     ]
-    paired = reference.beside_ours([r.trend_row() for r in rows if r.comparable])
+    paired = reference.beside_ours([r.trend_row() for r in rows])
     if paired:
         body = [
             [
@@ -82,7 +85,13 @@ def _reference_section(rows: list[Row]) -> list[str]:
                 p["dettmers_dims"] or "-",
                 p["dettmers_layer_pct"] or "-",
                 p["dettmers_seq_pct"] or "-",
-                p.get("note", ""),
+                "yes" if str(p.get("comparability")).startswith("comparable") else "NO",
+                p.get("note", "")
+                + (
+                    ""
+                    if str(p.get("comparability")).startswith("comparable")
+                    else f"; {p.get('comparability')}"
+                ),
             ]
             for p in paired
         ]
@@ -100,6 +109,7 @@ def _reference_section(rows: list[Row]) -> list[str]:
                     "dims",
                     "% layers",
                     "% seq",
+                    "comparable",
                     "note",
                 ],
                 tablefmt="github",
@@ -109,7 +119,7 @@ def _reference_section(rows: list[Row]) -> list[str]:
     else:
         lines += [
             "",
-            "None of our comparable rows is of a 2022 reference family (opt_*, gpt2_*, "
+            "None of our rows is of a 2022 reference family (opt_*, gpt2_*, "
             "pythia_*); the plots show table 4 as its own series.",
         ]
     return lines

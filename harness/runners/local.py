@@ -148,6 +148,8 @@ def run_model(
         magnitude=opts.magnitude,
         layer_frac=opts.layer_frac,
         seq_frac=opts.seq_frac,
+        layer_unit=opts.layer_unit,
+        skip_first_position=opts.skip_first_position,
         batch_size=opts.batch_size,
         observers=observers,
         progress=progress,

@@ -16,7 +16,16 @@ from harness.engine.schema import AnalysisResult, upgrade
 from harness.errors import HarnessError
 
 _CORE_DATA = ("dataset", "num_seqs", "seq_len", "stride")
-_CORE_CRITERIA = ("sites", "magnitude", "layer_frac", "seq_frac")
+_CORE_CRITERIA = (
+    "sites",
+    "magnitude",
+    "layer_frac",
+    "seq_frac",
+    "layer_unit",
+    "skip_first_position",
+)
+# what a result written before a setting existed was made with
+_CRITERIA_DEFAULTS = {"layer_unit": "sites", "skip_first_position": False}
 _OPTIONAL_CRITERIA = ("site_names", "num_sites", "grid")
 
 
@@ -49,7 +58,8 @@ def same_run(a: dict, b: dict) -> bool:
         if da[key] != db[key]:
             return False
     ca, cb = a.get("criteria") or {}, b.get("criteria") or {}
-    if any(_num(ca.get(k)) != _num(cb.get(k)) for k in _CORE_CRITERIA):
+    d = _CRITERIA_DEFAULTS
+    if any(_num(ca.get(k, d.get(k))) != _num(cb.get(k, d.get(k))) for k in _CORE_CRITERIA):
         return False
     return all(ca[k] == cb[k] for k in _OPTIONAL_CRITERIA if k in ca and k in cb)
 
@@ -147,5 +157,7 @@ def expected_run(opts, entry) -> dict:
             "magnitude": opts.magnitude,
             "layer_frac": opts.layer_frac,
             "seq_frac": opts.seq_frac,
+            "layer_unit": opts.layer_unit,
+            "skip_first_position": opts.skip_first_position,
         },
     }
