@@ -53,10 +53,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sites",
         str,
-        "ln",
+        "auto",
         "site set: ln (block inputs: what attention and MLP read), dettmers (ln plus the "
-        "attention output projection's input: Dettmers' list), residual (layer outputs), all",
-        ("ln", "dettmers", "residual", "all"),
+        "attention output projection's input: Dettmers' list), residual (layer outputs), all; "
+        "auto = dettmers for Dettmers' table-4 families (gpt2_*, fairseq_*, gpt_j_*, opt_*), "
+        "ln otherwise",
+        ("auto", "ln", "dettmers", "residual", "all"),
     ),
     Option("magnitude", float, 6.0, "outlier magnitude |x| >= M (Dettmers: 6)"),
     Option("layer_frac", float, 0.25, "minimum share of sites or layers (Dettmers: 0.25)"),
@@ -118,7 +120,7 @@ class AnalysisOptions:
     seq_len: int | None = None
     stride: int | None = None
     bos: str = "auto"
-    sites: str = "ln"
+    sites: str = "auto"
     magnitude: float = 6.0
     layer_frac: float = 0.25
     seq_frac: float = 0.06
@@ -146,6 +148,16 @@ class AnalysisOptions:
                     f"{opt.flag} must be one of {', '.join(opt.choices)} (got {value!r})."
                 )
         return self
+
+    def sites_for(self, spec) -> str:
+        """The site set to measure ``spec`` (a registry id or entry, a hub id, a path) with:
+        ``--sites`` when given, else the registry entry's (``ModelEntry.sites``), else ln."""
+        if self.sites != "auto":
+            return self.sites
+        from harness import models
+
+        entry = models.REGISTRY.get(spec if isinstance(spec, str) else getattr(spec, "id", ""))
+        return entry.sites if entry is not None else "ln"
 
     def with_defaults_for(self, tiny: bool) -> AnalysisOptions:
         """Fill the per-model defaults: FineWeb-Edu 16 x 2048, or the built-in corpus for tiny."""

@@ -14,9 +14,9 @@ checked with this harness (METHOD.md, section 5; ``pytest -m reference``).
 - GPT-2 (``openai-community/gpt2*``): float32, as shipped and as Dettmers ran it. These ARE
   table 4's GPT-2 models (117M / 345M / 762M / 1.5B are the GPT-2 paper's sizes of the 124M /
   355M / 774M / 1.56B checkpoints), so they carry table 4's figures. Dettmers measured the
-  inputs of q/k/v and of the FFN expansion on C4; for pre-LN GPT-2 those are exactly the
-  ``ln_1`` / ``ln_2`` outputs, our default "ln" sites (his out-projection input is not among
-  them). Table 4's % columns are pooled figures (% of layers, % of positions touched by any
+  inputs of q/k/v, of the attention output projection and of the FFN expansion on C4: our
+  ``--sites dettmers``, which ``--sites auto`` picks for table 4's families (GPT-2, fairseq
+  dense, GPT-J). Table 4's % columns are pooled figures (% of layers, % of positions touched by any
   outlier dim): compare them with our pooled ``sites_affected_pct`` / ``positions_affected_pct``.
   GPT-2 has 1024 positions: run it with ``--seq-len 1024`` (or less).
 - Pythia (``EleutherAI/pythia-*``): float16, the dtype of the released checkpoints (the suite
@@ -28,15 +28,12 @@ GPU plans are derived from the parameter count (``derive_gpu_plan``); figures co
 
 from dataclasses import fields
 
-from harness.models.dettmers import CRITERIA, reference_point
+from harness.models.dettmers import SETTINGS, reference_point
 from harness.models.registry import ModelEntry, Published
 
 DETTMERS_SETTINGS: tuple[tuple[str, object], ...] = (
     ("dataset", "allenai/c4"),
-    ("sites", "ln"),
-    ("magnitude", CRITERIA["magnitude"]),
-    ("layer_frac", CRITERIA["layer_frac"]),
-    ("seq_frac", CRITERIA["seq_frac"]),
+    *((k, v) for k, v in SETTINGS.items() if v is not None and k != "dataset"),
 )
 # ``Published.outlier_dims`` (Dettmers' "outlier dims") is used once registry.Published has it.
 _HAS_OUTLIER_DIMS = "outlier_dims" in {f.name for f in fields(Published)}
@@ -70,6 +67,7 @@ OPT = tuple(
         f"facebook/opt-{size}",
         "reference",
         dtype="float16",  # the released checkpoints are fp16
+        sites="dettmers",  # beside table 4's fairseq rows: measured as Dettmers did
         config_dir=f"facebook__opt-{size}" if size in _OPT_CONFIGS else None,
         notes=_OPT_NOTES.get(size, ""),
     )
@@ -89,6 +87,7 @@ GPT2 = tuple(
         hub_id,
         "reference",
         dtype="float32",
+        sites="dettmers",
         published=_dettmers(row),
         notes="1024 positions: run with --seq-len 1024; Dettmers' figures are on C4",
     )
@@ -114,6 +113,7 @@ FAIRSEQ = tuple(
         f"KoboldAI/fairseq-dense-{size}",
         "reference",
         dtype="float16",
+        sites="dettmers",
         published=_dettmers(f"fairseq {size}"),
         notes="no config copy in the repository (not checked offline); parameter count and GPU "
         "plan from the published size; Dettmers' figures are on C4",
@@ -128,6 +128,7 @@ GPTJ = (
         "reference",
         revision="float16",  # the fp16 branch: 12 GB instead of the main branch's 24 GB
         dtype="float16",
+        sites="dettmers",
         published=_dettmers("GPT-J 6.0B"),
         notes="parallel attention + MLP: one site per layer; no config copy in the repository "
         "(not checked offline); Dettmers' figures are on C4",

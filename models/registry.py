@@ -79,6 +79,7 @@ class ModelEntry:
     group: str  # moe | dense | reference | tiny (GROUPS)
     revision: str | None = None  # pin a hub commit; None = the branch head at run time
     dtype: str = "bfloat16"
+    sites: str = "ln"  # what --sites auto measures: dettmers for table 4's families
     trust_remote_code: bool = False
     gated: bool = False
     gpu: GpuPlan | None = None  # None: sized by preflight's memory model from the config

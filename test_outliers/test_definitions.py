@@ -175,3 +175,15 @@ def test_table_4_comparability_is_data():
     (paired,) = beside_ours([other])
     assert paired["dettmers"] == "GPT-2 117M" and paired["comparability"] == text
     assert table4_comparability({"id": "qwen3_0.6b", "settings": settings}) is None
+
+
+def test_table_4_families_are_measured_at_dettmers_sites_by_default():
+    from harness.options import AnalysisOptions
+
+    auto = AnalysisOptions()
+    assert auto.sites == "auto"
+    for model in ("gpt2_small", "fairseq_dense_1.3b", "gpt_j_6b", "opt_125m"):
+        assert auto.sites_for(model) == "dettmers", model
+    for model in ("qwen3_0.6b", "smollm2_135m", "someone/else", "./local-dir"):
+        assert auto.sites_for(model) == "ln", model
+    assert AnalysisOptions(sites="ln").sites_for("gpt2_small") == "ln"

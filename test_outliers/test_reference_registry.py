@@ -86,7 +86,7 @@ def test_dtypes_are_the_shipped_ones():
         assert e.dtype == want, e.id
 
 
-def test_every_table4_row_is_an_entry_with_its_figures_and_c4_and_ln_settings():
+def test_every_table4_row_is_an_entry_with_its_figures_and_c4_and_dettmers_settings():
     assert sorted(reference_point(r).label for r in TABLE4_ROWS.values()) == sorted(
         p.label for p in DETTMERS_TABLE4
     )
@@ -101,7 +101,9 @@ def test_every_table4_row_is_an_entry_with_its_figures_and_c4_and_ln_settings():
         assert getattr(pub, "outlier_dims", point.outlier_dims) == point.outlier_dims
         assert pub.source.startswith("Dettmers et al. 2022 table 4")
         settings = dict(pub.settings)
-        assert settings["dataset"] == "allenai/c4" and settings["sites"] == "ln"
+        # Dettmers' sites (q/k/v, output projection, FFN expansion inputs), counted per site
+        assert settings["dataset"] == "allenai/c4" and settings["sites"] == "dettmers"
+        assert settings["layer_unit"] == "sites" and e.sites == "dettmers"
         assert (settings["magnitude"], settings["layer_frac"], settings["seq_frac"]) == (
             6.0,
             0.25,

@@ -48,6 +48,11 @@ def run_dir_name(result: AnalysisResult | dict) -> str:
         f"-{str(d.windows_sha256 or '')[:8]}"
     )
     crit = f"{c.sites}-m{c.magnitude:g}-l{c.layer_frac:g}-q{c.seq_frac:g}"
+    # the defaults keep the names of the runs written before these settings existed
+    if (c.layer_unit or "sites") != "sites":
+        crit += f"-u{c.layer_unit}"
+    if c.skip_first_position:
+        crit += "-nofirst"
     return f"{data}__{crit}__{_slug(m.activation_dtype or m.dtype or '')}"
 
 

@@ -144,7 +144,7 @@ def run_model(
     result = analyze(
         loaded.model,
         windows,
-        sites=opts.sites,
+        sites=opts.sites_for(spec),
         magnitude=opts.magnitude,
         layer_frac=opts.layer_frac,
         seq_frac=opts.seq_frac,

@@ -153,7 +153,7 @@ def expected_run(opts, entry) -> dict:
         },
         "data": data,
         "criteria": {
-            "sites": opts.sites,
+            "sites": opts.sites_for(entry),
             "magnitude": opts.magnitude,
             "layer_frac": opts.layer_frac,
             "seq_frac": opts.seq_frac,
