@@ -271,7 +271,7 @@ def test_keep_leaves_pods_running_and_outliers_pods_terminates_them(
     listed: list[str] = []
     assert pods_command(out=listed.append) == 0  # `outliers pods`
     assert pod_id in listed[0] and "leaked" in listed[0] and "$" in listed[1]
-    assert terminate_pods(api) == [pod_id]  # `outliers pods --terminate`
+    assert terminate_pods(api) == ([pod_id], [])  # `outliers pods --terminate`
     assert_nothing_left(fake_runpod)
 
 

@@ -166,6 +166,17 @@ def test_the_account_keys_replacing_ours_fail_fast(runpod_env, fake_runpod, tmp_
     assert_nothing_left(fake_runpod)
 
 
+def test_the_account_keys_beside_ours_are_fine(runpod_env, fake_runpod, tmp_path):
+    """Issue 34.2: RunPod may merge the account's keys with ours in PUBLIC_KEY (one a line);
+    ours is among them, so the run logs in. Before, the equality test terminated every pod."""
+    fake_runpod.faults.account_keys_merged = True
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    (pod,) = fake_runpod.pods.values()
+    assert pod.env["PUBLIC_KEY"].count("\n") == 1  # ours, then the account's
+    assert_nothing_left(fake_runpod)
+
+
 def test_a_pod_whose_own_key_cannot_reach_the_api_is_not_kept(runpod_env, fake_runpod, tmp_path):
     fake_runpod.faults.pod_key_refused = True  # nothing on the pod could end it
     runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
@@ -177,30 +188,46 @@ def test_a_pod_whose_own_key_cannot_reach_the_api_is_not_kept(runpod_env, fake_r
     assert_nothing_left(fake_runpod)
 
 
-def test_keep_with_a_network_volume_terminates_at_the_deadline(runpod_env, fake_runpod, tmp_path):
-    """A volume pod cannot be stopped: its deadline must terminate it, not loop on podStop."""
+def test_keep_with_a_network_volume_stops_at_the_deadline(runpod_env, fake_runpod, tmp_path):
+    """Issue 34.11/13: a network-volume pod can stop (RunPod bills a stopped pod's disk, not its
+    GPUs), so --runpod-keep stops it at its deadline; the volume is mounted away from
+    /workspace, where the run folders are: they never pile up on the paid volume."""
     runner, out, lines = run_models(
         tmp_path, {"fake_a": "sleep:60"}, keep=True, volume="vol1", max_minutes=0.05
     )
     (create,) = _creates(fake_runpod)
-    assert create["fields"]["networkVolumeId"] == "vol1"
-    assert "ACTION=terminate" in killswitch.script(0, "terminate")
+    fields = create["fields"]
+    assert fields["networkVolumeId"] == "vol1" and fields["volumeMountPath"] == "/runpod-volume"
+    assert fields["env"]["HF_HOME"] == "/runpod-volume/hf-cache"
     pod = next(iter(fake_runpod.pods.values()))
-    ended = fake_runpod.wait(lambda: pod.status == "TERMINATED", timeout=20)
+    ended = fake_runpod.wait(lambda: pod.status == "EXITED", timeout=20)
     assert ended, [c for c in fake_runpod.calls if c.get("pod") == pod.id]
-    assert not fake_runpod.ops("podStop", status=200)
+    assert fake_runpod.ops("podStop", status=200) and not fake_runpod.ops("podTerminate")
+    assert any("stops it: the GPUs stop billing" in x for x in lines)
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    assert api.terminate(pod.id)
     assert_nothing_left(fake_runpod)
 
 
-def test_a_stop_refused_for_a_volume_pod_falls_back_to_terminate(fake_runpod, monkeypatch):
+def test_a_failed_stop_is_retried_not_turned_into_a_terminate(fake_runpod, monkeypatch):
+    """Issue 34.11: a podStop answered "Something went wrong" (RunPod's generic error) leaves a
+    kept pod to the next attempt; only the last resort of a stop that kept failing terminates."""
     pod = _pod_without_ssh(fake_runpod, monkeypatch, "vol", volume="vol1")
     monkeypatch.setenv(
         "OUTLIERS_POD_ENVIRON", str(fake_runpod.pods[pod["id"]].root / "pod.environ")
     )
+    fake = fake_runpod.pods[pod["id"]]
     log = []
+    fake_runpod.faults.pod_stop_errors = 2  # GraphQL podStop fails twice, REST's stop once
+    fake_runpod.faults.rest_stop_errors = 1
+    assert not podside.stop_self("stop", log.append)
+    assert fake.status == "RUNNING" and not fake_runpod.ops("podTerminate")
     assert podside.stop_self("stop", log.append)
-    assert any("podStop" in x and "failed" in x for x in log) and "podTerminate" in log[-1]
-    assert fake_runpod.pods[pod["id"]].status == "TERMINATED"
+    assert fake.status == "EXITED"
+    fake.status = "RUNNING"
+    fake_runpod.faults.pod_stop_errors, fake_runpod.faults.rest_stop_errors = 1, 1
+    assert podside.stop_self("stop", log.append, last_resort=True)
+    assert fake.status == "TERMINATED"
 
 
 def test_a_pod_installs_the_project_keeping_the_image_torch(
@@ -323,3 +350,92 @@ def test_a_runpod_secret_carries_the_hf_token_so_it_never_leaves_this_machine(
     pod = fake_runpod.pods[create["pod"]]
     assert f"HF_TOKEN={HF_TOKEN}".encode() in (pod.root / "pod.environ").read_bytes()
     assert_nothing_left(fake_runpod)
+
+
+def _harness_pod(fake, monkeypatch, run: str, label: str, host: str, **create) -> str:
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake.url)
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    fake.faults.ssh_dead.add(label)
+    pod, _ = api.create(
+        f"outliers-{run}-{label}",
+        gpu_types=(FIRST,),
+        count=1,
+        disk_gb=10,
+        image="runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404",
+        cloud="SECURE",
+        env={"OUTLIERS_HOST": host},
+        **create,
+    )
+    return pod["id"]
+
+
+def test_outliers_pods_leaves_other_machines_sweeps_and_says_when_a_terminate_failed(
+    runpod_env, fake_runpod, monkeypatch
+):
+    """Issue 34.6 and 34.4: a harness pod made on another machine (its tag is not ours, this
+    machine's registry does not know its run) may be a live sweep: `--terminate` leaves it and
+    says so; one made here with no live run is leaked; one past its kill-switch deadline is
+    leaked whoever made it. A terminate that fails makes the command exit 1."""
+    from harness.runners.runpod.pods import DEADLINE_SLACK_S, harness_pods, host_tag, pods_command
+
+    far = time.time() + 3600
+    other = _harness_pod(fake_runpod, monkeypatch, "20261207T010101-aaaa", "x", "0123456789ab")
+    mine = _harness_pod(fake_runpod, monkeypatch, "20261207T010101-bbbb", "y", host_tag())
+    late = _harness_pod(
+        fake_runpod,
+        monkeypatch,
+        "20261207T010101-cccc",
+        "z",
+        "0123456789ab",
+        docker_args=killswitch.docker_args(far),
+    )
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    states = {r["id"]: r["state"] for r in harness_pods(api)}
+    assert states == {other: "elsewhere", mine: "leaked", late: "elsewhere"}
+    later = {r["id"]: (r["state"], r["why"]) for r in harness_pods(api, far + DEADLINE_SLACK_S + 1)}
+    assert later[late] == ("leaked", "past its kill-switch deadline")
+    lines: list[str] = []
+    assert pods_command(terminate=True, out=lines.append) == 0
+    assert fake_runpod.pods[mine].status == "TERMINATED"
+    assert fake_runpod.pods[other].status == "RUNNING" == fake_runpod.pods[late].status
+    assert any("left 2 pod(s) of other machines' runs" in x for x in lines), lines
+    fake_runpod.faults.user_terminate_refused = True
+    lines.clear()
+    assert pods_command(terminate=True, all=True, out=lines.append) == 1
+    assert any("could NOT terminate 2 pod(s)" in x for x in lines), lines
+    fake_runpod.faults.user_terminate_refused = False
+    assert pods_command(terminate=True, all=True, out=lines.append) == 0
+    assert fake_runpod.live_pods() == []
+
+
+def test_a_pod_key_that_may_only_stop_stops_its_pod(fake_runpod, monkeypatch):
+    """Issue 34.3: RunPod documents only `runpodctl pod stop` from inside a pod. Where the pod's
+    own key is refused podTerminate (GraphQL and REST), the kill switch and the watchdog stop
+    the pod instead (its GPUs stop billing), and `outliers pods` lists it as stopped."""
+    from harness.runners.runpod.pods import harness_pods, pods_table
+
+    fake_runpod.faults.pod_terminate_refused = True
+    pod_id = _harness_pod(
+        fake_runpod,
+        monkeypatch,
+        "20261207T020202-dddd",
+        "stoponly",
+        "0123456789ab",
+        docker_args=killswitch.docker_args(time.time() + 2),
+    )
+    fake = fake_runpod.pods[pod_id]
+    assert fake_runpod.wait(lambda: fake.status == "EXITED", timeout=30), fake_runpod.calls
+    refused = [c for c in fake_runpod.calls if c.get("pod") == pod_id and c.get("error")]
+    assert any("may not terminate" in c["error"] for c in refused)
+    assert fake_runpod.ops("rest:delete", status=403)
+    log = (fake.root / "tmp" / "outliers-killswitch.log").read_text()
+    assert "could not terminate: stopping instead" in log and "podStop: done" in log
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    (row,) = harness_pods(api)
+    assert row["status"] == "EXITED" and "EXITED (stopped: its disk bills)" in pods_table([row])
+    # the watchdog's path: the same fallback
+    fake.status = "RUNNING"
+    monkeypatch.setenv("OUTLIERS_POD_ENVIRON", str(fake.root / "pod.environ"))
+    lines = []
+    assert podside.stop_self("terminate", lines.append)
+    assert fake.status == "EXITED" and any("stopping it instead" in x for x in lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 from runpod_fakes.procs import drive
 
@@ -110,3 +111,33 @@ def test_under_nohup_a_closed_terminal_leaves_the_sweep_running(runpod_env, fake
     assert "terminating this run's pods" not in proc.output
     assert code == 0, proc.output
     assert proc.outcomes()["slow"]["ok"], proc.output
+
+
+def test_signals_while_closing_never_leave_a_pod_billing(runpod_env, fake_runpod, tmp_path):
+    """Issue 34.1: a SIGTERM starts the close; a Ctrl-C and another SIGTERM come while each
+    terminate takes the API 1 s. Before, the second signal aborted the loop (exit 143 or a
+    KeyboardInterrupt with one of three pods terminated); now every pod is asked to end at
+    once, the later signals only say so, and the process exits after all three are gone."""
+    fake_runpod.faults.terminate_delay_s = 1.0
+    models = {"a": "sleep:60", "b": "sleep:60", "c": "sleep:60"}
+    proc = drive(tmp_path, runpod_env, models)
+    try:
+        assert fake_runpod.wait(
+            lambda: all(_job_running(fake_runpod, m) for m in models), timeout=30
+        ), proc.output
+        proc.p.send_signal(signal.SIGTERM)
+        assert fake_runpod.wait(lambda: "terminating this run's pods" in proc.output, timeout=10)
+        time.sleep(0.3)
+        proc.p.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.p.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.p.poll() is None:
+            proc.p.kill()
+    assert code != 0
+    assert "still terminating this run's pods, please wait" in proc.output
+    assert fake_runpod.live_pods() == []
+    for m in models:
+        pod = _pod_of(fake_runpod, m)
+        assert {c["auth"] for c in fake_runpod.ops("podTerminate", pod=pod.id)} >= {"user"}, m

@@ -516,7 +516,9 @@ def test_the_pod_watchdog_stops_its_pod_for_the_right_reason(
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     calls = []
-    monkeypatch.setattr(podside, "stop_self", lambda act, log: calls.append(act) or True)
+    monkeypatch.setattr(
+        podside, "stop_self", lambda act, log, last_resort=False: calls.append(act) or True
+    )
     args = {
         "deadline_in": 60.0,
         "grace": 60.0,

@@ -19,7 +19,8 @@ never starts: ``runtime`` stays null), hosts whose containers never start, "pod 
 after creation, the account's SSH keys injected over our ``PUBLIC_KEY``, a pod key the API
 refuses. As the real service: GraphQL errors are HTTP 200 ``{"errors": [...]}``, a 429 is plain
 text, a 502 an HTML page, urllib's default User-Agent is refused (403, as RunPod's front end),
-``podStop`` of a pod with a network volume is refused.
+a pod's own key may be refused podTerminate while podStop works, GraphQL may be gone (the REST
+API, ``/v1/pods``, is served too).
 
 A created pod runs its start command (``dockerArgs``, with the pod's environment, in its own
 process group: the container), as RunPod does; the image's own start is the fake's sshd.
@@ -72,10 +73,17 @@ class Faults:
     no_runtime: set = field(default_factory=set)  # GPU type ids whose containers never start
     notfound_gets: int = 0  # the first N pod queries after a create answer "pod not found"
     account_keys: bool = False  # RunPod puts the account's SSH keys in PUBLIC_KEY
+    account_keys_merged: bool = False  # ... after ours, one key per line
     pod_key_refused: bool = False  # the API refuses pod-scoped keys (401)
     user_terminate_refused: bool = False  # podTerminate with the user's key fails for good
     # a pod's own podTerminate fails while this event is unset (None: never held)
     pod_terminate_held: threading.Event | None = None
+    terminate_delay_s: float = 0.0  # a user's podTerminate answers only after this long
+    pod_terminate_refused: bool = False  # a pod's own key may stop its pod, not terminate it
+    pod_stop_errors: int = 0  # the next N podStop calls answer "Something went wrong"
+    graphql_down: bool = False  # every GraphQL request answers 410 (the API retired)
+    rest_5xx: int = 0  # the next N user-key REST requests answer 502
+    rest_stop_errors: int = 0  # the next N REST stops answer 500
 
 
 @dataclass
@@ -143,7 +151,27 @@ class FakeRunpod:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_GET(self):  # noqa: N802 - stands for the Hugging Face hub's file downloads
+            def _rest(self, method):
+                auth = self.headers.get("Authorization", "")
+                key = auth[7:] if auth.startswith("Bearer ") else ""
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, payload = fake.handle_rest(
+                    method, self.path, key, self.headers.get("User-Agent", ""), body
+                )
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_DELETE(self):  # noqa: N802
+                self._rest("DELETE")
+
+            def do_GET(self):  # noqa: N802 - the REST API, or the Hugging Face hub's downloads
+                if self.path.startswith("/v1/"):
+                    return self._rest("GET")
                 data = b"x" * fake.download_bytes
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
@@ -152,6 +180,8 @@ class FakeRunpod:
                 self.wfile.write(data)
 
             def do_POST(self):  # noqa: N802
+                if self.path.startswith("/v1/"):
+                    return self._rest("POST")
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 auth = self.headers.get("Authorization", "")
@@ -278,15 +308,22 @@ class FakeRunpod:
                 raise _GqlError("pod not found", pod=pod_id)
             if op == "podTerminate" and who == "user" and self.faults.user_terminate_refused:
                 raise _GqlError("pod is locked by a pending operation", pod=pod_id)
+            if op == "podTerminate" and who == "user" and self.faults.terminate_delay_s:
+                time.sleep(self.faults.terminate_delay_s)
             held = self.faults.pod_terminate_held
             if who.startswith("pod:") and held is not None and not held.is_set():
                 raise _GqlError("pod is locked by a pending operation", pod=pod_id)
-            if op == "podStop" and pod.volume:
-                raise _GqlError("Pods with a network volume cannot be stopped", pod=pod_id)
-            self.record(op=op, auth=who, status=200, pod=pod_id)
-            pod.status = "TERMINATED" if op == "podTerminate" else "EXITED"
-            # the container dies after the answer has left
-            threading.Timer(0.2, self._kill_pod, args=(pod,)).start()
+            if (
+                op == "podTerminate"
+                and who.startswith("pod:")
+                and self.faults.pod_terminate_refused
+            ):
+                raise _GqlError("forbidden: this key may not terminate pods", pod=pod_id)
+            with self.lock:
+                if op == "podStop" and self.faults.pod_stop_errors > 0:
+                    self.faults.pod_stop_errors -= 1
+                    raise _GqlError("Something went wrong. Please try again later.", pod=pod_id)
+            self._end_pod(pod, op, who)
             if op == "podTerminate":
                 return 200, "application/json", {"data": {"podTerminate": None}}
             return (
@@ -296,6 +333,75 @@ class FakeRunpod:
             )
         self.record(op=op, auth=who, status=200, error="unsupported")
         raise _GqlError(f"unsupported operation {op}")
+
+    def _end_pod(self, pod, op: str, who: str, via: str = "graphql") -> None:
+        self.record(op=op, auth=who, status=200, pod=pod.id, via=via)
+        pod.status = "TERMINATED" if op == "podTerminate" else "EXITED"
+        # the container dies after the answer has left
+        threading.Timer(0.2, self._kill_pod, args=(pod,)).start()
+
+    def handle_rest(self, method: str, path: str, key: str, agent: str, body: bytes = b""):
+        """RunPod's REST API (rest.runpod.io/v1), the part the harness uses: GET /pods,
+        GET /pods/{id}, POST /pods (create), POST /pods/{id}/stop, DELETE /pods/{id}."""
+        who = self.who(key)
+        parts = [p for p in path.split("?")[0].split("/") if p][1:]  # after "v1"
+        op = {
+            ("GET", 1): "rest:list",
+            ("GET", 2): "rest:get",
+            ("POST", 1): "rest:create",
+            ("POST", 3): "rest:stop",
+            ("DELETE", 2): "rest:delete",
+        }.get((method, len(parts)), "rest:?")
+        if not agent or agent.startswith("Python-urllib"):
+            self.record(op=op, auth=who or "unknown", status=403, via="rest")
+            return 403, {"error": "forbidden"}
+        if who is None or (who.startswith("pod:") and self.faults.pod_key_refused):
+            self.record(op=op, auth="unknown", status=401, via="rest")
+            return 401, {"error": "Unauthorized"}
+        with self.lock:
+            if who == "user" and self.faults.rest_5xx > 0:
+                self.faults.rest_5xx -= 1
+                self.record(op=op, auth=who, status=502, via="rest")
+                return 502, {"error": "bad gateway"}
+        if op == "rest:list":
+            if who != "user":
+                return 403, {"error": "forbidden for a pod-scoped key"}
+            self.record(op=op, auth=who, status=200, via="rest")
+            now = time.time()
+            return 200, [
+                _rest_pod(self._pod_json(p))
+                for p in self.pods.values()
+                if p.status != "TERMINATED" and now >= p.listed_after
+            ]
+        if op == "rest:create":
+            if who != "user":
+                return 403, {"error": "forbidden for a pod-scoped key"}
+            return self._rest_create(json.loads(body or b"{}"), who)
+        pod_id = parts[1] if len(parts) > 1 else ""
+        if who.startswith("pod:") and who != f"pod:{pod_id}":
+            return 403, {"error": "a pod-scoped key reaches its own pod only"}
+        pod = self.pods.get(pod_id)
+        if pod is None or pod.status == "TERMINATED":
+            self.record(op=op, auth=who, status=404, pod=pod_id, via="rest")
+            return 404, {"error": "pod not found"}
+        if op == "rest:get":
+            self.record(op=op, auth=who, status=200, pod=pod_id, via="rest")
+            return 200, _rest_pod(self._pod_json(pod))
+        if op == "rest:delete":
+            if who.startswith("pod:") and self.faults.pod_terminate_refused:
+                self.record(op=op, auth=who, status=403, pod=pod_id, via="rest")
+                return 403, {"error": "forbidden: this key may not terminate pods"}
+            self._end_pod(pod, "podTerminate", who, via="rest")
+            return 204, {}
+        if op == "rest:stop":
+            with self.lock:
+                if self.faults.rest_stop_errors > 0:
+                    self.faults.rest_stop_errors -= 1
+                    self.record(op=op, auth=who, status=500, pod=pod_id, via="rest")
+                    return 500, {"error": "Something went wrong"}
+            self._end_pod(pod, "podStop", who, via="rest")
+            return 200, _rest_pod(self._pod_json(pod))
+        return 404, {"error": f"no route {method} {path}"}
 
     def _only_own(self, who: str, pod_id: str, op: str) -> None:
         if who.startswith("pod:") and who != f"pod:{pod_id}":
@@ -337,8 +443,11 @@ class FakeRunpod:
         fs.mkdir(parents=True)
         (root / "tmp").mkdir()
         dead = any(s in (name or "") for s in self.faults.ssh_dead) or not starts
+        account = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIACCOUNTKEY acct"
         if self.faults.account_keys:
-            env = {**env, "PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIACCOUNTKEY acct"}
+            env = {**env, "PUBLIC_KEY": account}
+        elif self.faults.account_keys_merged:
+            env = {**env, "PUBLIC_KEY": f"{env.get('PUBLIC_KEY', '')}\n{account}"}
         pod = FakePod(
             pod_id,
             name,
@@ -364,6 +473,7 @@ class FakeRunpod:
             "RUNPOD_POD_ID": pod.id,
             "RUNPOD_API_KEY": pod.key,  # pod-scoped, as RunPod sets it inside pods
             "RUNPOD_API_BASE_URL": self.url,
+            "RUNPOD_REST_BASE_URL": self.url + "/v1",
             "RUNPOD_GPU_COUNT": str(pod.count),
         }
         (root / "pod.environ").write_bytes(
@@ -444,6 +554,7 @@ class FakeRunpod:
             "imageName": pod.image,
             "containerDiskInGb": pod.disk,
             "env": [f"{k}={v}" for k, v in pod.env.items()],
+            "dockerArgs": pod.fields.get("dockerArgs") or "",
             "uptimeSeconds": int(time.time() - pod.created),
             "machine": {"gpuDisplayName": GPUS[pod.gpu][0]},
             "runtime": {
@@ -559,6 +670,27 @@ class _GqlError(Exception):
     def __init__(self, message: str, **extra):
         super().__init__(message)
         self.extra = extra
+
+
+def _rest_pod(pod: dict) -> dict:
+    """A pod as REST v1 gives it (the GraphQL shape's fields, renamed where REST names them:
+    ``env`` an object, ``publicIp`` and ``portMappings`` for the SSH port, ``image``)."""
+    ports = (pod.get("runtime") or {}).get("ports") or []
+    ssh = next((p for p in ports if p.get("privatePort") == 22), None)
+    return {
+        "id": pod["id"],
+        "name": pod["name"],
+        "desiredStatus": pod["desiredStatus"],
+        "costPerHr": pod["costPerHr"],
+        "gpuCount": pod["gpuCount"],
+        "image": pod["imageName"],
+        "containerDiskInGb": pod["containerDiskInGb"],
+        "env": dict(e.split("=", 1) for e in pod["env"]),
+        "machine": pod["machine"],
+        "publicIp": ssh["ip"] if ssh else None,
+        "portMappings": {"22": ssh["publicPort"]} if ssh else {},
+        "uptimeSeconds": pod["uptimeSeconds"],
+    }
 
 
 def _operation(query: str) -> str:

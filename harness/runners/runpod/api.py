@@ -39,6 +39,7 @@ RETRY_MESSAGES = (
     "gateway",
 )
 NOT_FOUND_MESSAGES = ("not found", "does not exist", "no pod")
+VOLUME_MOUNT = "/runpod-volume"  # where a network volume is mounted (it holds the hub cache)
 
 
 class ApiError(HarnessError):
@@ -223,7 +224,8 @@ class RunpodApi:
                         start_ssh=True,
                         env=env,
                         network_volume_id=volume,
-                        volume_mount_path="/workspace",
+                        # not /workspace: the run folders stay off the paid volume
+                        volume_mount_path=VOLUME_MOUNT,
                         docker_args=docker_args or "",
                         allowed_cuda_versions=cuda_versions,
                         attempts=1,
@@ -331,6 +333,20 @@ def env_value(env, key: str) -> str | None:
         if sep and k == key:
             return v
     return None
+
+
+def has_key(public_keys: str | None, ours: str) -> bool:
+    """Whether our public key (its type and base64, the comment aside) is among the lines of a
+    pod's ``PUBLIC_KEY``: RunPod may put the account's keys there with ours (with
+    ``startSsh``), one per line, and that is fine; only ours missing keeps us out."""
+    if public_keys is None:
+        return True  # the API did not echo the env: nothing says ours was replaced
+    want = tuple(ours.split()[:2])
+    for line in public_keys.replace("\\n", "\n").splitlines():
+        words = line.split()
+        if any(tuple(words[i : i + 2]) == want for i in range(len(words) - 1)):
+            return True
+    return False
 
 
 def ssh_endpoint(pod: dict) -> Endpoint | None:

@@ -6,7 +6,9 @@ nothing to stop it. So the create call itself sets the container's start command
 ``docker_args``, RunPod's "Docker command"): a shell script that forks a timer and then runs the
 image's normal start (``/start.sh`` in RunPod's images: sshd, then sleep). The timer removes the
 pod with the pod's own credentials (``RUNPOD_POD_ID``, ``RUNPOD_API_KEY`` of the container
-environment) at an absolute time, so a container restart re-arms the same deadline instead of a
+environment) at an absolute time, by GraphQL, then REST (``DELETE /v1/pods/{id}``: GraphQL is
+to be retired in 2027), then ``runpodctl``; where the pod's key may not terminate, it stops the
+pod, so a container restart re-arms the same deadline instead of a
 new one.
 
 The SDK pastes ``docker_args`` into the GraphQL string between double quotes without escaping
@@ -31,20 +33,45 @@ DEADLINE=__DEADLINE__
 ACTION=__ACTION__
 LOG="__LOG__"
 BASE="${RUNPOD_API_BASE_URL:-https://api.runpod.io}"
+REST="${RUNPOD_REST_BASE_URL:-https://rest.runpod.io/v1}"
+# the key travels on curl's stdin (-H @-), never in its arguments (the process list)
+gql() {
+  Q="{\"query\": \"mutation { $1(input: {podId: \\\"$RUNPOD_POD_ID\\\"})$2 }\"}"
+  OUT=$(printf 'Authorization: Bearer %s\n' "$RUNPOD_API_KEY" | curl -sS -m 30 -X POST \
+    -H 'Content-Type: application/json' -A '__UA__' -H @- --data "$Q" "$BASE/graphql" 2>&1) &&
+    case "$OUT" in *'"errors"'*) ;; *'"data"'*) echo "$1: done" >> "$LOG"; return 0 ;; esac
+  echo "$1 failed: $(echo "$OUT" | head -c 200)" >> "$LOG"; return 1
+}
+rest() {
+  CODE=$(printf 'Authorization: Bearer %s\n' "$RUNPOD_API_KEY" | curl -sS -m 30 -o /dev/null \
+    -w '%{http_code}' -X "$1" -A '__UA__' -H @- "$REST/pods/$RUNPOD_POD_ID$2" 2>> "$LOG")
+  case "$CODE" in 2*) echo "REST $1 /pods/{id}$2: done" >> "$LOG"; return 0 ;; esac
+  echo "REST $1 /pods/{id}$2 failed: HTTP $CODE" >> "$LOG"; return 1
+}
+ctl() {
+  command -v runpodctl >/dev/null 2>&1 || return 1
+  runpodctl "$@" >> "$LOG" 2>&1 && echo "runpodctl $1 $2: done" >> "$LOG"
+}
+terminate_pod() {
+  if command -v curl >/dev/null 2>&1; then gql podTerminate '' && return 0; rest DELETE '' && return 0; fi
+  ctl pod delete "$RUNPOD_POD_ID" || ctl remove pod "$RUNPOD_POD_ID"
+}
+stop_pod() {
+  if command -v curl >/dev/null 2>&1; then gql podStop ' { id }' && return 0; rest POST /stop && return 0; fi
+  ctl pod stop "$RUNPOD_POD_ID" || ctl stop pod "$RUNPOD_POD_ID"
+}
+# terminate, else stop (a pod-scoped key may be allowed to stop only: the GPU bill ends, the
+# disk's goes on until `outliers pods --terminate`); a kept pod is stopped, and terminated only
+# when stopping failed for half an hour ($1: the attempt)
 end_pod() {
-  if [ "$ACTION" = stop ]; then M=podStop; F=' { id }'; V=stop; else M=podTerminate; F=''; V=remove; fi
-  Q="{\"query\": \"mutation { $M(input: {podId: \\\"$RUNPOD_POD_ID\\\"})$F }\"}"
-  if command -v curl >/dev/null 2>&1; then
-    OUT=$(curl -sS -m 30 -X POST -H 'Content-Type: application/json' -A '__UA__' \
-      -H "Authorization: Bearer $RUNPOD_API_KEY" --data "$Q" "$BASE/graphql" 2>&1) &&
-      case "$OUT" in *'"errors"'*) ;; *'"data"'*) echo "$M: done" >> "$LOG"; return 0 ;; esac
-    echo "$M failed: $(echo "$OUT" | head -c 200)" >> "$LOG"
-    if [ "$M" = podStop ]; then ACTION=terminate; fi  # a pod with a network volume cannot stop
+  if [ "$ACTION" = stop ]; then
+    stop_pod && return 0
+    [ "$1" -ge 60 ] && terminate_pod
+    return 1
   fi
-  if command -v runpodctl >/dev/null 2>&1 && runpodctl $V pod "$RUNPOD_POD_ID" >> "$LOG" 2>&1; then
-    echo "runpodctl $V: done" >> "$LOG"; return 0
-  fi
-  return 1
+  terminate_pod && return 0
+  echo "could not terminate: stopping instead" >> "$LOG"
+  stop_pod
 }
 (
   echo "armed: deadline $DEADLINE, action $ACTION" >> "$LOG"
@@ -55,7 +82,7 @@ end_pod() {
   done
   echo "deadline passed: ending the pod" >> "$LOG"
   N=0
-  until end_pod; do N=$((N + 1)); [ "$N" -ge 60 ] && break; sleep 30; done
+  until end_pod "$N"; do N=$((N + 1)); [ "$N" -gt 60 ] && break; sleep 30; done
 ) < /dev/null > /dev/null 2>&1 &
 if [ -x /start.sh ]; then exec /start.sh; fi
 exec sleep infinity

@@ -17,13 +17,13 @@ from harness.errors import HarnessError
 from harness.runners import resume
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
 from harness.runners.runpod import bring_home, killswitch
-from harness.runners.runpod.api import ApiError, env_value
+from harness.runners.runpod.api import VOLUME_MOUNT, ApiError, env_value, has_key
 from harness.runners.runpod.plan import (
     PodPlan,
     allowed_cuda_versions,
     safe_label,
 )
-from harness.runners.runpod.pods import register_run
+from harness.runners.runpod.pods import host_tag, register_run
 from harness.runners.runpod.ssh import Ssh, SshError
 
 
@@ -64,8 +64,7 @@ class PodLifecycle:
             f"{task.label}: pod {task.pod_id} created ({gpu} x {plan.count}, kill switch at "
             f"{backstop / 60:.0f} min, deadline {plan.max_minutes:.0f} min from SSH login)"
         )
-        theirs = env_value(pod.get("env"), "PUBLIC_KEY")
-        if theirs is not None and theirs.strip() != (env.get("PUBLIC_KEY") or "").strip():
+        if not has_key(env_value(pod.get("env"), "PUBLIC_KEY"), env.get("PUBLIC_KEY") or ""):
             self._terminate(task)
             raise RunFailed(
                 f"{task.label}: RunPod replaced our PUBLIC_KEY in pod {task.pod_id} (the "
@@ -102,11 +101,15 @@ class PodLifecycle:
         """A pod whose container runs: the next GPU type after one whose host had no runtime
         (that pod terminated first); (endpoint, pod info)."""
         plan, t = task.plan, self.t
-        env = {"PUBLIC_KEY": self._creds.public_key, "OUTLIERS_RUN_ID": self.run_id}
+        env = {
+            "PUBLIC_KEY": self._creds.public_key,
+            "OUTLIERS_RUN_ID": self.run_id,
+            "OUTLIERS_HOST": host_tag(),  # which machine's pod (`outliers pods`)
+        }
         if self._creds.pod_hf_token():
             env["HF_TOKEN"] = self._creds.pod_hf_token()  # pod environment, never a command line
         if plan.volume:
-            env["HF_HOME"] = "/workspace/hf-cache"
+            env["HF_HOME"] = f"{VOLUME_MOUNT}/hf-cache"  # the volume: the hub cache only
         types = list(plan.gpu_types)
         while True:
             gpu = self._create(task, env, types)

@@ -2,9 +2,18 @@
 
 A pod belongs to the harness when its name is ``outliers-<run id>-<label>``. A run in progress
 registers itself in a state folder (``$OUTLIERS_STATE_DIR``, default
-``~/.cache/outliers-harness/runpod``); a harness pod is *leaked* when no live run on this machine
-claims its run id. ``terminate_pods()`` ends leaked pods, ``terminate_pods(all=True)`` every
-harness pod; pods not named by the harness are never touched.
+``~/.cache/outliers-harness/runpod``), and every pod carries a tag of the machine that created it
+(``OUTLIERS_HOST`` in its environment: a hash, not the host name). A harness pod is
+
+- *live* when a run registered on this machine (its process alive) claims it;
+- *leaked* when this machine created it and no live run claims it, or, whoever created it, when
+  it is past the deadline of its kill switch (``killswitch.deadline_of`` its start command) or
+  has had no container for ``NO_RUNTIME_MINUTES``;
+- *elsewhere* otherwise: another machine's sweep on the same account, which may well be live.
+
+``terminate_pods()`` ends leaked pods, ``terminate_pods(all=True)`` every harness pod (elsewhere
+ones included); pods not named by the harness are never touched. A stopped pod (``EXITED``:
+what a pod whose own key may only stop is left as) still bills its disk and is listed.
 """
 
 from __future__ import annotations
@@ -58,8 +67,9 @@ def unregister_run(run_id: str) -> None:
         pass
 
 
-def live_runs() -> set[str]:
-    """Run ids registered by processes still alive on this machine."""
+def live_runs(here_only: bool = False) -> set[str]:
+    """Run ids registered by processes still alive on this machine (and, unless
+    ``here_only``, every run another machine registered in a shared state folder)."""
     live = set()
     d = state_dir() / "runs"
     host = socket.gethostname()
@@ -69,7 +79,8 @@ def live_runs() -> set[str]:
         except (OSError, ValueError):
             continue
         if data.get("host") != host:
-            live.add(data.get("run_id"))  # another machine's run: not ours to judge
+            if not here_only:
+                live.add(data.get("run_id"))  # another machine's run: not ours to judge
             continue
         try:
             os.kill(int(data["pid"]), 0)
@@ -81,17 +92,64 @@ def live_runs() -> set[str]:
     return live
 
 
-def harness_pods(api) -> list[dict]:
+NO_RUNTIME_MINUTES = 30  # a pod without a container this long never will have one
+# after its kill switch's deadline, the switch has had this long to end the pod (it retries
+# every 30 s for half an hour)
+DEADLINE_SLACK_S = 40 * 60
+
+
+def host_tag() -> str:
+    """This machine, as its pods' ``OUTLIERS_HOST`` names it: a hash of the host name."""
+    import hashlib
+
+    return hashlib.sha256(f"outliers:{socket.gethostname()}".encode()).hexdigest()[:12]
+
+
+def registered_here() -> set[str]:
+    """Run ids this machine's registry holds, alive or not."""
+    d = state_dir() / "runs"
+    host, out = socket.gethostname(), set()
+    for p in d.glob("*.json") if d.is_dir() else []:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("host") == host:
+            out.add(data.get("run_id"))
+    return out
+
+
+def harness_pods(api, now: float | None = None) -> list[dict]:
     """Rows for every harness pod: id, name, run, status, gpu, age_h, usd_per_hour, cost_usd,
-    leaked."""
-    live = live_runs()
+    state (live | leaked | elsewhere), why, leaked."""
+    from harness.runners.runpod.api import env_value
+    from harness.runners.runpod.killswitch import deadline_of
+
+    now = time.time() if now is None else now
+    live, mine, tag = live_runs(here_only=True), registered_here(), host_tag()
     rows = []
     for pod in api.list():
         run = run_id_of(pod.get("name"))
-        if run is None:
+        if run is None or pod.get("desiredStatus") == "TERMINATED":
             continue
         uptime = float(pod.get("uptimeSeconds") or 0)
         rate = float(pod.get("costPerHr") or 0)
+        deadline = deadline_of(pod.get("dockerArgs") or "")
+        here = env_value(pod.get("env"), "OUTLIERS_HOST") == tag or run in mine
+        if deadline is not None and now > deadline + DEADLINE_SLACK_S:
+            state, why = "leaked", "past its kill-switch deadline"
+        elif (
+            not pod.get("runtime")
+            and pod.get("desiredStatus") == "RUNNING"
+            and uptime > NO_RUNTIME_MINUTES * 60
+        ):
+            state, why = "leaked", f"no container after {NO_RUNTIME_MINUTES} min"
+        elif run in live:
+            state, why = "live", ""
+        elif here:
+            state, why = "leaked", "no live run on this machine claims it"
+        else:
+            state, why = "elsewhere", "made on another machine (maybe a live sweep)"
         rows.append(
             {
                 "id": pod.get("id"),
@@ -103,7 +161,9 @@ def harness_pods(api) -> list[dict]:
                 "age_h": uptime / 3600,
                 "usd_per_hour": rate,
                 "cost_usd": rate * uptime / 3600,
-                "leaked": run not in live,
+                "state": state,
+                "why": why,
+                "leaked": state == "leaked",
             }
         )
     return rows
@@ -118,12 +178,12 @@ def pods_table(rows: list[dict]) -> str:
         [
             r["id"],
             r["name"],
-            r["status"],
+            "EXITED (stopped: its disk bills)" if r["status"] == "EXITED" else r["status"],
             r["gpu"],
             f"{r['age_h']:.2f}",
             f"{r['usd_per_hour']:.2f}",
             f"{r['cost_usd']:.2f}",
-            "leaked" if r["leaked"] else "live",
+            r["state"] + (f": {r['why']}" if r["why"] else ""),
         ]
         for r in rows
     ]
@@ -135,14 +195,14 @@ def pods_table(rows: list[dict]) -> str:
     )
 
 
-def terminate_pods(api, *, all: bool = False) -> list[str]:  # noqa: A002 - mirrors --all
-    """Terminate leaked harness pods (every harness pod with ``all``); return their ids."""
-    done = []
+def terminate_pods(api, *, all: bool = False) -> tuple[list[str], list[str]]:  # noqa: A002
+    """Terminate leaked harness pods (every harness pod with ``all``: other machines' too);
+    return (terminated ids, ids that could not be terminated)."""
+    done, failed = [], []
     for row in harness_pods(api):
         if row["leaked"] or all:
-            if api.terminate(row["id"]):
-                done.append(row["id"])
-    return done
+            (done if api.terminate(row["id"]) else failed).append(row["id"])
+    return done, failed
 
 
 def pods_command(*, terminate: bool = False, all: bool = False, out=print) -> int:  # noqa: A002
@@ -159,6 +219,18 @@ def pods_command(*, terminate: bool = False, all: bool = False, out=print) -> in
         total = sum(r["cost_usd"] for r in rows)
         out(f"{len(rows)} harness pods, ${total:.2f} so far at their current rates")
     if terminate:
-        ids = terminate_pods(api, all=all)
+        ids, failed = terminate_pods(api, all=all)
         out(f"terminated {len(ids)} pod(s){': ' + ', '.join(ids) if ids else ''}")
+        elsewhere = [r["id"] for r in rows if r["state"] == "elsewhere"]
+        if elsewhere and not all:
+            out(
+                f"left {len(elsewhere)} pod(s) of other machines' runs ({', '.join(elsewhere)}): "
+                "`outliers pods --terminate --all` ends them too"
+            )
+        if failed:
+            out(
+                f"could NOT terminate {len(failed)} pod(s): {', '.join(failed)}; retry, or end "
+                "them in the RunPod console"
+            )
+            return 1
     return 0

@@ -22,10 +22,13 @@ What RunPod provides inside a pod (docs.runpod.io/pods/templates/environment-var
 README says every pod comes with runpodctl installed with a pod-scoped API key
 (github.com/runpod/runpodctl issue 244), and pods stop themselves with
 ``runpodctl stop pod $RUNPOD_POD_ID`` (runpodctl issue 149; ``remove`` terminates, issue 27).
-These are container environment variables: RunPod's images copy only ``RUNPOD_*`` and PATH into
-``/etc/rp_environment`` for SSH sessions (runpod/containers start.sh ``export_env_vars``), so the
-full pod environment (HF_TOKEN included) is read from ``/proc/1/environ``. Tests point
-``OUTLIERS_POD_ENVIRON`` at a fake pod's environment file instead.
+These are container environment variables. RunPod's images write every upper-case variable of
+the container environment (HF_TOKEN and RUNPOD_API_KEY included) into ``/etc/rp_environment``
+for SSH sessions (runpod/containers start.sh ``export_env_vars``: ``printenv | grep -E
+'^[A-Z_][A-Z0-9_]*='``), a file any process of the pod can read. The harness reads that file, then the session's
+environment, and lets ``/proc/1/environ`` (the container's own, whatever the image's start.sh
+does) win over both; it never copies the values anywhere else. Tests point ``OUTLIERS_POD_ENVIRON`` at a fake pod's
+environment file instead.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import urllib.request
 from importlib import metadata
 
 DEFAULT_API = "https://api.runpod.io"
+DEFAULT_REST = "https://rest.runpod.io/v1"
 # RunPod's front end is reported to reject urllib's default "Python-urllib/3.x" agent.
 USER_AGENT = "outlier-harness/0.1 (+runpod pod watchdog)"
 # What the image's own build must keep: an install that replaced these would pull GBs of CUDA
@@ -174,43 +178,86 @@ def _graphql(base: str, key: str, query: str, timeout: float = 30.0) -> dict:
     return body
 
 
-def stop_self(action: str, log) -> bool:
-    """``action``: terminate (podTerminate) or stop (podStop; a pod that refuses to stop, e.g.
-    one with a network volume, is terminated instead). True on success."""
-    env = pod_environment()
+def _rest(base: str, key: str, method: str, path: str, timeout: float = 30.0) -> int:
+    req = urllib.request.Request(
+        base.rstrip("/") + path,
+        data=b"" if method == "POST" else None,
+        headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT},
+        method=method,
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status
+
+
+# (verb, GraphQL mutation and fields, REST method and path, runpodctl commands: new, old)
+_WAYS = {
+    "terminate": ("podTerminate", "", "DELETE", "", (["pod", "delete"], ["remove", "pod"])),
+    "stop": (
+        "podStop",
+        " { id desiredStatus }",
+        "POST",
+        "/stop",
+        (["pod", "stop"], ["stop", "pod"]),
+    ),
+}
+
+
+def _end(verb: str, env: dict, log) -> bool:
+    """One way after the other to ``verb`` (terminate | stop) this pod with its own identity:
+    GraphQL, REST (GraphQL is to be retired in 2027), runpodctl (new, then old syntax)."""
     pod_id, key = env.get("RUNPOD_POD_ID"), env.get("RUNPOD_API_KEY")
     base = env.get("RUNPOD_API_BASE_URL") or DEFAULT_API
-    mutations = ["podTerminate"] if action == "terminate" else ["podStop", "podTerminate"]
+    rest = env.get("RUNPOD_REST_BASE_URL") or DEFAULT_REST
+    mutation, fields, method, path, ctl_verbs = _WAYS[verb]
     if pod_id and key:
-        for m in mutations:
-            fields = "" if m == "podTerminate" else " { id desiredStatus }"
-            query = f'mutation {{ {m}(input: {{ podId: "{pod_id}" }}){fields} }}'
-            try:
-                _graphql(base, key, query)
-                log(f"{m} {pod_id}: done")
-                return True
-            except (OSError, ValueError, RuntimeError, urllib.error.URLError) as err:
-                msg = str(err).replace(key, "***")
-                log(f"{m} {pod_id} failed: {type(err).__name__}: {msg}")
+        query = f'mutation {{ {mutation}(input: {{ podId: "{pod_id}" }}){fields} }}'
+        try:
+            _graphql(base, key, query)
+            log(f"{mutation} {pod_id}: done")
+            return True
+        except (OSError, ValueError, RuntimeError, urllib.error.URLError) as err:
+            log(f"{mutation} {pod_id} failed: {type(err).__name__}: {str(err).replace(key, '***')}")
+        try:
+            code = _rest(rest, key, method, f"/pods/{pod_id}{path}")
+            log(f"REST {method} /pods/{pod_id}{path}: HTTP {code}")
+            return True
+        except (OSError, ValueError, urllib.error.URLError) as err:
+            log(f"REST {method} /pods/{pod_id}{path} failed: {type(err).__name__}")
     else:
         log("RUNPOD_POD_ID / RUNPOD_API_KEY not in the pod environment")
     ctl = shutil.which("runpodctl")
-    if ctl and pod_id:
+    for words in ctl_verbs if ctl and pod_id else ():
         # runpodctl reads its key from RUNPOD_API_KEY: the container's, not this SSH session's
-        verb = "remove" if action == "terminate" else "stop"
         try:
             rc = subprocess.call(
-                [ctl, verb, "pod", pod_id],
+                [ctl, *words, pod_id],
                 timeout=60,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            log(f"runpodctl {verb} pod {pod_id}: exit {rc}")
-            return rc == 0
+            log(f"runpodctl {' '.join(words)} {pod_id}: exit {rc}")
+            if rc == 0:
+                return True
         except (OSError, subprocess.SubprocessError) as err:
             log(f"runpodctl failed: {type(err).__name__}")
     return False
+
+
+def stop_self(action: str, log, last_resort: bool = False) -> bool:
+    """``action`` terminate: terminate the pod, else stop it (a pod-scoped key may be allowed to
+    stop only: the GPU bill ends, the disk's goes on until someone terminates it). ``action``
+    stop (``--runpod-keep``): stop it; terminate it only as the ``last_resort`` of a stop that
+    kept failing. True on success."""
+    env = pod_environment()
+    if action == "terminate":
+        if _end("terminate", env, log):
+            return True
+        log("could not terminate this pod with its own key: stopping it instead")
+        return _end("stop", env, log)
+    if _end("stop", env, log):
+        return True
+    return last_resort and _end("terminate", env, log)
 
 
 def selfcheck(root: str) -> int:
@@ -296,7 +343,7 @@ def watchdog(
         if reason:
             log(f"stopping the pod: {reason}")
             for attempt in range(1000):
-                if stop_self(action, log):
+                if stop_self(action, log, last_resort=attempt >= 10):
                     return 0
                 time.sleep(min(60.0, poll * (2 ** min(attempt, 6))))
             return 1

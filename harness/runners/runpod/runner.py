@@ -98,6 +98,8 @@ class RunpodRunner(PodLifecycle):
         self._say_lock = threading.Lock()
         self._pending: list[str] = []
         self._closed = False
+        self._closing = False
+        self._deferred_signal: int | None = None  # a signal that came while closing
         self._prev_handlers: dict = {}
         self._key = None
         self._tarball: bytes | None = None
@@ -185,29 +187,64 @@ class RunpodRunner(PodLifecycle):
         return result
 
     def close(self) -> None:
-        """Terminate every pod of this run (unless --runpod-keep); idempotent."""
+        """Terminate every pod of this run (unless --runpod-keep); idempotent.
+
+        While it runs, SIGINT / SIGTERM / SIGHUP only say so (``_on_signal``) and are raised
+        again once every pod was asked to end: a second Ctrl-C must not leave pods billing. All
+        terminates are sent at once, each in its own thread, then the pod threads are joined
+        and the account swept for this run's pods. A close that is itself interrupted keeps
+        its atexit hook, so it runs again when the process exits."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return
-            self._closed = True
+            self._closing = True
         self._cancel.set()
         keep = self.options.keep
+        interrupted: BaseException | None = None
+        done = False
         try:
             if not keep:
-                for task in self.tasks:
-                    if task.pod_id and not task.terminated:
-                        self._terminate(task)
+                interrupted = self._terminate_all()
             deadline = time.monotonic() + self.t.close_join_s
             for th in self._threads:
-                th.join(max(0.0, deadline - time.monotonic()))
+                interrupted = _join(th, deadline) or interrupted
             if not keep and self.api is not None and self.tasks:
-                self._sweep()
+                try:
+                    self._sweep()
+                except KeyboardInterrupt as err:
+                    interrupted = err
+                    self._sweep()
             if keep:
                 self._print_keep()
+            done = True
         finally:
-            unregister_run(self.run_id)
-            self._restore_handlers()
+            with self._lock:
+                self._closing = False
+                self._closed = done
+            if done:
+                unregister_run(self.run_id)
+                self._restore_handlers()
             self._drain()
+        deferred, self._deferred_signal = self._deferred_signal, None
+        if interrupted is not None:
+            raise interrupted
+        if deferred is not None:
+            self._raise_again(deferred)
+
+    def _terminate_all(self) -> BaseException | None:
+        """Every pod's terminate at once (one thread each: a slow API answer does not hold the
+        others back); waits for all of them. Returns a KeyboardInterrupt that came meanwhile."""
+        pending = [t for t in self.tasks if t.pod_id and not t.terminated]
+        threads = [
+            threading.Thread(target=self._terminate, args=(t,), name=f"end-{t.label}", daemon=True)
+            for t in pending
+        ]
+        for th in threads:
+            th.start()
+        interrupted = None
+        for th in threads:
+            interrupted = _join(th, None) or interrupted
+        return interrupted
 
     # -- summary for reports -------------------------------------------------------------------
     def summary(self) -> dict:
@@ -272,8 +309,8 @@ class RunpodRunner(PodLifecycle):
 
     def _deadline_action(self) -> str:
         """What a pod's deadline does: terminate, or with --runpod-keep stop (a pod with a
-        network volume cannot be stopped, only terminated)."""
-        return "stop" if self.options.keep and not self.options.volume else "terminate"
+        network volume stops too: RunPod bills the stopped pod's volume disk, not its GPUs)."""
+        return "stop" if self.options.keep else "terminate"
 
     # -- ending pods -----------------------------------------------------------------------------
     def _terminate(self, task: PodTask) -> bool:
@@ -372,10 +409,8 @@ class RunpodRunner(PodLifecycle):
                 else "(no SSH endpoint)"
             )
             at_deadline = (
-                "terminates it (a pod with a network volume cannot be stopped; the volume keeps "
-                "the hub cache)"
-                if self.options.volume
-                else "stops it, which wipes /workspace: copy what you need before then"
+                "stops it: the GPUs stop billing, its container disk is wiped (copy what you "
+                "need before then), a stopped pod's volume disk bills until it is terminated"
             )
             self._say(
                 f"kept pod {task.pod_id} ({task.name}): {where}; its files are in "
@@ -419,15 +454,26 @@ class RunpodRunner(PodLifecycle):
         self._prev_handlers = {}
 
     def _on_signal(self, signum, frame) -> None:
+        if self._closing:  # terminating already: never interrupt that; raised again after
+            self._deferred_signal = self._deferred_signal or signum
+            self._say(f"signal {signum}: still terminating this run's pods, please wait")
+            return
         self._cancel.set()
-        prev = self._prev_handlers.get(signum)
         if signum == signal.SIGINT:
             self._say("interrupted: terminating this run's pods")
+            prev = self._prev_handlers.get(signum)
             if callable(prev):
                 prev(signum, frame)  # Python's default: KeyboardInterrupt; pytest unwinds
             raise KeyboardInterrupt
         self._say(f"signal {signum}: terminating this run's pods")
+        prev = self._prev_handlers.get(signum)
         self.close()
+        self._raise_again(signum, prev, frame)
+
+    def _raise_again(self, signum: int, prev=None, frame=None) -> None:
+        """What the signal would have done without us, once the pods are ended."""
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         if callable(prev):
             prev(signum, frame)
         elif prev != signal.SIG_IGN:
@@ -459,6 +505,21 @@ class RunpodRunner(PodLifecycle):
                     rep(text)
             except Exception:  # noqa: BLE001 - a broken terminal must not break the run
                 pass
+
+
+def _join(th: threading.Thread, deadline: float | None) -> BaseException | None:
+    """Join ``th`` (until ``deadline``, monotonic, or its end); a KeyboardInterrupt meanwhile is
+    returned, not raised, and the join goes on."""
+    interrupted = None
+    while th.is_alive():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        try:
+            th.join(0.2 if left is None else min(0.2, left))
+        except KeyboardInterrupt as err:
+            interrupted = err
+    return interrupted
 
 
 def dry_run_table(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.runners.runpod import killswitch
-from harness.runners.runpod.api import ApiError, RunpodApi, env_value
+from harness.runners.runpod.api import ApiError, RunpodApi, env_value, has_key
 from harness.runners.runpod.credentials import Redactor, load_credentials, load_private_key
 from harness.runners.runpod.options import DEFAULT_IMAGE, Timings
 from harness.runners.runpod.plan import (
@@ -23,7 +23,7 @@ from harness.runners.runpod.plan import (
     VCPUS_PER_GPU,
     allowed_cuda_versions,
 )
-from harness.runners.runpod.pods import new_run_id, register_run, unregister_run
+from harness.runners.runpod.pods import host_tag, new_run_id, register_run, unregister_run
 from harness.runners.runpod.ssh import Ssh, SshError
 
 # Small, cheap, widely stocked types first; the cheapest one the API prices is tried first.
@@ -79,7 +79,11 @@ def smoke(
     pod_id = None
     t0 = time.monotonic()
     try:
-        env = {"PUBLIC_KEY": creds.public_key, "OUTLIERS_RUN_ID": run_id}
+        env = {
+            "PUBLIC_KEY": creds.public_key,
+            "OUTLIERS_RUN_ID": run_id,
+            "OUTLIERS_HOST": host_tag(),
+        }
         try:
             pod, gpu = api.create(
                 name,
@@ -100,8 +104,7 @@ def smoke(
         pod_id = pod["id"]
         mark = time.monotonic()
         rows.append(Check("create a pod", True, f"{pod_id} on {gpu}", mark - t0))
-        theirs = env_value(pod.get("env"), "PUBLIC_KEY")
-        ours = theirs is None or theirs.strip() == creds.public_key.strip()
+        ours = has_key(env_value(pod.get("env"), "PUBLIC_KEY"), creds.public_key)
         rows.append(
             Check(
                 "our PUBLIC_KEY honoured",
