@@ -199,7 +199,8 @@ def _pods_command(sub) -> None:
     p.add_argument(
         "--terminate",
         action="store_true",
-        help="terminate leaked pods (no live local run claims them)",
+        help="terminate leaked pods (made here with no live local run, or past their kill "
+        "switch's deadline); other machines' pods need --all",
     )
     p.add_argument("--all", action="store_true", help="with --terminate: every harness pod")
     p.add_argument("--gpu", default=None, metavar="TYPES", help="smoke: GPU type ids to try")
@@ -207,9 +208,10 @@ def _pods_command(sub) -> None:
     p.add_argument(
         "--max-minutes",
         type=float,
-        default=8.0,
+        default=15.0,
         metavar="MIN",
-        help="smoke: the pod ends itself after this long at the latest (default 8, at most 30)",
+        help="smoke: the pod ends itself after this long at the latest, image pull included "
+        "(default 15, at most 30)",
     )
 
     def run(args) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from runpod_fakes.values import REPO, USER_KEY
 from test_runpod_pods import assert_nothing_left, assert_result_home, run_models
 
@@ -127,7 +128,91 @@ def test_a_container_that_never_starts_is_terminated_and_the_next_type_tried(
     assert out["fake_a"].pod["discarded_pods"] == [first["pod"]]
     assert out["fake_a"].pod["seconds"] >= 2.0  # the first pod's 2 s wait is paid time too
     assert any("never started" in x and "trying" in x for x in lines)
+    # issue 34.7: each attempt is named apart, so a create answered 500 and adopted by its name
+    # can never adopt the pod given up on
+    assert second["name"] == first["name"] + "-r1"
+    # issue 34.10: each pod at its own type's rate (A5000 $0.27/h, 4090 $0.69/h, secure)
+    pods = {p["id"]: p for p in out["fake_a"].pod["pods"]}
+    assert (
+        pods[first["pod"]]["usd_per_hour"] == 0.27 and pods[second["pod"]]["usd_per_hour"] == 0.69
+    )
+    paid = out["fake_a"].pod["cost_usd"]
+    assert paid < 0.69 * out["fake_a"].pod["seconds"] / 3600  # not the last rate on all of it
     assert_nothing_left(fake_runpod)
+
+
+def test_a_running_pod_without_a_public_ssh_port_moves_to_the_next_type(
+    runpod_env, fake_runpod, tmp_path, monkeypatch
+):
+    """Issue 34.9: a container that runs but gets no public 22/tcp is given up on after
+    ``no_ssh_port_s``, not after the whole 900 s ready wait; the next type is tried."""
+    monkeypatch.setenv("OUTLIERS_RUNPOD_NO_SSH_PORT_S", "1")
+    monkeypatch.setenv("OUTLIERS_RUNPOD_READY_TIMEOUT_S", "60")
+    fake_runpod.faults.no_ssh_port.add(FIRST)
+    start = time.monotonic()
+    runner, out, lines = run_models(tmp_path, {"fake_a": "ok"})
+    assert_result_home(out["fake_a"], "fake_a")
+    assert [c["gpu"] for c in _creates(fake_runpod)] == [FIRST, SECOND]
+    assert any("no public SSH port" in x for x in lines)
+    assert time.monotonic() - start < 40
+    assert_nothing_left(fake_runpod)
+
+
+def test_a_pod_whose_start_command_did_not_run_is_not_kept(runpod_env, fake_runpod, tmp_path):
+    """Issue 34.4: the kill switch is checked armed (its log line) on every sweep pod before the
+    watchdog starts; a pod whose image ignored the start command is terminated."""
+    fake_runpod.faults.ignore_start_command = True
+    runner, out, _ = run_models(tmp_path, {"fake_a": "ok"})
+    err = out["fake_a"]
+    assert isinstance(err, RunFailed) and "the kill switch is not armed" in str(err)
+    for pod in fake_runpod.pods.values():
+        assert not list(pod.fs.glob("outliers-runs/*/job.json"))
+    assert_nothing_left(fake_runpod)
+
+
+def test_something_went_wrong_is_capped_and_a_cancel_stops_the_create(fake_runpod, monkeypatch):
+    """Issue 34.8: RunPod's generic "Something went wrong" (also its answer to malformed input)
+    moves on to the next type after ``generic_retries``; a cancelled run stops creating."""
+    from harness.runners.runpod.api import ApiError
+
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    api = RunpodApi(
+        USER_KEY, Timings(api_retries=6, backoff_s=0.01, generic_retries=2, adopt_polls=1)
+    )
+    generic = "Something went wrong. Please try again later."
+    fake_runpod.faults.create_errors = {"g": generic}
+    fake_runpod.faults.create_errors_repeat = True
+    kw = dict(count=1, disk_gb=10, image="runpod/pytorch:x", cloud="SECURE", env={})
+    with pytest.raises(ApiError, match='answered "Something went wrong" for every GPU type'):
+        api.create("outliers-g", gpu_types=(FIRST, SECOND), **kw)
+    per_type = [c["gpu"] for c in fake_runpod.ops("podFindAndDeployOnDemand")]
+    assert per_type == [FIRST, FIRST, SECOND, SECOND]  # 2 each, not 6 with back-off
+    with pytest.raises(ApiError) as err:
+        api.create("outliers-g", gpu_types=(FIRST,), cancelled=lambda: True, **kw)
+    assert err.value.kind == "cancelled"
+    assert len(fake_runpod.ops("podFindAndDeployOnDemand")) == 4  # nothing sent
+
+
+@pytest.mark.parametrize("value", ['a "quoted" comment', "back\\slash", "two\nlines"])
+def test_an_env_value_the_sdk_cannot_send_is_refused_before_creating(
+    fake_runpod, monkeypatch, value
+):
+    """Issue 34.14: the SDK pastes env values into GraphQL unescaped."""
+    from harness.runners.runpod.api import ApiError
+
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", fake_runpod.url)
+    api = RunpodApi(USER_KEY, Timings(api_retries=2, backoff_s=0.01))
+    with pytest.raises(ApiError, match="^the pod environment variable PUBLIC_KEY holds a"):
+        api.create(
+            "outliers-e",
+            gpu_types=(FIRST,),
+            count=1,
+            disk_gb=10,
+            image="runpod/pytorch:x",
+            cloud="SECURE",
+            env={"PUBLIC_KEY": f"ssh-ed25519 AAAA {value}"},
+        )
+    assert fake_runpod.calls == []
 
 
 def test_a_create_answered_500_is_found_in_a_lagging_list_not_created_twice(
@@ -306,12 +391,15 @@ def test_outliers_pods_smoke_checks_every_path_then_ends_its_pod(runpod_env, fak
         "python / torch / CUDA / triton",
         "the pod's key reaches its pod (watchdog)",
         "kill switch armed",
+        "the pod's key may end its pod",
         "terminated, gone from the pod list",
     ):
         line = next(x for x in out.splitlines() if x.startswith(f"| {check}"))
         assert "| ok " in line, line
     assert "1.4 MB at" in out and "MB/s" in out
     assert "0 check(s) failed" in out
+    rights = next(x for x in out.splitlines() if x.startswith("| the pod's key may end"))
+    assert "terminate: yes" in rights
     (pod,) = fake_runpod.pods.values()
     assert pod.gpu == "NVIDIA RTX A5000" and pod.status == "TERMINATED"
     assert USER_KEY not in out + proc.stderr
@@ -332,6 +420,26 @@ def test_the_smoke_check_reports_a_pod_key_that_cannot_reach_the_api(runpod_env,
     line = next(x for x in proc.stdout.splitlines() if "the pod's key reaches" in x)
     assert "FAILED" in line and "cannot reach its pod" in line
     assert "1 check(s) failed" in proc.stdout
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_smoke_check_says_when_the_pod_key_may_only_stop(runpod_env, fake_runpod):
+    """Issue 34.3/16: the smoke table says which of terminate / stop the pod's own key may do;
+    the user's terminate then ends the stopped pod, and TERMINATED in the list counts as gone."""
+    fake_runpod.faults.pod_terminate_refused = True
+    fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
+        env=runpod_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("| the pod's key may end"))
+    assert "terminate: no, stop: yes" in line
+    gone = next(x for x in proc.stdout.splitlines() if x.startswith("| terminated, gone"))
+    assert "| ok " in gone
     assert_nothing_left(fake_runpod)
 
 

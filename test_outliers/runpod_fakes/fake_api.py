@@ -64,6 +64,7 @@ NO_CAPACITY = (
 class Faults:
     no_capacity: set = field(default_factory=set)  # GPU type ids that never have capacity
     create_errors: dict = field(default_factory=dict)  # pod-name substring -> error, used once
+    create_errors_repeat: bool = False  # ... or every time
     http_429: int = 0  # the next N user-key requests answer 429 (text body, as a gateway does)
     http_5xx: int = 0  # the next N user-key requests answer 502 (HTML body)
     ssh_dead: set = field(default_factory=set)  # pod-name substrings whose SSH port is closed
@@ -84,6 +85,8 @@ class Faults:
     graphql_down: bool = False  # every GraphQL request answers 410 (the API retired)
     rest_5xx: int = 0  # the next N user-key REST requests answer 502
     rest_stop_errors: int = 0  # the next N REST stops answer 500
+    ignore_start_command: bool = False  # the container ignores dockerArgs (a custom image)
+    no_ssh_port: set = field(default_factory=set)  # GPU types whose pods get no public 22/tcp
 
 
 @dataclass
@@ -430,7 +433,8 @@ class FakeRunpod:
                 raise _GqlError(NO_CAPACITY, **info)  # no host of that type has such a driver
             for part, message in list(self.faults.create_errors.items()):
                 if part in (name or ""):
-                    del self.faults.create_errors[part]
+                    if not self.faults.create_errors_repeat:
+                        del self.faults.create_errors[part]
                     raise _GqlError(message, **info)
             then_500 = self.faults.create_then_500 > 0
             if then_500:
@@ -479,7 +483,7 @@ class FakeRunpod:
         (root / "pod.environ").write_bytes(
             b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items())
         )
-        if starts and fields.get("dockerArgs"):
+        if starts and fields.get("dockerArgs") and not self.faults.ignore_start_command:
             # the container's start command, in its own process group (killed with the pod)
             pod.container = subprocess.Popen(
                 shlex.split(fields["dockerArgs"]),
@@ -545,6 +549,7 @@ class FakeRunpod:
 
     def _pod_json(self, pod: FakePod) -> dict:
         ready = pod.status == "RUNNING" and pod.starts and pod.gets > self.ready_after
+        portless = pod.gpu in self.faults.no_ssh_port
         return {
             "id": pod.id,
             "name": pod.name,
@@ -558,7 +563,9 @@ class FakeRunpod:
             "uptimeSeconds": int(time.time() - pod.created),
             "machine": {"gpuDisplayName": GPUS[pod.gpu][0]},
             "runtime": {
-                "ports": [
+                "ports": []
+                if portless
+                else [
                     {
                         "ip": "127.0.0.1",
                         "isIpPublic": True,

@@ -192,6 +192,7 @@ class RunpodApi:
         vcpus: int = 1,
         memory_gb: int = 1,
         on_try=None,
+        cancelled=lambda: False,
     ) -> tuple[dict, str]:
         """Create one pod, trying each GPU type in order; return (pod, gpu type).
 
@@ -200,12 +201,17 @@ class RunpodApi:
         retry the pod is looked up by its unique name several times, ``adopt_wait_s`` apart,
         and adopted if it appears.
         """
+        check_env(env)
         refusals = []
         for gpu in gpu_types:
             if on_try:
                 on_try(gpu)
             attempts = max(1, self.t.api_retries)
+            generic = 0
+            until = time.monotonic() + self.t.create_type_s
             for i in range(attempts):
+                if cancelled():
+                    raise ApiError(f"create pod {name}: cancelled", "cancelled")
                 try:
                     pod = self.call(
                         f"create pod {name} on {gpu}",
@@ -237,28 +243,52 @@ class RunpodApi:
                         break
                     if err.kind != "retry":
                         raise
-                    adopted = self._adopt(name)
+                    adopted = self._adopt(name, cancelled)
                     if adopted is not None:
                         return adopted, gpu
+                    generic += "something went wrong" in str(err).lower()
+                    if generic >= max(1, self.t.generic_retries) or time.monotonic() >= until:
+                        # RunPod's generic answer, also to malformed input: not worth minutes
+                        refusals.append(f"{gpu}: {err}")
+                        break
                     if i + 1 == attempts:
                         raise ApiError(
                             f"create pod {name} on {gpu} failed {attempts} times (rate limit, "
                             f"server or network error); try again later.",
                             "retry",
                         ) from None
-                    self._sleep(self._backoff(i))
+                    self._wait(self._backoff(i), cancelled)
+        generic = [r for r in refusals if "something went wrong" in r.lower()]
+        if generic and len(generic) == len(refusals):
+            raise ApiError(
+                f'create pod {name}: RunPod answered "Something went wrong" for every GPU '
+                f"type ({', '.join(gpu_types)}); that is also its answer to a request it cannot "
+                "read: try again later, or check --runpod-image and the pod settings.",
+                "retry",
+            )
         raise ApiError(
             f"no capacity for {name} on any of {', '.join(gpu_types)} (cloud {cloud}); try "
             "--runpod-cloud ALL or other types with --runpod-gpu.",
             "capacity",
         )
 
-    def _adopt(self, name: str) -> dict | None:
+    def _wait(self, seconds: float, cancelled) -> None:
+        """Sleep ``seconds`` in steps, returning early when ``cancelled()``."""
+        end = time.monotonic() + seconds
+        while not cancelled():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._sleep(min(left, 0.5))
+
+    def _adopt(self, name: str, cancelled=lambda: False) -> dict | None:
         """The pod called ``name``, if a failed create made it; the list may show it late."""
         polls = max(1, self.t.adopt_polls)
         for i in range(polls):
+            if cancelled():
+                return None
             if i:
-                self._sleep(self.t.adopt_wait_s)
+                self._wait(self.t.adopt_wait_s, cancelled)
             try:
                 pod = self.find_by_name(name)
             except ApiError:
@@ -292,6 +322,7 @@ class RunpodApi:
         """
         poll = self.t.poll_s if poll is None else poll
         pod = None
+        portless_since = None
         while True:
             if cancelled():
                 raise ApiError(f"pod {pod_id}: cancelled while starting", "cancelled")
@@ -308,6 +339,15 @@ class RunpodApi:
                 endpoint = ssh_endpoint(pod)
                 if status == "RUNNING" and endpoint is not None:
                     return endpoint, pod
+                if status == "RUNNING" and pod.get("runtime"):
+                    # a container, but no public 22/tcp: this host will not give one
+                    portless_since = portless_since or time.monotonic()
+                    if time.monotonic() - portless_since >= self.t.no_ssh_port_s:
+                        raise ApiError(
+                            f"pod {pod_id} runs but has no public SSH port (22/tcp) after "
+                            f"{self.t.no_ssh_port_s:.0f}s: its host gives none",
+                            "no-ssh-port",
+                        )
             if time.monotonic() >= until:
                 if pod is not None and not pod.get("runtime"):
                     raise ApiError(
@@ -322,6 +362,22 @@ class RunpodApi:
                     "timeout",
                 )
             self._sleep(min(poll, max(0.0, until - time.monotonic())) or 0.01)
+
+
+def check_env(env: dict) -> None:
+    """Refuse, before anything is created, a pod environment value the runpod SDK cannot send:
+    it pastes values into its GraphQL text between double quotes without escaping, so a
+    double quote, a backslash or a newline breaks the request (RunPod answers "Something went
+    wrong") or changes it."""
+    for key, value in (env or {}).items():
+        for char, what in (('"', "a double quote"), ("\\", "a backslash"), ("\n", "a newline")):
+            if char in str(value):
+                raise ApiError(
+                    f"the pod environment variable {key} holds {what}, which the runpod SDK "
+                    "cannot send; remove it (for PUBLIC_KEY: the comment of the key in "
+                    "SSH_KEY_PATH's .pub file, or use another key).",
+                    "fatal",
+                )
 
 
 def env_value(env, key: str) -> str | None:

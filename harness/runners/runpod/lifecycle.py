@@ -36,9 +36,17 @@ class PodLifecycle:
         # the backstop for a run that dies before the watchdog starts: every wait before the
         # SSH login, then the deadline, then the watchdog's slack
         backstop = t.ready_timeout_s + t.ssh_timeout_s + plan.max_minutes * 60 + t.watchdog_slack_s
+        cuda = allowed_cuda_versions(plan.image)
+        if task.attempt == 0:
+            self._say(
+                f"{task.label}: asking for hosts with CUDA {', '.join(cuda)} (the image's "
+                f"{plan.image.rsplit(':', 1)[-1]} or newer, as RunPod lists them)"
+                if cuda
+                else f"{task.label}: any host CUDA (the image tag names none)"
+            )
         try:
             pod, gpu = self.api.create(
-                task.name,
+                task.pod_name,
                 gpu_types=tuple(gpu_types),
                 count=plan.count,
                 disk_gb=plan.disk_gb,
@@ -47,16 +55,22 @@ class PodLifecycle:
                 env=env,
                 volume=plan.volume,
                 docker_args=killswitch.docker_args(time.time() + backstop, self._deadline_action()),
-                cuda_versions=allowed_cuda_versions(plan.image),
+                cuda_versions=cuda,
                 vcpus=plan.vcpus,
                 memory_gb=plan.memory_gb,
+                cancelled=self._cancel.is_set,
             )
         except ApiError as err:
+            self._check_cancel(task)
             raise RunFailed(self.redact(f"{task.label}: no pod was created: {err}")) from None
         with task.lock:
             task.pod_id, task.gpu, task.created = pod["id"], gpu, time.monotonic()
             task.terminated, task.ended = False, None  # a pod given up on ended; this one not
             task.created_at = task.created_at or task.created
+            rate = float(pod.get("costPerHr") or 0) or None
+            task.segments.append(
+                {"id": pod["id"], "gpu": gpu, "rate": rate, "start": task.created, "end": None}
+            )
         with self._lock:
             self._run_info["pods"] = [x.pod_id for x in self.tasks if x.pod_id]
             register_run(self.run_id, self._run_info)
@@ -80,6 +94,8 @@ class PodLifecycle:
         endpoint, info = self._create_until_running(task)
         task.endpoint = endpoint
         task.rate = float(info.get("costPerHr") or 0) or None
+        if task.rate and task.segments:
+            task.segments[-1]["rate"] = task.rate
         ssh = self._log_in(task, endpoint)
         # the deadline counts from here: image pull and scheduling are not the run's time
         deadline = time.monotonic() + task.plan.max_minutes * 60
@@ -121,7 +137,7 @@ class PodLifecycle:
             except ApiError as err:
                 self._check_cancel(task)
                 rest = types[types.index(gpu) + 1 :] if gpu in types else []
-                if err.kind != "no-runtime" or not rest:
+                if err.kind not in ("no-runtime", "no-ssh-port") or not rest:
                     raise RunFailed(self.redact(f"{task.label}: {err}")) from None
                 old = task.pod_id
                 if not self._terminate(task):
@@ -129,6 +145,7 @@ class PodLifecycle:
                         self.redact(f"{task.label}: {err}; it could not be terminated")
                     ) from None
                 task.discarded.append(old)
+                task.attempt += 1  # a new name: a late-listed create can never adopt this one
                 self._say(f"{task.label}: {err}; terminated it, trying {rest[0]}")
                 types = rest
 
@@ -147,17 +164,27 @@ class PodLifecycle:
                 self._cancel.is_set,
                 pause=min(2.0, max(0.05, t.poll_s)),
             )
-        except SshError:
+        except SshError as err:
             self._check_cancel(task)
+            text = str(err).lower()
+            why = (
+                "it refused our key: check SSH_KEY_PATH"
+                if "authentication" in text or "auth" in text.split()
+                else "nothing answered with SSH there: the image may start no sshd (RunPod's "
+                "images start it in /start.sh, which the pod's start command runs; an image "
+                "without /start.sh has none: use a RunPod image with --runpod-image), or retry"
+            )
             raise RunFailed(
                 f"{task.label}: pod {task.pod_id} never accepted SSH at {ssh.address} within "
-                f"{t.ssh_timeout_s:.0f}s; it was terminated (check SSH_KEY_PATH, or retry)."
+                f"{t.ssh_timeout_s:.0f}s ({why}); it was terminated."
             ) from None
         return ssh
 
     def _start_watchdog(self, task: PodTask, deadline: float) -> None:
-        """The pod's python, then the watchdog's own API path checked once with the pod's key
-        (a pod that cannot reach the API cannot end itself: it is not kept), then the watchdog."""
+        """The kill switch's "armed" line in its log (a pod whose start command did not run
+        has no backstop: it is not kept), the pod's python, then the watchdog's own API path
+        checked once with the pod's key (a pod that cannot reach the API cannot end itself),
+        then the watchdog."""
         t = self.t
         remaining = max(1.0, deadline - time.monotonic() + t.watchdog_slack_s)
         on_end = "none" if self.options.keep else "terminate"
@@ -165,6 +192,7 @@ class PodLifecycle:
         self._checked(
             task,
             _remote(task.name)
+            + KILL_SWITCH_ARMED
             + FIND_PYTHON
             + (
                 'cat > "$R/podside.py" && "$PY" "$R/podside.py" selfcheck "$R" && '
@@ -301,8 +329,10 @@ class PodLifecycle:
     def _check_pod_alive(self, task: PodTask) -> None:
         try:
             pod = self.api.get(task.pod_id)
-        except ApiError:
-            return
+        except ApiError as err:
+            if err.kind != "notfound":
+                return  # the API is out of reach: nothing says the pod is gone
+            pod = None  # "pod not found": gone
         status = None if pod is None else pod.get("desiredStatus")
         if status in (None, "EXITED", "TERMINATED"):
             task.terminated = status in (None, "TERMINATED")
@@ -450,6 +480,15 @@ def _remote(name: str) -> str:
     )
 
 
+# The kill switch logs "armed" when the pod's start command runs it; without that line nothing
+# on the pod ends it if this machine goes away before the watchdog runs.
+KILL_SWITCH_ARMED = (
+    f'KS="{killswitch.LOG_PATH}"; if ! grep -q "armed: deadline" "$KS" 2>/dev/null; then '
+    'echo "the kill switch is not armed on this pod (no armed line in $KS: the image or '
+    'RunPod ignored its start command)" >&2; exit 4; fi; '
+)
+
+
 # Run once, first: the interpreter of the image that imports torch, written to $R/python.
 FIND_PYTHON = (
     'mkdir -p "$R" && if [ -z "$OUTLIERS_POD_PYTHON" ]; then for c in python3 python '
@@ -498,6 +537,9 @@ class PodTask:
         self.created: float | None = None  # monotonic, of the pod in use
         self.created_at: float | None = None  # monotonic, of the first pod (cost counts all)
         self.discarded: list[str] = []  # pods given up on (their container never started)
+        self.attempt = 0  # pods created for this task before the current one
+        # every pod this task created: id, gpu, $/h, monotonic start and end (cost of each)
+        self.segments: list[dict] = []
         self.runtime: dict | None = None  # python / torch / CUDA / triton found on the pod
         self.ended: float | None = None
         self.endpoint = None
@@ -512,6 +554,11 @@ class PodTask:
     @property
     def label(self) -> str:
         return self.plan.label
+
+    @property
+    def pod_name(self) -> str:
+        """The name of the pod to create now: each new attempt is named apart."""
+        return self.name if self.attempt == 0 else f"{self.name}-r{self.attempt}"
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:

@@ -60,6 +60,11 @@ class Timings:
     backoff_s: float = 2.0  # first back-off; doubles per retry, capped at 60 s
     adopt_polls: int = 6  # after a failed create, look for the pod by name this many times
     adopt_wait_s: float = 10.0  # ... this far apart (RunPod's pod list lags behind a create)
+    # "Something went wrong" (RunPod's generic answer, also to malformed input) is retried
+    # this often per GPU type, and a create gives up on a type after this long
+    generic_retries: int = 2
+    create_type_s: float = 120.0
+    no_ssh_port_s: float = 120.0  # RUNNING with a container but no public 22/tcp this long
     watchdog_poll_s: float = 15.0  # the pod's watchdog checks this often
     watchdog_grace_s: float = 900.0  # after the job ends, wait this long for the fetch
     watchdog_slack_s: float = 120.0  # the pod's deadline is the local one plus this
@@ -77,7 +82,7 @@ class Timings:
                 continue
             if f.name == "ssh_user":
                 values[f.name] = raw
-            elif f.name in ("api_retries", "adopt_polls"):
+            elif f.name in ("api_retries", "adopt_polls", "generic_retries"):
                 values[f.name] = int(raw)
             else:
                 values[f.name] = float(raw)

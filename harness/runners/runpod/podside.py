@@ -10,6 +10,8 @@ pod on its own (over SSH stdin) before anything else and runs with the image's `
                                        ROOT/job.json, record exit codes in ROOT/state.json.
     python3 podside.py selfcheck ROOT  One query of this pod with the pod's own key (exit 3: the
                                        pod could not end itself).
+    python3 podside.py rights ROOT     End this pod with its own key, terminate else stop
+                                       (``outliers pods smoke``: which one it may do).
     python3 podside.py status ROOT     One JSON line: phase, exit codes, log tail.
     python3 podside.py probe PATH      One JSON line: python / torch / CUDA / triton, and the
                                        download speed of hub file PATH (``outliers pods smoke``).
@@ -298,6 +300,15 @@ def selfcheck(root: str) -> int:
     return 3
 
 
+def rights(root: str) -> int:
+    """``outliers pods smoke``'s last step: end this pod as the watchdog would (terminate, else
+    stop), detached, a second after the SSH command that started it returned; whoever started
+    it reads from the API which of the two the pod's key was allowed."""
+    time.sleep(1.0)
+    logf = os.path.join(root, "rights.log")
+    return 0 if stop_self("terminate", lambda text: _log(logf, text)) else 1
+
+
 def watchdog(
     root: str,
     deadline_in: float,
@@ -584,7 +595,7 @@ def main(argv: list[str]) -> int:
     w.add_argument("--on-end", choices=("terminate", "stop", "none"), default="terminate")
     w.add_argument("--on-deadline", choices=("terminate", "stop"), default="terminate")
     w.add_argument("--start-grace", type=float, default=900.0)
-    for name in ("job", "pack", "selfcheck"):
+    for name in ("job", "pack", "selfcheck", "rights"):
         sub.add_parser(name).add_argument("root")
     s = sub.add_parser("status")
     s.add_argument("root")
@@ -600,6 +611,8 @@ def main(argv: list[str]) -> int:
         return job(a.root)
     if a.mode == "selfcheck":
         return selfcheck(a.root)
+    if a.mode == "rights":
+        return rights(a.root)
     if a.mode == "status":
         return status(a.root, a.tail)
     if a.mode == "unpack":

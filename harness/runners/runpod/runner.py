@@ -325,6 +325,9 @@ class RunpodRunner(PodLifecycle):
                 ok = False
             task.terminated = ok
             task.ended = task.ended or time.monotonic()
+            for seg in task.segments:
+                if seg["id"] == task.pod_id and seg["end"] is None:
+                    seg["end"] = task.ended
         if not ok:
             self._say(
                 f"{task.label}: could NOT terminate pod {task.pod_id}; run "
@@ -340,9 +343,11 @@ class RunpodRunner(PodLifecycle):
             task.ended = time.monotonic()
         else:
             self._terminate(task)
-        # from the first pod's creation: a pod given up on (no runtime) billed too
-        seconds = (task.ended or time.monotonic()) - (task.created_at or task.created)
-        cost = task.rate * seconds / 3600 if task.rate else None
+        # from the first pod's creation: a pod given up on (no runtime) billed too, at its own
+        # type's rate
+        end = task.ended or time.monotonic()
+        seconds = end - (task.created_at or task.created)
+        cost = self._cost(task, end)
         share = len(task.plan.entries)
         task.pod_info = {
             "id": task.pod_id,
@@ -352,6 +357,9 @@ class RunpodRunner(PodLifecycle):
             "seconds": seconds,
             "cost_usd": cost,
             "usd_per_hour": task.rate,
+            "pods": [
+                {"id": g["id"], "gpu": g["gpu"], "usd_per_hour": g["rate"]} for g in task.segments
+            ],
             "status": "kept" if task.kept else ("terminated" if task.terminated else "unknown"),
             "discarded_pods": list(task.discarded),
             "image_runtime": task.runtime,
@@ -373,6 +381,23 @@ class RunpodRunner(PodLifecycle):
             f"{task.label}: pod {task.pod_id} {task.pod_info['status']} after "
             f"{_fmt_seconds(seconds)}{money}"
         )
+
+    def _cost(self, task: PodTask, end: float) -> float | None:
+        """Each pod's time at its own $/h (the API's for the pod, else its GPU type's price);
+        None when a pod's rate is unknown either way."""
+        total = 0.0
+        for seg in task.segments:
+            rate = seg["rate"]
+            if rate is None:
+                try:
+                    price = self.api.gpu_price(seg["gpu"], task.plan.count, task.plan.cloud)
+                except ApiError:
+                    price = None
+                rate = seg["rate"] = None if price is None else price * task.plan.count
+            if rate is None:
+                return None
+            total += rate * ((seg["end"] or end) - seg["start"]) / 3600
+        return total if task.segments else None
 
     def _sweep(self) -> None:
         """Terminate any pod named for this run that is still there (e.g. created by a call

@@ -36,7 +36,8 @@ SMOKE_GPUS = (
     "NVIDIA RTX A6000",
 )
 PROBE_FILE = "openai-community/gpt2/resolve/main/tokenizer.json"  # 1.4 MB, public
-DEFAULT_MINUTES = 8.0
+# the image pull alone can take minutes (runpod/pytorch images are several GB): room for it
+DEFAULT_MINUTES = 15.0
 
 
 @dataclass
@@ -119,6 +120,9 @@ def smoke(
             return rows
         try:
             rows += _on_pod(ssh, name, redact)
+            reaches = next((r.ok for r in rows if r.what.startswith("the pod's key reaches")), None)
+            if reaches:
+                rows.append(_pod_key_rights(api, ssh, name, pod_id))
         finally:
             ssh.close()
         return rows
@@ -247,11 +251,43 @@ def _on_pod(ssh: Ssh, name: str, redact) -> list[Check]:
     return rows
 
 
+def _pod_key_rights(api: RunpodApi, ssh: Ssh, name: str, pod_id: str) -> Check:
+    """Which of terminate / stop the pod's own key may do: the pod ends itself as its watchdog
+    would (terminate, else stop) and the API says how it ended. RunPod documents only stopping
+    from inside a pod; a stopped pod's disk bills until it is terminated."""
+    from harness.runners.runpod.lifecycle import _remote
+
+    start = time.monotonic()
+    ssh.run(
+        _remote(name)
+        + '($S nohup "$PY" "$R/podside.py" rights "$R" > /dev/null 2>&1 < /dev/null &)',
+        timeout=60,
+    )
+    status = "RUNNING"
+    while time.monotonic() - start < 90:
+        time.sleep(1.0)
+        try:
+            pod = api.get(pod_id)
+        except ApiError as err:
+            pod = None if err.kind == "notfound" else {"desiredStatus": status}
+        status = "TERMINATED" if pod is None else pod.get("desiredStatus")
+        if status in ("TERMINATED", "EXITED"):
+            break
+    result = {
+        "TERMINATED": (True, "terminate: yes"),
+        "EXITED": (True, "terminate: no, stop: yes (a stopped pod's disk bills until terminated)"),
+    }.get(status, (False, "neither terminate nor stop: only this machine can end its pods"))
+    return Check("the pod's key may end its pod", *result, time.monotonic() - start)
+
+
 def _wait_gone(api: RunpodApi, pod_id: str, timeout: float = 60.0) -> bool:
+    """Gone from the account's list, or listed as TERMINATED (the list may lag)."""
     until = time.monotonic() + timeout
     while True:
         try:
-            if all(p.get("id") != pod_id for p in api.list()):
+            if all(
+                p.get("id") != pod_id or p.get("desiredStatus") == "TERMINATED" for p in api.list()
+            ):
                 return True
         except ApiError:
             pass
