@@ -368,16 +368,21 @@ def test_a_pod_installs_the_project_keeping_the_image_torch(
         fake.stop()
 
 
+def _smoke(env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`outliers pods smoke --max-minutes 3` in its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_outliers_pods_smoke_checks_every_path_then_ends_its_pod(runpod_env, fake_runpod):
     fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url  # the hub's file server, faked
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
-        env=runpod_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _smoke(runpod_env, 120)
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -409,13 +414,7 @@ def test_outliers_pods_smoke_checks_every_path_then_ends_its_pod(runpod_env, fak
 def test_the_smoke_check_reports_a_pod_key_that_cannot_reach_the_api(runpod_env, fake_runpod):
     fake_runpod.faults.pod_key_refused = True
     fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
-        env=runpod_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _smoke(runpod_env, 120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "the pod's key reaches" in x)
     assert "FAILED" in line and "cannot reach its pod" in line
@@ -428,13 +427,7 @@ def test_the_smoke_check_says_when_the_pod_key_may_only_stop(runpod_env, fake_ru
     the user's terminate then ends the stopped pod, and TERMINATED in the list counts as gone."""
     fake_runpod.faults.pod_terminate_refused = True
     fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
-        env=runpod_env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _smoke(runpod_env, 180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("| the pod's key may end"))
     assert "terminate: no, stop: yes" in line

@@ -287,22 +287,29 @@ def view(stats: CapturedStats, criteria: Criteria) -> CapturedStats:
     return stats.by_layer() if criteria.layer_unit == "layers" else stats
 
 
-def evaluate(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> dict:
-    """All figures at ``criteria``: {"seed_compatible", "pooled", "per_site"}. ``per_site``
-    keeps one row per site under either layer unit (its systematic dims are the unit's)."""
-    sites = stats.without_first_position() if criteria.skip_first_position else stats
-    seen = view(stats, criteria)
+def _headline(seen: CapturedStats, criteria: Criteria, with_pairs: bool) -> dict:
+    """The seed-compatible and pooled figures of ``seen`` (a ``view``), labelled with the
+    definition they were made under."""
     out = {
         "seed_compatible": seed_compatible(seen, criteria, with_pairs=with_pairs),
         "pooled": pooled(seen, criteria),
-        "per_site": per_site(sites, criteria, pooled_dims(seen, criteria)[0]),
     }
-    for part in ("seed_compatible", "pooled"):
-        out[part].update(
+    for part in out.values():
+        part.update(
             layer_unit=criteria.layer_unit,
             layer_denominator=seen.num_sites,
             first_position="left out" if criteria.skip_first_position else "included",
         )
+    return out
+
+
+def evaluate(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> dict:
+    """All figures at ``criteria``: {"seed_compatible", "pooled", "per_site"}. ``per_site``
+    keeps one row per site under either layer unit (its systematic dims are the unit's)."""
+    sites = stats.without_first_position() if criteria.skip_first_position else stats
+    seen = sites.by_layer() if criteria.layer_unit == "layers" else sites
+    out = _headline(seen, criteria, with_pairs)
+    out["per_site"] = per_site(sites, criteria, pooled_dims(seen, criteria)[0])
     return out
 
 
@@ -321,12 +328,15 @@ def by_definition(stats: CapturedStats, criteria: Criteria) -> dict:
     layer unit (sites, layers) x the first position (included, left out). ``None`` for the
     first-position-less figures of statistics captured before it was kept apart."""
     out = {}
-    for unit in LAYER_UNITS:
-        for skip in (False, True):
+    for skip in (False, True):
+        usable = not skip or (stats.first_position is not None and stats.seq_len >= 2)
+        base = (stats.without_first_position() if skip else stats) if usable else None
+        for unit in LAYER_UNITS:
             key = f"{unit}{'_without_first_position' if skip else ''}"
-            if skip and (stats.first_position is None or stats.seq_len < 2):
+            if base is None:
                 out[key] = None
                 continue
             c = replace(criteria, layer_unit=unit, skip_first_position=skip)
-            out[key] = summary(evaluate(stats, c, with_pairs=False))
+            seen = base.by_layer() if unit == "layers" else base
+            out[key] = summary(_headline(seen, c, with_pairs=False))  # no per-site rows
     return out

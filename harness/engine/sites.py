@@ -187,24 +187,23 @@ def is_projection(module: nn.Module) -> bool:
     return "qweight" in module._buffers or "qweight" in module._parameters
 
 
-def out_features(module: nn.Module) -> int | None:
-    """How many features a projection returns (``nn.Linear``, GPT-2's ``Conv1D``: ``nf``)."""
-    for name in ("out_features", "nf"):
+def _features(module: nn.Module, names: tuple[str, str], axis: int) -> int | None:
+    for name in names:  # nn.Linear's in/out_features, GPT-2's Conv1D nx / nf
         value = getattr(module, name, None)
         if isinstance(value, int):
             return value
     weight = module._parameters.get("weight")
-    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+    return int(weight.shape[axis]) if weight is not None and weight.dim() == 2 else None
+
+
+def out_features(module: nn.Module) -> int | None:
+    """How many features a projection returns."""
+    return _features(module, ("out_features", "nf"), 0)
 
 
 def in_features(module: nn.Module) -> int | None:
-    """How many features a projection multiplies (``nn.Linear``, GPT-2's ``Conv1D``: ``nx``)."""
-    for name in ("in_features", "nx"):
-        value = getattr(module, name, None)
-        if isinstance(value, int):
-            return value
-    weight = module._parameters.get("weight")
-    return int(weight.shape[1]) if weight is not None and weight.dim() == 2 else None
+    """How many features a projection multiplies."""
+    return _features(module, ("in_features", "nx"), 1)
 
 
 def _output_projection(modules: dict, projections: list[str], hidden: int) -> str | None:

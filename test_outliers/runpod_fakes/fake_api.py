@@ -345,13 +345,12 @@ class FakeRunpod:
 
     def handle_rest(self, method: str, path: str, key: str, agent: str, body: bytes = b""):
         """RunPod's REST API (rest.runpod.io/v1), the part the harness uses: GET /pods,
-        GET /pods/{id}, POST /pods (create), POST /pods/{id}/stop, DELETE /pods/{id}."""
+        GET /pods/{id}, POST /pods/{id}/stop, DELETE /pods/{id}."""
         who = self.who(key)
         parts = [p for p in path.split("?")[0].split("/") if p][1:]  # after "v1"
         op = {
             ("GET", 1): "rest:list",
             ("GET", 2): "rest:get",
-            ("POST", 1): "rest:create",
             ("POST", 3): "rest:stop",
             ("DELETE", 2): "rest:delete",
         }.get((method, len(parts)), "rest:?")
@@ -376,10 +375,6 @@ class FakeRunpod:
                 for p in self.pods.values()
                 if p.status != "TERMINATED" and now >= p.listed_after
             ]
-        if op == "rest:create":
-            if who != "user":
-                return 403, {"error": "forbidden for a pod-scoped key"}
-            return self._rest_create(json.loads(body or b"{}"), who)
         pod_id = parts[1] if len(parts) > 1 else ""
         if who.startswith("pod:") and who != f"pod:{pod_id}":
             return 403, {"error": "a pod-scoped key reaches its own pod only"}
