@@ -203,6 +203,12 @@ def _pods_command(sub) -> None:
         "switch's deadline); other machines' pods need --all",
     )
     p.add_argument("--all", action="store_true", help="with --terminate: every harness pod")
+    p.add_argument(
+        "--api",
+        default="auto",
+        choices=("auto", "graphql", "rest"),
+        help="RunPod API: auto (GraphQL, then REST when GraphQL fails), graphql or rest",
+    )
     p.add_argument("--gpu", default=None, metavar="TYPES", help="smoke: GPU type ids to try")
     p.add_argument("--image", default=None, metavar="IMAGE", help="smoke: the pod image")
     p.add_argument(
@@ -222,10 +228,14 @@ def _pods_command(sub) -> None:
             from harness.runners.runpod.smoke import smoke
 
             gpus = tuple(g.strip() for g in args.gpu.split(",") if g.strip()) if args.gpu else None
-            rows = smoke(gpus=gpus, image=args.image or DEFAULT_IMAGE, max_minutes=args.max_minutes)
+            rows = smoke(
+                gpus=gpus,
+                image=args.image or DEFAULT_IMAGE,
+                max_minutes=args.max_minutes,
+                api_mode=args.api,
+            )
             return 1 if any(r.ok is False for r in rows) else 0
-        pods_command(terminate=args.terminate, all=args.all)
-        return 0
+        return pods_command(terminate=args.terminate, all=args.all, api=args.api)
 
     p.set_defaults(func=run)
 

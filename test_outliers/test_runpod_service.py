@@ -368,10 +368,10 @@ def test_a_pod_installs_the_project_keeping_the_image_torch(
         fake.stop()
 
 
-def _smoke(env: dict, timeout: float) -> subprocess.CompletedProcess:
+def _smoke(env: dict, timeout: float, *extra: str) -> subprocess.CompletedProcess:
     """`outliers pods smoke --max-minutes 3` in its own process, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3"],
+        [sys.executable, "-m", "harness.cli", "pods", "smoke", "--max-minutes", "3", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -408,6 +408,23 @@ def test_outliers_pods_smoke_checks_every_path_then_ends_its_pod(runpod_env, fak
     (pod,) = fake_runpod.pods.values()
     assert pod.gpu == "NVIDIA RTX A5000" and pod.status == "TERMINATED"
     assert USER_KEY not in out + proc.stderr
+    assert_nothing_left(fake_runpod)
+
+
+def test_the_smoke_check_passes_over_rest_with_graphql_gone(runpod_env, fake_runpod):
+    """GraphQL retired: every check still passes (the price is unknown: REST lists none)."""
+    fake_runpod.pod_env["HF_ENDPOINT"] = fake_runpod.url
+    fake_runpod.faults.graphql_down = True
+    proc = _smoke(runpod_env, 120)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "using its REST API" in out and "(price unknown)" in out
+    assert "over rest" in next(x for x in out.splitlines() if x.startswith("| create a pod"))
+    assert "0 check(s) failed" in out
+    user = [c for c in fake_runpod.calls if c.get("auth") == "user" and c["status"] != 410]
+    assert user and all(c.get("via") == "rest" for c in user)
+    (pod,) = fake_runpod.pods.values()
+    assert pod.status == "TERMINATED"
     assert_nothing_left(fake_runpod)
 
 

@@ -19,8 +19,9 @@ never starts: ``runtime`` stays null), hosts whose containers never start, "pod 
 after creation, the account's SSH keys injected over our ``PUBLIC_KEY``, a pod key the API
 refuses. As the real service: GraphQL errors are HTTP 200 ``{"errors": [...]}``, a 429 is plain
 text, a 502 an HTML page, urllib's default User-Agent is refused (403, as RunPod's front end),
-a pod's own key may be refused podTerminate while podStop works, GraphQL may be gone (the REST
-API, ``/v1/pods``, is served too).
+a pod's own key may be refused podTerminate while podStop works, GraphQL may be gone from the
+start or after N creates (the REST API, ``/v1/pods``: create, list, get, stop, delete, is served
+too, over the same pods).
 
 A created pod runs its start command (``dockerArgs``, with the pod's environment, in its own
 process group: the container), as RunPod does; the image's own start is the fake's sshd.
@@ -82,7 +83,10 @@ class Faults:
     terminate_delay_s: float = 0.0  # a user's podTerminate answers only after this long
     pod_terminate_refused: bool = False  # a pod's own key may stop its pod, not terminate it
     pod_stop_errors: int = 0  # the next N podStop calls answer "Something went wrong"
-    graphql_down: bool = False  # every GraphQL request answers 410 (the API retired)
+    # every GraphQL request answers 410 with a non-GraphQL JSON body (True), or 404 with an
+    # HTML page ("html"): the API retired
+    graphql_down: bool | str = False
+    graphql_down_after_creates: int | None = None  # ... once this many GraphQL creates made pods
     rest_5xx: int = 0  # the next N user-key REST requests answer 502
     rest_stop_errors: int = 0  # the next N REST stops answer 500
     ignore_start_command: bool = False  # the container ignores dockerArgs (a custom image)
@@ -245,6 +249,16 @@ class FakeRunpod:
         if who is None or (who.startswith("pod:") and self.faults.pod_key_refused):
             self.record(op=op, auth="unknown", status=401)
             return 401, "application/json", {"errors": [{"message": "Unauthorized"}]}
+        gone = self.faults.graphql_down or (
+            self.faults.graphql_down_after_creates is not None
+            and len([c for c in self.ops("podFindAndDeployOnDemand") if c.get("pod")])
+            >= self.faults.graphql_down_after_creates
+        )
+        if gone:  # what a retired endpoint answers: no GraphQL body at all
+            self.record(op=op, auth=who, status=410)
+            if self.faults.graphql_down == "html":
+                return 404, "text/html", b"<html><body>404 Not Found</body></html>"
+            return 410, "application/json", {"message": "GraphQL has been retired: use REST"}
         with self.lock:
             if who == "user" and self.faults.http_429 > 0:
                 self.faults.http_429 -= 1
@@ -344,11 +358,12 @@ class FakeRunpod:
         threading.Timer(0.2, self._kill_pod, args=(pod,)).start()
 
     def handle_rest(self, method: str, path: str, key: str, agent: str, body: bytes = b""):
-        """RunPod's REST API (rest.runpod.io/v1), the part the harness uses: GET /pods,
-        GET /pods/{id}, POST /pods/{id}/stop, DELETE /pods/{id}."""
+        """RunPod's REST API (rest.runpod.io/v1), the part the harness uses: POST /pods,
+        GET /pods, GET /pods/{id}, POST /pods/{id}/stop, DELETE /pods/{id}."""
         who = self.who(key)
         parts = [p for p in path.split("?")[0].split("/") if p][1:]  # after "v1"
         op = {
+            ("POST", 1): "rest:create",
             ("GET", 1): "rest:list",
             ("GET", 2): "rest:get",
             ("POST", 3): "rest:stop",
@@ -365,6 +380,22 @@ class FakeRunpod:
                 self.faults.rest_5xx -= 1
                 self.record(op=op, auth=who, status=502, via="rest")
                 return 502, {"error": "bad gateway"}
+        if op == "rest:create":
+            if who != "user":
+                return 403, {"error": "forbidden for a pod-scoped key"}
+            try:
+                fields = rest_deploy_fields(json.loads(body or b"{}"))
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                self.record(op=op, auth=who, status=400, via="rest", error=str(err))
+                return 400, {"error": f"invalid request body: {err}"}
+            try:
+                pod, _, then_500 = self._make_pod(fields, who, "rest")
+            except _GqlError as err:
+                self.record(**{"op": op, "auth": who, "status": 400, **err.extra})
+                return 400, {"error": str(err)}
+            if then_500:
+                return 500, {"error": "Something went wrong. Please try again later."}
+            return 201, _rest_pod(self._pod_json(pod))
         if op == "rest:list":
             if who != "user":
                 return 403, {"error": "forbidden for a pod-scoped key"}
@@ -384,6 +415,7 @@ class FakeRunpod:
             return 404, {"error": "pod not found"}
         if op == "rest:get":
             self.record(op=op, auth=who, status=200, pod=pod_id, via="rest")
+            pod.gets += 1
             return 200, _rest_pod(self._pod_json(pod))
         if op == "rest:delete":
             if who.startswith("pod:") and self.faults.pod_terminate_refused:
@@ -408,7 +440,27 @@ class FakeRunpod:
     def _create(self, q: str, who: str):
         if who != "user":
             raise _GqlError("forbidden for a pod-scoped key")
-        fields = deploy_fields(q)
+        pod, env, then_500 = self._make_pod(deploy_fields(q), who, "graphql")
+        if then_500:
+            return 500, "text/html", b"<html>500 Internal Server Error</html>"
+        return (
+            200,
+            "application/json",
+            {
+                "data": {
+                    "podFindAndDeployOnDemand": {
+                        "id": pod.id,
+                        "imageName": pod.image,
+                        "env": [f"{k}={v}" for k, v in env.items()],
+                        "machineId": "m-" + pod.id,
+                        "machine": {"podHostId": pod.id + "-host"},
+                    }
+                }
+            },
+        )
+
+    def _make_pod(self, fields: dict, who: str, via: str):
+        """Create a pod from deploy fields (GraphQL names); (pod, env sent, answer 500?)."""
         name = fields.get("name")
         gpu = fields.get("gpuTypeId")
         env = fields.get("env", {})
@@ -418,9 +470,12 @@ class FakeRunpod:
             "name": name,
             "gpu": gpu,
             "fields": fields,
+            "via": via,
         }
         host_cuda = self.faults.host_cuda.get(gpu, "12.8")
         allowed = fields.get("allowedCudaVersions")
+        if gpu not in GPUS:  # (over GraphQL the SDK's own gpuTypes check refuses it first)
+            raise _GqlError(f'gpuTypeIds: "{gpu}" is not a valid GPU type', **info)
         with self.lock:
             if gpu in self.faults.no_capacity:
                 raise _GqlError(NO_CAPACITY, **info)
@@ -516,23 +571,7 @@ class FakeRunpod:
         with self.lock:
             self.pods[pod.id] = pod
         self.record(status=500 if then_500 else 200, pod=pod.id, **info)
-        if then_500:
-            return 500, "text/html", b"<html>500 Internal Server Error</html>"
-        return (
-            200,
-            "application/json",
-            {
-                "data": {
-                    "podFindAndDeployOnDemand": {
-                        "id": pod.id,
-                        "imageName": pod.image,
-                        "env": [f"{k}={v}" for k, v in env.items()],
-                        "machineId": "m-" + pod.id,
-                        "machine": {"podHostId": pod.id + "-host"},
-                    }
-                }
-            },
-        )
+        return pod, env, then_500
 
     def _fill_secrets(self, value: str) -> str:
         """What RunPod does to ``{{ RUNPOD_SECRET_name }}`` in a pod's env, inside the pod."""
@@ -656,6 +695,38 @@ def deploy_fields(q: str) -> dict:
     return out
 
 
+def rest_deploy_fields(body: dict) -> dict:
+    """A REST ``POST /pods`` body as the GraphQL deploy fields it stands for (the fake keeps one
+    create). Types are checked as the REST API's schema has them."""
+    if not isinstance(body.get("gpuTypeIds"), list) or not body["gpuTypeIds"]:
+        raise ValueError("gpuTypeIds must be a non-empty array")
+    for key in ("env",):
+        if not isinstance(body.get(key, {}), dict):
+            raise ValueError(f"{key} must be an object")
+    for key in ("ports", "dockerStartCmd", "allowedCudaVersions"):
+        if key in body and not isinstance(body[key], list):
+            raise ValueError(f"{key} must be an array")
+    fields = {
+        "name": body["name"],
+        "imageName": body["imageName"],
+        "gpuTypeId": body["gpuTypeIds"][0],
+        "gpuCount": body.get("gpuCount", 1),
+        "cloudType": body.get("cloudType", "SECURE"),
+        "containerDiskInGb": body.get("containerDiskInGb"),
+        "minVcpuCount": body.get("minVCPUPerGPU"),
+        "minMemoryInGb": body.get("minRAMPerGPU"),
+        "ports": ",".join(body.get("ports") or []),
+        "supportPublicIp": body.get("supportPublicIp"),
+        "networkVolumeId": body.get("networkVolumeId"),
+        "volumeMountPath": body.get("volumeMountPath"),
+        "dockerArgs": shlex.join(body["dockerStartCmd"]) if body.get("dockerStartCmd") else "",
+        "env": dict(body.get("env") or {}),
+    }
+    if "allowedCudaVersions" in body:
+        fields["allowedCudaVersions"] = list(body["allowedCudaVersions"])
+    return fields
+
+
 def image_cuda(image: str) -> tuple | None:
     """The CUDA an image needs, from its tag (the fake's own reading, not the harness's)."""
     m = re.search(r"cuda(\d+)\.(\d+)|cu(\d\d)(\d)", image.rsplit(":", 1)[-1])
@@ -679,19 +750,21 @@ def _rest_pod(pod: dict) -> dict:
     ``env`` an object, ``publicIp`` and ``portMappings`` for the SSH port, ``image``)."""
     ports = (pod.get("runtime") or {}).get("ports") or []
     ssh = next((p for p in ports if p.get("privatePort") == 22), None)
+    started = time.time() - pod["uptimeSeconds"]
     return {
         "id": pod["id"],
         "name": pod["name"],
         "desiredStatus": pod["desiredStatus"],
-        "costPerHr": pod["costPerHr"],
+        "costPerHr": str(pod["costPerHr"]),  # a string in REST's answers
         "gpuCount": pod["gpuCount"],
         "image": pod["imageName"],
         "containerDiskInGb": pod["containerDiskInGb"],
         "env": dict(e.split("=", 1) for e in pod["env"]),
-        "machine": pod["machine"],
+        "dockerStartCmd": shlex.split(pod["dockerArgs"]) if pod["dockerArgs"] else None,
+        "gpu": {"displayName": pod["machine"]["gpuDisplayName"], "count": pod["gpuCount"]},
         "publicIp": ssh["ip"] if ssh else None,
         "portMappings": {"22": ssh["publicPort"]} if ssh else {},
-        "uptimeSeconds": pod["uptimeSeconds"],
+        "lastStartedAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(started)),
     }
 
 

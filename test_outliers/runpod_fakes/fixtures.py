@@ -38,6 +38,7 @@ def runpod_env(fake_runpod, ssh_key, tmp_path, monkeypatch) -> dict:
     """The environment of a RunPod run against the fake (also applied to this process)."""
     env = {
         "RUNPOD_API_BASE_URL": fake_runpod.url,
+        "RUNPOD_REST_BASE_URL": fake_runpod.url + "/v1",
         "RUNPOD_API_KEY": USER_KEY,
         "HF_TOKEN": HF_TOKEN,
         "SSH_KEY_PATH": str(ssh_key),

@@ -1,4 +1,5 @@
-"""The RunPod API, through the official ``runpod`` SDK, with the retries the SDK lacks.
+"""The RunPod API, through the official ``runpod`` SDK (GraphQL) or RunPod's REST API, with the
+retries the SDK lacks.
 
 The SDK (``runpod.api.graphql.run_graphql_query``) posts to ``$RUNPOD_API_BASE_URL/graphql`` and
 hides the HTTP status: a 429 or 5xx from the gateway surfaces as a JSON decode error (non-JSON
@@ -6,6 +7,12 @@ body), a ``KeyError`` (a JSON body without ``data``), a ``QueryError`` ("Too man
 "Something went wrong. Please try again later") or a ``requests`` connection error. All of those
 are retried with exponential back-off; "no capacity" messages move on to the next GPU type; any
 other error is final. Error texts never carry the GraphQL query (which holds the pod env).
+
+RunPod retires GraphQL in early 2027. With ``api="auto"`` (the default) a GraphQL answer in a
+shape the SDK cannot read (the endpoint gone or changed), a "retired" message, or as many
+consecutive server/network failures as ``api_retries`` switch this ``RunpodApi`` to REST
+(``rest.py``) for the rest of its life, saying so once; ``api="rest"`` uses REST from the
+start, ``api="graphql"`` never switches.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import time
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from harness.runners.runpod.options import Timings
+from harness.runners.runpod.options import APIS, Timings
+from harness.runners.runpod.rest import RestBackend, RestError
 
 CAPACITY_MESSAGES = (
     "no longer any instances available",  # the usual podFindAndDeployOnDemand refusal
@@ -39,6 +47,7 @@ RETRY_MESSAGES = (
     "gateway",
 )
 NOT_FOUND_MESSAGES = ("not found", "does not exist", "no pod")
+GONE_MESSAGES = ("retired", "deprecated", "no longer supported", "use the rest api")
 VOLUME_MOUNT = "/runpod-volume"  # where a network volume is mounted (it holds the hub cache)
 
 
@@ -51,12 +60,20 @@ class ApiError(HarnessError):
 
 
 def classify(err: BaseException) -> str:
-    """capacity | retry | notfound | auth | shape | fatal."""
+    """capacity | retry | notfound | auth | shape | gone | fatal."""
     import requests
     from runpod import error as rp_error
 
     if isinstance(err, rp_error.AuthenticationError):
         return "auth"
+    if isinstance(err, RestError):
+        if err.status == 401:
+            return "auth"
+        if err.status == 404:
+            return "notfound"
+        if err.status in (408, 429) or err.status >= 500:
+            msg = err.message.lower()
+            return "capacity" if any(m in msg for m in CAPACITY_MESSAGES) else "retry"
     if isinstance(err, (json.JSONDecodeError, requests.exceptions.JSONDecodeError)):
         return "retry"  # a gateway page (429 / 5xx) instead of JSON
     if isinstance(err, requests.exceptions.RequestException):
@@ -66,6 +83,8 @@ def classify(err: BaseException) -> str:
     msg = str(err).lower()
     if any(m in msg for m in CAPACITY_MESSAGES):
         return "capacity"
+    if any(m in msg for m in GONE_MESSAGES):
+        return "gone"
     if any(m in msg for m in RETRY_MESSAGES):
         return "retry"
     if any(m in msg for m in NOT_FOUND_MESSAGES):
@@ -85,12 +104,65 @@ class Endpoint:
     port: int
 
 
-class RunpodApi:
-    """Thread-safe wrapper of the SDK calls the harness uses."""
+class GraphqlBackend:
+    """The SDK's GraphQL calls, under the names ``RunpodApi`` dispatches on."""
 
-    def __init__(self, api_key: str, timings: Timings | None = None, redact=str, sleep=time.sleep):
+    name = "graphql"
+
+    def __init__(self, rp):
+        self._rp = rp
+
+    def get_gpu(self, gpu_type: str, count: int = 1):
+        return self._rp.get_gpu(gpu_type, count)
+
+    def get_pod(self, pod_id: str):
+        return self._rp.get_pod(pod_id)
+
+    def get_pods(self):
+        return self._rp.get_pods()
+
+    def create_pod(self, spec: dict):
+        return self._rp.create_pod(
+            spec["name"],
+            spec["image"],
+            spec["gpu"],
+            cloud_type=spec["cloud"],
+            gpu_count=spec["count"],
+            container_disk_in_gb=spec["disk_gb"],
+            volume_in_gb=0,
+            min_vcpu_count=spec["vcpus"],
+            min_memory_in_gb=spec["memory_gb"],
+            ports="22/tcp",
+            support_public_ip=True,
+            start_ssh=True,
+            env=spec["env"],
+            network_volume_id=spec["volume"],
+            volume_mount_path=spec["volume_mount"],
+            docker_args=spec["docker_args"] or "",
+            allowed_cuda_versions=spec["cuda_versions"],
+        )
+
+    def terminate_pod(self, pod_id: str):
+        return self._rp.terminate_pod(pod_id)
+
+
+class RunpodApi:
+    """Thread-safe wrapper of the API calls the harness uses, over GraphQL or REST."""
+
+    def __init__(
+        self,
+        api_key: str,
+        timings: Timings | None = None,
+        redact=str,
+        sleep=time.sleep,
+        *,
+        api: str = "auto",
+        log=None,
+    ):
         import runpod
 
+        if api not in APIS:
+            raise HarnessError(f"--runpod-api must be one of {', '.join(APIS)}, not {api!r}.")
         runpod.api_key = api_key  # the SDK never reads RUNPOD_API_KEY on its own
         self._rp = runpod
         self.t = timings or Timings()
@@ -99,19 +171,46 @@ class RunpodApi:
         self._rng = random.Random()
         self._lock = threading.Lock()
         self.calls = 0
+        self.mode = api
+        self._graphql = GraphqlBackend(runpod)
+        self._rest = RestBackend(api_key)
+        self.backend = self._rest if api == "rest" else self._graphql
+        self._log = log or (lambda line: None)
+        self._graphql_failures = 0  # consecutive retryable GraphQL failures, all calls together
+
+    @property
+    def using(self) -> str:
+        """Which API answers now: graphql | rest."""
+        return self.backend.name
 
     # -- one call with retries ---------------------------------------------------------------
-    def call(self, what: str, fn, *args, retry_notfound: bool = False, attempts=None, **kwargs):
+    def call(self, what: str, op: str, *args, retry_notfound: bool = False, attempts=None):
+        """``op`` (a backend method name) with retries; switches GraphQL -> REST in auto mode."""
         attempts = max(1, self.t.api_retries if attempts is None else attempts)
         last = None
-        for i in range(attempts):
+        i = 0
+        while i < attempts:
+            backend = self.backend
             with self._lock:
                 self.calls += 1
             try:
-                return fn(*args, **kwargs)
+                out = getattr(backend, op)(*args)
+                if backend is self._graphql:
+                    with self._lock:
+                        self._graphql_failures = 0
+                return out
             except Exception as err:  # noqa: BLE001 - classified below
                 kind = classify(err)
                 last = err
+                if self._switch_to_rest(backend, kind, what, err) and not (
+                    op == "create_pod" and kind == "retry"
+                ):
+                    i = 0  # REST gets its own attempts
+                    continue
+                # (a create that failed retryably may have made its pod: ``create`` looks for it
+                # by name before it asks REST for one)
+                if kind == "gone":
+                    kind = "fatal"
                 if kind == "auth":
                     raise ApiError(
                         "RunPod refused the API key (401): check RUNPOD_API_KEY.", "auth"
@@ -125,14 +224,15 @@ class RunpodApi:
                         self.redact(
                             f"{what}: the RunPod API answered in a shape the runpod SDK does not "
                             f"expect ({type(err).__name__}: {_message(err)}); upgrade it with "
-                            "`pip install -U runpod` or report this."
+                            "`pip install -U runpod`, use --runpod-api rest, or report this."
                         ),
                         "fatal",
                     ) from None
                 if kind == "fatal":
                     raise ApiError(self.redact(f"{what}: {_message(err)}"), "fatal") from None
-                if i + 1 < attempts:
-                    self._sleep(self._backoff(i))
+                i += 1
+                if i < attempts:
+                    self._sleep(self._backoff(i - 1))
         raise ApiError(
             self.redact(
                 f"{what} failed {attempts} times (rate limit, server or network error: "
@@ -140,6 +240,29 @@ class RunpodApi:
             ),
             "retry",
         )
+
+    def _switch_to_rest(self, backend, kind: str, what: str, err: BaseException) -> bool:
+        """Whether this GraphQL failure moves the session to REST (auto mode only): an answer
+        the SDK cannot read, a retirement message, or ``api_retries`` retryable failures in a
+        row over all calls."""
+        if self.mode != "auto" or backend is not self._graphql:
+            return False
+        with self._lock:
+            if kind == "retry":
+                self._graphql_failures += 1
+                if self._graphql_failures < max(1, self.t.api_retries):
+                    return False
+            elif kind not in ("shape", "gone"):
+                return False
+            if self.backend is self._graphql:
+                self.backend = self._rest
+                self._log(
+                    self.redact(
+                        f"RunPod's GraphQL API failed ({what}: {type(err).__name__}: "
+                        f"{_message(err)}); using its REST API ({self._rest.base}) from now on"
+                    )
+                )
+        return True
 
     def _backoff(self, i: int) -> float:
         base = min(60.0, self.t.backoff_s * (2**i))
@@ -149,7 +272,7 @@ class RunpodApi:
     def gpu_price(self, gpu_type: str, count: int = 1, cloud: str = "SECURE") -> float | None:
         """$/h of ONE GPU of ``gpu_type`` in ``cloud`` (None when the API lists no price)."""
         try:
-            info = self.call(f"price of {gpu_type}", self._rp.get_gpu, gpu_type, count)
+            info = self.call(f"price of {gpu_type}", "get_gpu", gpu_type, count)
         except ApiError as err:
             if err.kind in ("capacity", "notfound"):
                 return None
@@ -164,10 +287,10 @@ class RunpodApi:
         return float(price) if price else None
 
     def get(self, pod_id: str) -> dict | None:
-        return self.call(f"get pod {pod_id}", self._rp.get_pod, pod_id)
+        return self.call(f"get pod {pod_id}", "get_pod", pod_id)
 
     def list(self) -> list[dict]:
-        return list(self.call("list pods", self._rp.get_pods) or [])
+        return list(self.call("list pods", "get_pods") or [])
 
     def find_by_name(self, name: str) -> dict | None:
         for pod in self.list():
@@ -215,30 +338,33 @@ class RunpodApi:
                 try:
                     pod = self.call(
                         f"create pod {name} on {gpu}",
-                        self._rp.create_pod,
-                        name,
-                        image,
-                        gpu,
-                        cloud_type=cloud,
-                        gpu_count=count,
-                        container_disk_in_gb=disk_gb,
-                        volume_in_gb=0,
-                        min_vcpu_count=vcpus,
-                        min_memory_in_gb=memory_gb,
-                        ports="22/tcp",
-                        support_public_ip=True,
-                        start_ssh=True,
-                        env=env,
-                        network_volume_id=volume,
-                        # not /workspace: the run folders stay off the paid volume
-                        volume_mount_path=VOLUME_MOUNT,
-                        docker_args=docker_args or "",
-                        allowed_cuda_versions=cuda_versions,
+                        "create_pod",
+                        {
+                            "name": name,
+                            "image": image,
+                            "gpu": gpu,
+                            "cloud": cloud,
+                            "count": count,
+                            "disk_gb": disk_gb,
+                            "vcpus": vcpus,
+                            "memory_gb": memory_gb,
+                            "env": env,
+                            "volume": volume,
+                            # not /workspace: the run folders stay off the paid volume
+                            "volume_mount": VOLUME_MOUNT,
+                            "docker_args": docker_args or "",
+                            "cuda_versions": cuda_versions,
+                        },
                         attempts=1,
                     )
                     return pod, gpu
                 except ApiError as err:
-                    if err.kind == "capacity":
+                    if err.kind == "capacity" or (
+                        # REST refuses a type it does not offer as bad input, naming it
+                        err.kind == "fatal"
+                        and self.using == "rest"
+                        and gpu in str(err).partition(": ")[2]  # RunPod's words, not ours
+                    ):
                         refusals.append(f"{gpu}: {err}")
                         break
                     if err.kind != "retry":
@@ -300,7 +426,7 @@ class RunpodApi:
     def terminate(self, pod_id: str) -> bool:
         """Terminate ``pod_id``; True when it is gone (already gone counts)."""
         try:
-            self.call(f"terminate pod {pod_id}", self._rp.terminate_pod, pod_id)
+            self.call(f"terminate pod {pod_id}", "terminate_pod", pod_id)
             return True
         except ApiError as err:
             if err.kind == "notfound":
@@ -327,7 +453,7 @@ class RunpodApi:
             if cancelled():
                 raise ApiError(f"pod {pod_id}: cancelled while starting", "cancelled")
             try:
-                pod = self.call(f"get pod {pod_id}", self._rp.get_pod, pod_id, retry_notfound=True)
+                pod = self.call(f"get pod {pod_id}", "get_pod", pod_id, retry_notfound=True)
             except ApiError as err:
                 if err.kind != "retry" or time.monotonic() >= until:
                     raise

@@ -75,7 +75,8 @@ class PodLifecycle:
             self._run_info["pods"] = [x.pod_id for x in self.tasks if x.pod_id]
             register_run(self.run_id, self._run_info)
         self._say(
-            f"{task.label}: pod {task.pod_id} created ({gpu} x {plan.count}, kill switch at "
+            f"{task.label}: pod {task.pod_id} created over {self.api.using} ({gpu} x "
+            f"{plan.count}, kill switch at "
             f"{backstop / 60:.0f} min, deadline {plan.max_minutes:.0f} min from SSH login)"
         )
         if not has_key(env_value(pod.get("env"), "PUBLIC_KEY"), env.get("PUBLIC_KEY") or ""):

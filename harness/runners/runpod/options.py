@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 # nightly torch. Its CUDA version also sets which hosts may run it (allowedCudaVersions).
 DEFAULT_IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
 CLOUDS = ("SECURE", "COMMUNITY", "ALL")
+APIS = ("auto", "graphql", "rest")
 
 # Options of ours that must never reach the pod's pytest: (name, takes a value).
 RUNPOD_FLAGS = {
@@ -32,6 +33,7 @@ RUNPOD_FLAGS = {
     "--runpod-max-minutes": True,
     "--runpod-parallel": True,
     "--runpod-ship": True,
+    "--runpod-api": True,
     "--rerun": False,
 }
 # Options the pod run sets itself (its own paths), also removed from forwarded arguments.
@@ -98,11 +100,12 @@ class RunpodOptions:
     gpu: tuple[str, ...] | None = None  # overrides every plan's GPU type list
     image: str = DEFAULT_IMAGE
     cloud: str = "SECURE"
-    volume: str | None = None  # network volume id, mounted at /workspace, holds the hub cache
+    volume: str | None = None  # network volume id, mounted at /runpod-volume: the hub cache
     max_minutes: float | None = None  # None: twice the plan's estimate
     parallel: int = 4
     ship: tuple[str, ...] = ()  # untracked paths to ship besides the tracked files
     rerun: bool = False
+    api: str = "auto"  # auto | graphql | rest (RunPod retires GraphQL in early 2027)
     timings: Timings = field(default_factory=Timings.from_env)
 
     @property
@@ -163,7 +166,15 @@ def add_runpod_options(group) -> None:
         action="store",
         default=None,
         metavar="VOLUME_ID",
-        help="network volume id for the Hugging Face cache (mounted at /workspace)",
+        help="network volume id for the Hugging Face cache (mounted at /runpod-volume)",
+    )
+    add(
+        "--runpod-api",
+        action="store",
+        default="auto",
+        choices=APIS,
+        help="RunPod API: auto (GraphQL, switching to REST when GraphQL fails; the default), "
+        "graphql, or rest (rest.runpod.io/v1; it lists no GPU prices)",
     )
     add(
         "--runpod-max-minutes",
@@ -215,6 +226,11 @@ def options_from_config(config, timings: Timings | None = None) -> RunpodOptions
 
         raise HarnessError(f"--runpod-cloud must be one of {', '.join(CLOUDS)}, not {cloud!r}.")
     parallel = int(_get(config, "runpod_parallel") or 4)
+    api = (_get(config, "runpod_api") or "auto").lower()
+    if api not in APIS:
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"--runpod-api must be one of {', '.join(APIS)}, not {api!r}.")
     return RunpodOptions(
         enabled=bool(_get(config, "runpod")),
         dry_run=bool(_get(config, "runpod_dry_run")),
@@ -228,6 +244,7 @@ def options_from_config(config, timings: Timings | None = None) -> RunpodOptions
         parallel=max(1, parallel),
         ship=tuple(p.strip() for p in (_get(config, "runpod_ship") or "").split(",") if p.strip()),
         rerun=bool(_get(config, "rerun")),
+        api=api,
         timings=timings or Timings.from_env(),
     )
 

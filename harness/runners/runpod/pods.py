@@ -205,14 +205,23 @@ def terminate_pods(api, *, all: bool = False) -> tuple[list[str], list[str]]:  #
     return done, failed
 
 
-def pods_command(*, terminate: bool = False, all: bool = False, out=print) -> int:  # noqa: A002
+def pods_command(
+    *,
+    terminate: bool = False,
+    all: bool = False,  # noqa: A002
+    out=print,
+    api: str = "auto",
+) -> int:
     """What ``outliers pods [--terminate [--all]]`` does; returns the exit status."""
     from harness.runners.runpod.api import RunpodApi
     from harness.runners.runpod.credentials import Redactor, load_credentials
     from harness.runners.runpod.options import Timings
 
     creds = load_credentials(need_ssh=False)
-    api = RunpodApi(creds.api_key, Timings.from_env(), Redactor(*creds.secrets()))
+    mode = api
+    api = RunpodApi(
+        creds.api_key, Timings.from_env(), Redactor(*creds.secrets()), api=mode, log=out
+    )
     rows = harness_pods(api)
     out(pods_table(rows))
     if rows:

@@ -281,6 +281,15 @@ def selfcheck(root: str) -> int:
             why = f"HTTP {err.code} from {base}"
         except (OSError, ValueError, RuntimeError) as err:
             why = f"{type(err).__name__}: {str(err).replace(key, '***')[:200]}"
+        rest = env.get("RUNPOD_REST_BASE_URL") or DEFAULT_REST
+        try:  # GraphQL retires in 2027: the REST API is the watchdog's second way
+            code = _rest(rest, key, "GET", f"/pods/{pod_id}")
+            if code == 200:
+                _log(os.path.join(root, "watchdog.log"), f"API check: pod {pod_id} seen (REST)")
+                print(f"api ok through REST: pod {pod_id} ({why})")
+                return 0
+        except (OSError, ValueError) as err:
+            why += f"; REST: {type(err).__name__}"
     ctl = shutil.which("runpodctl")
     if ctl and pod_id:
         try:

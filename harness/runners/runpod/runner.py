@@ -147,7 +147,9 @@ class RunpodRunner(PodLifecycle):
             )
         self._git = gitinfo.git_state(self.project_dir) or {}
         if self.api is None:
-            self.api = RunpodApi(creds.api_key, self.t, self.redact)
+            self.api = RunpodApi(
+                creds.api_key, self.t, self.redact, api=self.options.api, log=self._say
+            )
         self.plans = make_plans(todo, self.options)
         self._run_info = {"pods": [], "results_dir": str(self.results_dir)}
         register_run(self.run_id, self._run_info)
@@ -556,7 +558,9 @@ def dry_run_table(
     try:
         if api is None:
             creds = credentials or load_credentials(need_ssh=False)
-            api = RunpodApi(creds.api_key, options.timings, Redactor(*creds.secrets()))
+            api = RunpodApi(
+                creds.api_key, options.timings, Redactor(*creds.secrets()), api=options.api
+            )
         plans = price_plans(api, plans)
     except HarnessError as err:
         note = f"\nprices unavailable: {err}"

@@ -57,6 +57,7 @@ def smoke(
     out=print,
     api: RunpodApi | None = None,
     credentials=None,
+    api_mode: str = "auto",
 ) -> list[Check]:
     """Run the first-contact check; return its rows (the pod is gone when this returns)."""
     if not 1 <= max_minutes <= 30:
@@ -65,7 +66,7 @@ def smoke(
     creds = credentials or load_credentials()
     redact = Redactor(*creds.secrets())
     key = load_private_key(creds.ssh_key_path)
-    api = api or RunpodApi(creds.api_key, t, redact)
+    api = api or RunpodApi(creds.api_key, t, redact, api=api_mode, log=out)
     types, rate = _cheapest_first(api, gpus, cloud)
     ceiling = rate * max_minutes / 60 if rate != float("inf") else None
     out(
@@ -104,7 +105,7 @@ def smoke(
             return rows
         pod_id = pod["id"]
         mark = time.monotonic()
-        rows.append(Check("create a pod", True, f"{pod_id} on {gpu}", mark - t0))
+        rows.append(Check("create a pod", True, f"{pod_id} on {gpu}, over {api.using}", mark - t0))
         ours = has_key(env_value(pod.get("env"), "PUBLIC_KEY"), creds.public_key)
         rows.append(
             Check(
@@ -154,7 +155,7 @@ def _cheapest_first(api, gpus, cloud) -> tuple[tuple[str, ...], float]:
     priced = []
     for g in gpus or SMOKE_GPUS:
         price = api.gpu_price(g, 1, cloud)
-        if price is not None or gpus:
+        if price is not None or gpus or api.using == "rest":  # REST lists no prices
             priced.append((price if price is not None else float("inf"), g))
     if not priced:
         raise HarnessError(
