@@ -6,10 +6,11 @@
 - Peak memory: ONE subprocess per (model, variant), because a process's RSS high-water mark
   only grows: ``benchmarks/memprobe.py`` builds the model, warms the kernels up, subtracts the
   RSS it has then, and reports the high-water mark of the variant's run above it. The probes run
-  with ``MALLOC_MMAP_THRESHOLD_=65536``: every block of 64 KiB or more is then its own mapping,
-  returned to the system when freed, so the RSS follows the live memory; with glibc's default
-  (a threshold that adapts up to 32 MiB) freed tensors stay in the heap and identical runs
-  differ by up to ~80 MiB.
+  with the C library's default allocator settings, as a user's process has them: no
+  ``MALLOC_*`` variable, no ``mallopt`` in the measuring process. The harness fixes glibc's mmap
+  threshold for its own CPU runs (``harness/engine/allocator.py``); the bare forward pass keeps
+  the adaptive threshold, whose freed tensors may stay in the heap (identical bare runs differ by
+  up to ~60 MiB).
 - Engine time: the harness runs are timed as a whole, and the time spent inside the engine's
   own code (per-site reductions, per-batch merge, statistics, criteria) is clocked as well
   (``EngineClock``), a direct measure of the overhead that the noise of the forward pass on a
@@ -30,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# glibc: blocks >= 64 KiB are mmapped and unmapped on free, so the RSS tracks live memory
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+# every MALLOC_* setting of this process removed: the probes see the default allocator
+NO_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
 def load_average() -> float:
@@ -225,7 +226,8 @@ def probe_memory(
         "--layers-factor",
         str(layers_factor),
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **MALLOC_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in NO_MALLOC_ENV and k != "OUTLIERS_MALLOC"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

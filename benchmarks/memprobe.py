@@ -7,8 +7,8 @@ warms the kernels up (the same for every variant). Then the RSS is read (the bas
 kernel's RSS high-water mark is reset (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) and the
 variant runs once; its peak is VmHWM - baseline. Where the reset is not possible the peak comes
 from ``getrusage`` (ru_maxrss), which may then still hold the peak of building the model: the
-JSON says which method was used. Run it with ``MALLOC_MMAP_THRESHOLD_=65536`` (as
-benchmarks/measure.py does) for an RSS that follows the live memory.
+JSON says which method was used. benchmarks/measure.py runs it with the default allocator (no
+``MALLOC_*`` variable), as a user's process is.
 """
 
 from __future__ import annotations

@@ -45,12 +45,14 @@ class PerfSession:
         naive = self.naive_rounds_option
         return r, min(r, NAIVE_ROUNDS.get(name, 1) if naive is None else naive)
 
-    def probe(self, name: str, variant: str, num_seqs: int, batch_size: int, layers_factor=1):
+    def probe(
+        self, name: str, variant: str, num_seqs: int, batch_size: int, layers_factor=1, run=0
+    ):
         """Peak memory of one run in a fresh process (memprobe.py); the same run is reused by
-        the memory and the scaling test."""
+        the memory and the scaling test; ``run`` numbers repeated runs apart."""
         from .measure import probe_memory
 
-        key = (name, variant, num_seqs, batch_size, layers_factor)
+        key = (name, variant, num_seqs, batch_size, layers_factor, run)
         if key not in self._probes:
             self._probes[key] = probe_memory(
                 name,

@@ -33,6 +33,7 @@ from harness.pipeline import AUTO_BATCH_TOKENS
 pytestmark = pytest.mark.perf
 
 NUM_SEQS, SEQ_LEN = 16, 512
+MEMORY_RUNS = 5  # fresh harness processes per workload, each within the memory budget
 BATCH = AUTO_BATCH_TOKENS["cpu"] // SEQ_LEN  # what the harness picks on the CPU: 16 windows
 TIME_RATIO, NAIVE_TIME, NAIVE_MEMORY = 1.05, 3.0, 5.0
 SCALING_SEQS = (4, 8, 16, 32)
@@ -116,6 +117,14 @@ def test_peak_memory_harness_vs_bare(name, perf):
     _workload(perf, name)
     variants = ["bare", "harness"] + (["naive"] if perf.rounds(name)[1] else [])
     runs = {v: perf.probe(name, v, NUM_SEQS, BATCH) for v in variants}
+    # the harness in MEMORY_RUNS fresh processes: every one within the budget, not the median
+    harness_runs = [runs["harness"]] + [
+        perf.probe(name, "harness", NUM_SEQS, BATCH, run=i) for i in range(1, MEMORY_RUNS)
+    ]
+    bare_runs = [runs["bare"]] + [
+        perf.probe(name, "bare", NUM_SEQS, BATCH, run=i) for i in range(1, 3)
+    ]
+    bare = statistics.median(r["extra_mib"] for r in bare_runs)
     act = runs["harness"]["site_activation_mib"]
     row = {
         "workload": name,
@@ -123,12 +132,17 @@ def test_peak_memory_harness_vs_bare(name, perf):
         "budget_mib": 2 * act + 64,
         "method": runs["harness"]["method"],
         **{v: r["extra_mib"] for v, r in runs.items()},
+        "bare": bare,
+        "harness": max(r["extra_mib"] for r in harness_runs),
+        "harness_runs": [r["extra_mib"] for r in harness_runs],
+        "bare_runs": [r["extra_mib"] for r in bare_runs],
         "seconds": {v: r["seconds"] for v, r in runs.items()},
     }
     if "naive" in runs:
         row["naive_over_harness"] = row["naive"] / max(row["harness"], 1.0)
     perf.results["memory"].append(row)
-    assert row["harness"] - row["bare"] <= row["budget_mib"], row
+    over = [x - bare for x in row["harness_runs"] if x - bare > row["budget_mib"]]
+    assert not over, f"{len(over)} of {MEMORY_RUNS} fresh harness runs over the budget: {row}"
 
 
 MOE_NAIVE = (
