@@ -164,7 +164,6 @@ class RunpodApi:
         if api not in APIS:
             raise HarnessError(f"--runpod-api must be one of {', '.join(APIS)}, not {api!r}.")
         runpod.api_key = api_key  # the SDK never reads RUNPOD_API_KEY on its own
-        self._rp = runpod
         self.t = timings or Timings()
         self.redact = redact
         self._sleep = sleep
@@ -324,7 +323,8 @@ class RunpodApi:
         retry the pod is looked up by its unique name several times, ``adopt_wait_s`` apart,
         and adopted if it appears.
         """
-        check_env(env)
+        if self.mode != "rest":  # REST sends JSON: only the SDK's GraphQL text breaks
+            check_env(env)
         refusals = []
         for gpu in gpu_types:
             if on_try:
