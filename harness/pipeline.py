@@ -15,7 +15,7 @@ import torch
 
 from harness.config_fields import config_field
 from harness.engine.allocator import fix_mmap_threshold
-from harness.engine.capture import Batch, Capture, Observer, run_together
+from harness.engine.capture import Capture, run_together
 from harness.engine.criteria import (
     Criteria,
     bf16_rounding_threshold,
@@ -25,10 +25,12 @@ from harness.engine.criteria import (
 )
 from harness.engine.criteria import view as criteria_view
 from harness.engine.forward import base_forward, input_device, is_oom
+from harness.engine.observer import Batch, Observer
 from harness.engine.schema import AnalysisResult
 from harness.engine.selfcheck import CHECK_POSITIONS, SiteProbe, SitesChanged
 from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid
+from harness.engine.tuning import CaptureTuning
 from harness.errors import HarnessError
 from harness.loading.params import count_model, max_positions
 
@@ -109,6 +111,7 @@ def analyze(
     model_meta: dict | None = None,
     perplexity: bool = False,
     attribution: bool = False,
+    tuning: CaptureTuning | None = None,
 ) -> AnalysisResult:
     """Find the outlier features of ``model`` on ``windows`` ([N, T] token ids, or a
     ``harness.data.windows.Windows``) with exactly one forward pass per batch.
@@ -120,6 +123,7 @@ def analyze(
     (``sections["by_definition"]``). The statistics are
     captured at every magnitude of ``grid`` (default 3..100, plus ``magnitude``), so
     ``harness.engine.criteria.evaluate`` recomputes every figure at other thresholds without the model.
+    ``tuning`` sizes the reductions (``harness.engine.tuning.CaptureTuning``; no figure depends on it).
     """
     criteria = Criteria(
         float(magnitude), float(layer_frac), float(seq_frac), layer_unit, bool(skip_first_position)
@@ -160,9 +164,10 @@ def analyze(
         with torch.inference_mode(), ExitStack() as stack:
             if probe is not None:
                 stack.enter_context(probe)
-            cap = stack.enter_context(Capture(sitemap, grid_values, N, T, observers))
+            cap = stack.enter_context(Capture(sitemap, grid_values, N, T, observers, tuning))
             sides = {
-                k: stack.enter_context(Capture(m, grid_values, N, T)) for k, m in side_maps.items()
+                k: stack.enter_context(Capture(m, grid_values, N, T, tuning=tuning))
+                for k, m in side_maps.items()
             }
             forward = base_forward(model)
             captures = [cap, *sides.values()]
@@ -187,14 +192,7 @@ def analyze(
     activation_dtypes = sorted(cap.activation_dtypes)
     t_analysis = time.perf_counter()
     figures = evaluate(stats, criteria)
-    sections = {
-        "seed_compatible_as_original": _as_original(stats, criteria, as_original),
-        "by_definition": by_definition(stats, criteria),
-    }
-    for obs in observers:
-        summary = getattr(obs, "summary", None)
-        if callable(summary):
-            sections.update(summary(stats, criteria))
+    sections = _sections(stats, criteria, as_original, observers)
     timing["analysis_seconds"] = time.perf_counter() - t_analysis
     timing["capture_seconds"] = t_analysis - t_start
     timing["tokens_per_second"] = (
@@ -207,8 +205,10 @@ def analyze(
     meta.setdefault("activation_dtype", ",".join(activation_dtypes))
     info = model_info(model, sitemap, **meta)
     data = _data_record(ids, data_info)
+    for kind_stats in side_stats.values():  # the observers' arrays are the same pass's
+        kind_stats.extra.update({k: v for k, v in stats.extra.items() if k not in kind_stats.extra})
     parts = _site_kind_parts(
-        side_stats, side_maps, info, data, criteria, grid_values, timing, as_original
+        side_stats, side_maps, info, data, criteria, grid_values, timing, as_original, observers
     )
     if parts:
         sections["by_site_kind"] = _by_site_kind(parts)
@@ -241,8 +241,25 @@ def _builtin_observers(model, criteria, grid_values, data_info, *, attribution, 
     return out
 
 
-def _site_kind_parts(side_stats, side_maps, info, data, criteria, grid_values, timing, as_original):
-    """--sites all: one result per site kind, from the captures that ran beside the main one."""
+def _sections(stats, criteria, as_original, observers) -> dict:
+    """The result's sections beside the headline figures: the study's rounding, the figures by
+    definition, and each observer's summary (attribution, perplexity)."""
+    sections = {
+        "seed_compatible_as_original": _as_original(stats, criteria, as_original),
+        "by_definition": by_definition(stats, criteria),
+    }
+    for obs in observers:
+        summary = getattr(obs, "summary", None)
+        if callable(summary):
+            sections.update(summary(stats, criteria))
+    return sections
+
+
+def _site_kind_parts(
+    side_stats, side_maps, info, data, criteria, grid_values, timing, as_original, observers
+):
+    """--sites all: one result per site kind, from the captures that ran beside the main one;
+    each with every section a run of that kind alone writes (the observers saw the same pass)."""
     return {
         kind: AnalysisResult(
             model=info,
@@ -254,10 +271,7 @@ def _site_kind_parts(side_stats, side_maps, info, data, criteria, grid_values, t
             **evaluate(kind_stats, criteria),
             timing=timing,
             stats=kind_stats,
-            sections={
-                "seed_compatible_as_original": _as_original(kind_stats, criteria, as_original),
-                "by_definition": by_definition(kind_stats, criteria),
-            },
+            sections=_sections(kind_stats, criteria, as_original, observers),
         )
         for kind, kind_stats in side_stats.items()
     }

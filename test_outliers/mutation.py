@@ -43,16 +43,12 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("by_layer", "without_first_position", "_count_sites"),
         ("test_outliers/test_engine_oracle.py", "test_outliers/test_definitions.py"),
     ),
+    "harness/engine/reductions.py": (
+        ("reduce_site", "_reduce_dense", "_values_over", "first_position", "at_least"),
+        ("test_outliers/test_engine_oracle.py", "test_outliers/test_capture_design.py"),
+    ),
     "harness/engine/capture.py": (
-        (
-            "_reduce",
-            "_reduce_dense",
-            "_values_over",
-            "_first_position",
-            "_merged_parts",
-            "stats",
-            "_at_least",
-        ),
+        ("_merged_parts", "stats"),
         ("test_outliers/test_engine_oracle.py", "test_outliers/test_capture_design.py"),
     ),
     "harness/engine/selfcheck.py": (

@@ -393,9 +393,9 @@ def test_router_hits_from_the_engine_equal_the_routers_own_pass(arch, dtype, mon
     (``on_hits``); with ``residual`` it finds them in the router's input itself. Two separate
     computations of the same arrays, with many hits at several levels and several chunks per
     site."""
-    import harness.engine.capture as capture
+    from harness.engine.tuning import CaptureTuning
 
-    monkeypatch.setitem(capture.CHUNK_ELEMENTS, "cpu", 2 * T * 64)  # 2 sequences per chunk
+    two_seqs = CaptureTuning(chunk_elements={"cpu": 2 * T * 64})  # 2 sequences per chunk
     model = random_model(arch, dtype=dtype, seed=5, gain=6.0)
     ids = random_ids(N, T, seed=4)
     from harness.attribution.experts import ExpertRouting
@@ -411,7 +411,9 @@ def test_router_hits_from_the_engine_equal_the_routers_own_pass(arch, dtype, mon
             ExpertRouting, "_thresholds", no_own_pass if sites == "ln" else own_pass
         )
         obs = attribution_observers(model, 3.0)
-        analyze(model, ids, sites=sites, magnitude=3.0, batch_size=4, observers=obs)
+        analyze(
+            model, ids, sites=sites, magnitude=3.0, batch_size=4, observers=obs, tuning=two_seqs
+        )
         expert = next(p for p in obs[0].parts if isinstance(p, ExpertRouting))
         arrays[sites] = expert.arrays()
     a, b = arrays["ln"], arrays["residual"]

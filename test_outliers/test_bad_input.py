@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 from factories import random_ids, random_model
+from paths import PATHS, TUNINGS
 from torch import nn
 
 from harness.engine.result import find_run_dirs
@@ -68,20 +69,15 @@ def test_seq_len_above_the_model_maximum():
     )
 
 
-@pytest.mark.parametrize("path", ["site", "sparse", "dense", "dense-torch"])
-def test_nan_activations_name_the_site(path, monkeypatch):
-    """Also where the whole chunk is read (dense hits, the CPU's site kernel): a NaN has no
-    grid level, the batch ends in the sentence, not in an index error of the level table."""
-    import harness.engine.capture as capture
-
-    monkeypatch.setattr(capture, "SITE_KERNEL", path == "site")
-    monkeypatch.setattr(capture, "DENSE_FRACTION", float("inf") if path == "sparse" else -1.0)
-    monkeypatch.setattr(capture, "CPU_KERNEL", path != "dense-torch")
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_activations_name_the_site(path):
+    """On every path, also where the whole chunk is read (dense hits): a NaN has no grid level,
+    the batch ends in the sentence, not in an index error of the level table."""
     model = random_model("qwen3", seed=2)
     with torch.no_grad():
         model.model.layers[1].post_attention_layernorm.weight[5] = float("nan")
     with pytest.raises(NonFiniteActivations) as err:
-        analyze(model, random_ids(2, 8))
+        analyze(model, random_ids(2, 8), tuning=TUNINGS[path])
     msg = str(err.value)
     assert "NaN or inf" in msg and "layers.1.mlp_in" in msg and one_sentence(msg)
 

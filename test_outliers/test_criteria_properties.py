@@ -133,23 +133,16 @@ def test_counts_stay_within_their_denominators(acts, m, a, b):
 
 
 @settings(max_examples=80, deadline=None)
-@given(acts_strategy(), MAGS, st.sets(st.integers(0, 4), min_size=1), st.booleans())
-def test_positions_affected_counts_the_positions_the_activations_reach(acts, m, dims, kernel):
-    """Both ways of counting (the C kernel that reads each row up to its first kept hit, and the
-    numpy mask where the extension is missing) against the activations themselves: positions
-    where some site's |x| >= m in one of ``dims``."""
+@given(acts_strategy(), MAGS, st.sets(st.integers(0, 4), min_size=1))
+def test_positions_affected_counts_the_positions_the_activations_reach(acts, m, dims):
+    """The count from the hits against the activations themselves: positions where some site's
+    |x| >= m in one of ``dims``."""
     import harness.engine.criteria as C
 
     stats = stats_from_activations(acts)
     dims = np.array(sorted(d for d in dims if d < acts.shape[3]), dtype=np.int64)
     want = int((np.abs(acts[..., dims]) >= m).any(axis=(0, 3)).sum()) if len(dims) else 0
-    if not kernel:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(C, "rows_reaching", lambda: None)
-            assert C.positions_affected(stats, dims, m) == want
-    else:
-        assert C.rows_reaching() is not None  # the extension is built here
-        assert C.positions_affected(stats, dims, m) == want
+    assert C.positions_affected(stats, dims, m) == want
 
 
 def test_invariant_to_batch_size():

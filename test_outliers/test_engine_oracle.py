@@ -1,11 +1,15 @@
 """The engine equals a brute-force reference EXACTLY, on every architecture, fp32 and bf16."""
 
+import json
+
 import pytest
 import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import collect_activations, oracle_figures
+from paths import PATHS, TUNINGS, tuning
 
 from harness.engine.criteria import Criteria, evaluate
+from harness.engine.reductions import Thresholds
 from harness.pipeline import analyze
 
 THRESHOLDS = [(3.0, 0.25, 0.06), (4.0, 0.5, 0.1), (6.0, 0.25, 0.06), (5.0, 0.0, 0.0)]
@@ -125,42 +129,17 @@ def test_sites_all_reports_each_site_kind_apart(tmp_path, tiny_cache, monkeypatc
     assert written == ["ln", "residual"]
 
 
-def force_path(monkeypatch, path: str) -> None:
-    """Every chunk through one reduction: the CPU's one-read site kernel ("site", the CPU's
-    default: its compares on x86-64; "site-table": its table look-ups), or else re-read
-    candidate blocks ("sparse"), a level map of the whole chunk ("dense"), or of the gathered
-    columns that have a candidate ("columns"); "-torch": the dense scans and the merge's reads
-    of the union by PyTorch ops (the GPU's way) instead of the CPU's kernels."""
-    import harness.engine.capture as capture
-
-    monkeypatch.setattr(capture, "SITE_KERNEL", path.startswith("site"))
-    monkeypatch.setattr(capture, "SITE_ISA", 0 if path == "site-table" else None)
-    if path.startswith("site"):
-        return
-    path, _, ops = path.partition("-")
-    fraction = {"sparse": float("inf"), "dense": -1.0, "columns": 0.0}[path]
-    monkeypatch.setattr(capture, "DENSE_FRACTION", fraction)
-    monkeypatch.setattr(capture, "DENSE_COLUMNS", float("inf") if path == "columns" else 0.25)
-    monkeypatch.setattr(capture, "CPU_KERNEL", ops != "torch")
-    monkeypatch.setattr(capture, "UNION_KERNEL", ops != "torch")
-
-
-PATHS = ["site", "site-table", "sparse", "dense", "columns", "dense-torch", "columns-torch"]
-
-
 @pytest.mark.parametrize("path", PATHS)
-def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
+def test_several_sequences_per_chunk_with_uneven_batches(path):
     """The normal case at GPU sizes: a chunk holds several whole sequences and neither the batch
     nor the run divides evenly: 7 windows in batches of 5 and 2, chunks of 2 sequences (2, 2, 1
     and 2). Every sequence has pairs, so a dropped partial chunk cannot hide."""
-    import harness.engine.capture as capture
-
     model = random_model("qwen3", torch.float32, seed=3)
     ids = random_ids(7, 24, seed=8)
     H = model.config.hidden_size
-    monkeypatch.setattr(capture, "CHUNK_ELEMENTS", {"cpu": 2 * 24 * H})
-    force_path(monkeypatch, path)
-    result = analyze(model, ids, batch_size=5)
+    result = analyze(
+        model, ids, batch_size=5, tuning=tuning(path, chunk_elements={"cpu": 2 * 24 * H})
+    )
     names, acts = collect_activations(model, ids, "ln", batch_size=5)
     want = oracle_figures(acts, 3.0, 0.25, 0.06)
     assert {seq for seq, _ in want["pairs"]} == set(range(7)), "every window needs pairs"
@@ -168,16 +147,48 @@ def test_several_sequences_per_chunk_with_uneven_batches(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_a_grid_off_the_level_table_matches_the_oracle(path, monkeypatch):
+def test_a_grid_off_the_level_table_matches_the_oracle(path):
     """Magnitudes such as 6.1 are not small dyadic numbers: the capture then finds levels by one
     compare per magnitude instead of its lookup table, with the same exact figures."""
-    import harness.engine.capture as capture
-
     grid = (3.0, 4.0, 5.0, 6.0, 6.1, 7.3)
-    assert capture._Thresholds(grid).table(torch.device("cpu"), torch.float32) is None
+    assert Thresholds(grid).table(torch.device("cpu"), torch.float32) is None
     model = random_model("qwen3", torch.float32, seed=3)
     ids = random_ids(5, 24, seed=8)
-    force_path(monkeypatch, path)
-    result = analyze(model, ids, batch_size=3, grid=grid, magnitude=6.1)
+    result = analyze(model, ids, batch_size=3, grid=grid, magnitude=6.1, tuning=TUNINGS[path])
     _, acts = collect_activations(model, ids, "ln", batch_size=3)
     assert_matches_oracle(result.stats, acts, THRESHOLDS + [(6.1, 0.25, 0.06), (7.3, 0.0, 0.0)])
+
+
+def test_sites_all_keeps_every_section_of_each_site_kind(tmp_path, tiny_cache, monkeypatch):
+    """Each part of ``--sites all`` carries the sections a run of that site kind alone writes:
+    the attribution (tokens, massive activations on the residual stream, MoE experts) and the
+    perplexity, equal to that run's, in the result and in the files written."""
+    model = random_model("olmoe", torch.float32, seed=3, gain=2.5)
+    with torch.no_grad():  # a residual-stream outlier dim too, from the embedding
+        model.model.embed_tokens.weight[:, 7] = 8.0
+    ids = random_ids(5, 24, seed=4)
+    run = {"batch_size": 3, "magnitude": 3.0, "layer_frac": 0.1, "seq_frac": 0.02}
+    run |= {"attribution": True, "perplexity": True}
+    both = analyze(model, ids, sites="all", **run)
+    for kind, part in both.parts.items():
+        alone = analyze(model, ids, sites=kind, **run)
+        assert set(part.sections) == set(alone.sections), kind
+        for name in ("attribution", "perplexity", "by_definition"):
+            got = json.dumps(part.sections[name], sort_keys=True, default=str)
+            assert got == json.dumps(alone.sections[name], sort_keys=True, default=str), name
+        attribution = part.sections["attribution"]
+        assert attribution["tokens"]["num_dims"] > 0, "hits to attribute"
+        assert attribution["massive"] is not None and attribution["experts"] is not None
+
+    from harness.options import AnalysisOptions
+    from harness.runners.local import run_model
+
+    monkeypatch.setenv("OUTLIERS_TINY_CACHE", str(tiny_cache))
+    opts = AnalysisOptions(sites="all", num_seqs=2, seq_len=32, results_dir=str(tmp_path))
+    run_model("tiny_olmoe", opts)
+    written = sorted(tmp_path.rglob("result.json"))
+    assert len(written) == 2
+    for path in written:
+        attribution = json.loads(path.read_text())["attribution"]  # sections are top-level keys
+        assert {"tokens", "massive", "experts"} <= set(attribution), path.parent.name
+        assert attribution["experts"] is not None, path.parent.name

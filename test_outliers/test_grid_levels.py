@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.engine.capture import _Thresholds
+from harness.engine.reductions import Thresholds
 from harness.engine.statistics import DEFAULT_GRID
 
 AS_ORIGINAL = 5.984375  # the fp32 value that bf16 rounds up to 6 (the original study's test)
@@ -49,11 +49,11 @@ def around_thresholds(grid) -> torch.Tensor:
 
 
 def path(grid, dtype) -> str:
-    return "compares" if _Thresholds(grid).table(torch.device("cpu"), dtype) is None else "table"
+    return "compares" if Thresholds(grid).table(torch.device("cpu"), dtype) is None else "table"
 
 
 def levels(grid, x: torch.Tensor) -> np.ndarray:
-    return _Thresholds(grid).levels(x).numpy()
+    return Thresholds(grid).levels(x).numpy()
 
 
 @pytest.mark.parametrize("name", list(GRIDS))

@@ -193,3 +193,32 @@ def test_result_records_read_as_fields_and_as_the_json_they_are(result):
     # what a section holds beyond its fields survives the round trip, in place
     assert result.criteria["site_names"] == d["criteria"]["site_names"]
     assert list(d["criteria"]) == list(result.criteria)
+
+
+def test_every_key_analyze_always_writes_is_a_field(result):
+    """The record sections hold nothing beyond their fields for a run of ``analyze`` (what a
+    loader or a data source adds is model / data detail, kept in ``extra``), and ``evaluate``
+    returns the same records."""
+    from harness.engine.criteria import evaluate
+    from harness.engine.schema import Pooled, SeedCompatible
+
+    for name in ("criteria", "seed_compatible", "pooled", "timing"):
+        record = getattr(result, name)
+        assert record.extra == {}, (name, sorted(record.extra))
+        assert record.absent == frozenset(), name
+    figures = evaluate(result.stats, result.criteria_tuple)
+    assert isinstance(figures.seed_compatible, SeedCompatible)
+    assert isinstance(figures.pooled, Pooled)
+    assert figures.seed_compatible == result.seed_compatible and figures.pooled == result.pooled
+    assert figures["per_site"] == result.per_site == figures.per_site
+
+
+def test_a_field_a_file_did_not_hold_is_not_written_back(result):
+    """A result read from a file older than a field keeps its keys as they were."""
+    from harness.engine.schema import AnalysisResult
+
+    d = result.to_dict()
+    del d["criteria"]["site_self_check"], d["timing"]["oom_retries"]
+    back = AnalysisResult.from_json(d)
+    assert back.to_dict() == d
+    assert "site_self_check" not in back.criteria and back.criteria.site_self_check == {}

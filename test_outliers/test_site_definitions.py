@@ -12,7 +12,7 @@ import torch
 from factories import ARCHITECTURES, random_ids, random_model
 from oracle import DEFAULT_LAYOUT, ORACLE_LAYOUT
 
-from harness.engine.capture import Observer
+from harness.engine.observer import Observer
 from harness.pipeline import analyze
 
 # model_type -> (attention module name in a layer, norm kind); the norms come from the oracle's

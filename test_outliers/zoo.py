@@ -369,7 +369,7 @@ class _Recorder:
     """An observer keeping every site tensor (the harness's view), for the comparison."""
 
     def __new__(cls):
-        from harness.engine.capture import Observer
+        from harness.engine.observer import Observer
 
         class Recorder(Observer):
             def __init__(self):

@@ -38,7 +38,8 @@ import torch
 
 from harness.attribution.expert_figures import PREFIX, expert_counts, expert_section
 from harness.engine.architectures import ROUTER_OUTPUTS
-from harness.engine.capture import Batch, Observer, dtype_threshold, hook_threads
+from harness.engine.observer import Batch, Observer
+from harness.engine.reductions import dtype_threshold
 from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
@@ -207,8 +208,7 @@ class ExpertRouting(Observer):
                     f"the router of layer {layer} was called without a positional input; "
                     "expert attribution cannot see its hidden states."
                 )
-            with hook_threads(args[0].device):
-                self._route(layer, args[0], output, batch)
+            self._route(layer, args[0], output, batch)
 
         return hook
 
@@ -250,13 +250,12 @@ class ExpertRouting(Observer):
                 return
             out = output[0] if isinstance(output, (tuple, list)) else output
             idx = part["idx"]
-            with hook_threads(out.device):
-                out = out.reshape(idx.shape[0], -1)
-                # max |x| per token
-                tok_max = torch.maximum(out.amax(dim=1), out.amin(dim=1).neg_())
-                src = tok_max.float().repeat_interleave(idx.shape[1])
-                m = torch.zeros(part["E"], dtype=torch.float32, device=out.device)
-                part["routed_max"] = m.scatter_reduce_(0, idx.reshape(-1), src, "amax")
+            out = out.reshape(idx.shape[0], -1)
+            # max |x| per token
+            tok_max = torch.maximum(out.amax(dim=1), out.amin(dim=1).neg_())
+            src = tok_max.float().repeat_interleave(idx.shape[1])
+            m = torch.zeros(part["E"], dtype=torch.float32, device=out.device)
+            part["routed_max"] = m.scatter_reduce_(0, idx.reshape(-1), src, "amax")
 
         return hook
 
@@ -264,11 +263,10 @@ class ExpertRouting(Observer):
         def hook(x):
             if self._batch is None:
                 return
-            with hook_threads(x.device):
-                x2 = x.reshape(-1, x.shape[-1])
-                dmax = torch.maximum(x2.amax(dim=0), x2.amin(dim=0).neg_())
-                part = self._part.setdefault(layer, {})
-                part["shared_max"], part["shared_dim"] = dmax.max().float(), dmax.argmax()
+            x2 = x.reshape(-1, x.shape[-1])
+            dmax = torch.maximum(x2.amax(dim=0), x2.amin(dim=0).neg_())
+            part = self._part.setdefault(layer, {})
+            part["shared_max"], part["shared_dim"] = dmax.max().float(), dmax.argmax()
 
         return hook
 

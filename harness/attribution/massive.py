@@ -43,7 +43,7 @@ from harness.attribution.massive_figures import (
     key_bounds,
     massive_section,
 )
-from harness.engine.capture import CHUNK_ELEMENTS, Batch, Observer, hook_threads
+from harness.engine.observer import Batch, Observer
 from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
@@ -134,8 +134,7 @@ class MassiveActivations(Observer):
         def fn(x):
             if self._batch is None or not isinstance(x, torch.Tensor):
                 return
-            with hook_threads(x.device):
-                part = self._reduce(x, self._batch, layer)
+            part = self._reduce(x, self._batch, layer)
             prev = self._part.get(layer)
             self._part[layer] = part if prev is None else self._merge(prev, part)
 
@@ -155,7 +154,7 @@ class MassiveActivations(Observer):
         # per-dim max over the positions holding a value > 100 (every candidate massive value)
         big = (pmax > ABS_THRESHOLD).nonzero().squeeze(1)
         dim_max = torch.zeros(H, dtype=torch.float32, device=x.device)
-        step = max(1, CHUNK_ELEMENTS.get(x.device.type, 1 << 25) // H)
+        step = max(1, self.tuning.chunk(x.device.type) // H)
         for r0 in range(0, big.numel(), step):
             rows_big = x2.index_select(0, big[r0 : r0 + step]).abs().amax(dim=0).float()
             torch.maximum(dim_max, rows_big, out=dim_max)

@@ -29,8 +29,8 @@ from harness.attribution.massive import MassiveActivations, decoder_layers
 from harness.attribution.section import BOS_KEY, attribution_section
 from harness.attribution.tokens import MIN_OCCURRENCES, token_attribution
 from harness.engine.architectures import ROUTER_OUTPUTS
-from harness.engine.capture import Batch, Observer
 from harness.engine.criteria import Criteria
+from harness.engine.observer import Batch, Observer
 from harness.engine.sites import SiteMap
 from harness.engine.statistics import CapturedStats
 

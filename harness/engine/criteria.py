@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from harness.engine.kernels import rows_reaching
+from harness.engine.schema import Figures
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 
@@ -182,12 +182,6 @@ def positions_affected(stats: CapturedStats, dims: np.ndarray, magnitude: float)
     if len(dims) == 0 or len(stats.hits_dim) == 0:
         return 0
     level = stats.grid_index(magnitude) + 1
-    kernel = rows_reaching()
-    if kernel is not None and stats.hits_dim.dtype in (np.uint16, np.int32):
-        # each row read up to its first kept hit: where outliers are dense, a few hits a row
-        need = np.full(stats.hidden_size, 255, dtype=np.uint8)  # 255: above every level
-        need[np.asarray(dims, dtype=np.int64)] = level
-        return kernel(stats.hits_indptr, stats.hits_dim, stats.hits_level, need)
     keep = stats.hits_of(dims, level)
     starts = stats.hits_indptr[:-1][np.diff(stats.hits_indptr) > 0]  # rows with hits
     return int(np.count_nonzero(np.logical_or.reduceat(keep, starts))) if len(starts) else 0
@@ -303,14 +297,18 @@ def _headline(seen: CapturedStats, criteria: Criteria, with_pairs: bool) -> dict
     return out
 
 
-def evaluate(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> dict:
-    """All figures at ``criteria``: {"seed_compatible", "pooled", "per_site"}. ``per_site``
-    keeps one row per site under either layer unit (its systematic dims are the unit's)."""
+def evaluate(stats: CapturedStats, criteria: Criteria, *, with_pairs: bool = True) -> Figures:
+    """All figures at ``criteria``, as the records ``analyze`` returns them: ``seed_compatible``,
+    ``pooled`` and ``per_site`` (one row per site under either layer unit, its systematic dims
+    the unit's)."""
     sites = stats.without_first_position() if criteria.skip_first_position else stats
     seen = sites.by_layer() if criteria.layer_unit == "layers" else sites
     out = _headline(seen, criteria, with_pairs)
-    out["per_site"] = per_site(sites, criteria, pooled_dims(seen, criteria)[0])
-    return out
+    return Figures(
+        seed_compatible=out["seed_compatible"],
+        pooled=out["pooled"],
+        per_site=per_site(sites, criteria, pooled_dims(seen, criteria)[0]),
+    )
 
 
 def summary(figures: dict) -> dict:

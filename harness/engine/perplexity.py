@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from harness.engine.capture import Batch, Observer
+from harness.engine.observer import Batch, Observer
 
 LOGIT_ELEMENTS = 1 << 26  # logits per chunk (256 MiB in float32)
 

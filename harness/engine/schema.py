@@ -37,29 +37,34 @@ class Record(Mapping):
     """One section of result.json: its named fields plus ``extra`` (everything else, in order)."""
 
     extra: dict = field(default_factory=dict, repr=False)
+    # fields the JSON read did not hold (a file older than the field): not written back
+    absent: frozenset = field(default=frozenset(), repr=False)
     section: ClassVar[str] = ""
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name != "extra")
+        return tuple(f.name for f in fields(cls) if f.name not in ("extra", "absent"))
 
     @classmethod
-    def from_json(cls, d: Mapping | None) -> Record:
+    def from_json(cls, d: Mapping | None, *, read: bool = False) -> Record:
+        """The record of a JSON object; ``read``: from a file, whose missing fields (a file
+        older than them) stay missing when it is written back."""
         d = dict(d or {})
-        names = set(cls.names())
+        names = cls.names()
         return cls(
             **{k: d[k] for k in names if k in d},
             extra={k: v for k, v in d.items() if k not in names},
+            absent=frozenset(k for k in names if k not in d) if read else frozenset(),
         )
 
     def to_json(self) -> dict:
-        out = {n: getattr(self, n) for n in self.names()}
+        out = {n: getattr(self, n) for n in self.names() if n not in self.absent}
         out.update(self.extra)
         return out
 
     # read like the JSON object it is written as
     def __getitem__(self, key: str) -> Any:
-        if key in self.names():
+        if key in self.names() and key not in self.absent:
             return getattr(self, key)
         return self.extra[key]
 
@@ -120,6 +125,15 @@ class CriteriaRecord(Record):
     num_sites: int = 0
     layer_denominator: int = 0  # in layer_unit: parallel blocks' shared input counts once
     grid: list = field(default_factory=list)
+    site_names: list = field(default_factory=list)  # e.g. layers.0.attn_in, in site order
+    site_modules: list = field(default_factory=list)  # the module each site's tensor belongs to
+    layer_denominators: dict = field(default_factory=dict)  # {"sites": S, "layers": L}
+    sites_per_layer: list = field(default_factory=list)
+    shared_input_layers: list = field(default_factory=list)  # parallel blocks: one input
+    sites_not_measured: list = field(default_factory=list)  # each with why
+    site_definition: str = ""
+    site_self_check: dict = field(default_factory=dict)  # engine/selfcheck.py's record
+    comparison: str = ""
 
 
 @dataclass(eq=False)
@@ -134,6 +148,9 @@ class SeedCompatible(Record):
     mean_seq_pct: float | None = None
     median_seq_pct: float | None = None
     pairs: list = field(default_factory=list)
+    layer_unit: str = "sites"
+    layer_denominator: int = 0
+    first_position: str = "included"  # the windows' first positions: included | left out
 
 
 @dataclass(eq=False)
@@ -146,6 +163,10 @@ class Pooled(Record):
     mean_seq_pct: float | None = None
     sites_affected_pct: float | None = None
     positions_affected_pct: float | None = None
+    num_windows: int = 0
+    layer_unit: str = "sites"
+    layer_denominator: int = 0
+    first_position: str = "included"
 
 
 @dataclass(eq=False)
@@ -158,6 +179,23 @@ class Timing(Record):
     self_check_seconds: float | None = None
     batches: int | None = None
     batch_size: int | None = None
+    oom_retries: int = 0
+    forward_calls: int | None = None  # forward passes merged (== batches)
+    malloc_mmap_threshold: int | None = None  # engine/allocator.py: None where not fixed
+
+
+@dataclass(eq=False)
+class Figures(Record):
+    """What ``harness.engine.criteria.evaluate`` returns: the figures of one set of criteria,
+    as the records of an ``AnalysisResult`` hold them."""
+
+    seed_compatible: SeedCompatible = field(default_factory=SeedCompatible)
+    pooled: Pooled = field(default_factory=Pooled)
+    per_site: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.seed_compatible = _record("seed_compatible", self.seed_compatible)
+        self.pooled = _record("pooled", self.pooled)
 
 
 RECORDS: dict[str, type[Record]] = {
@@ -226,7 +264,7 @@ class AnalysisResult:
         d = upgrade(dict(d))
         known = {*RECORD_SECTIONS, "per_site", "environment", "schema_version"}
         return cls(
-            **{name: d.get(name) or {} for name in RECORD_SECTIONS},
+            **{name: RECORDS[name].from_json(d.get(name), read=True) for name in RECORD_SECTIONS},
             per_site=list(d.get("per_site") or []),
             sections={k: v for k, v in d.items() if k not in known},
             environment=d.get("environment"),

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from harness.config_fields import config_field
+from harness.engine.tuning import DEFAULT_CHUNK_ELEMENTS
 from harness.preflight.kernels import (
     MXFP4_BYTES_PER_PARAM,
 )
@@ -24,7 +25,7 @@ DISK_FACTOR = 1.05  # checkpoint as stored x this (index, tokenizer, partial fil
 AUTO_BATCH_TOKENS = {"cpu": 8192, "cuda": 32768}  # = harness.analyze.AUTO_BATCH_TOKENS
 
 
-CHUNK_ELEMENTS = 1 << 25  # = harness.engine.capture.CHUNK_ELEMENTS["cuda"]
+CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS["cuda"]  # the capture's scratch bound on a GPU
 
 
 NUM_GRID = 9  # magnitudes captured per run: len(harness.engine.statistics.make_grid(6.0))
