@@ -2,7 +2,8 @@
 against the brute-force way (``naive``: keep every site activation, then analyse).
 
 Targets (issue 5), on the 2-core CPU machine, 16 x 512 tokens, dense planted outliers:
-- harness / bare <= 1.05 in time (medians of interleaved rounds in one process);
+- harness / bare <= 1.05 in time (medians of interleaved rounds in one process), and the time
+  inside the engine <= 5 % of the bare pass; at 12.5 and 50 % planted dims <= 1.15 (issue 33);
 - peak memory harness - bare <= 2 x one site activation + 64 MiB;
 - naive / harness >= 3 in time or >= 5 in peak memory above the loaded model;
 - the harness is linear in tokens and flat in memory with the number of sequences.
@@ -36,6 +37,10 @@ NUM_SEQS, SEQ_LEN = 16, 512
 MEMORY_RUNS = 5  # fresh harness processes per workload, each within the memory budget
 BATCH = AUTO_BATCH_TOKENS["cpu"] // SEQ_LEN  # what the harness picks on the CPU: 16 windows
 TIME_RATIO, NAIVE_TIME, NAIVE_MEMORY = 1.05, 3.0, 5.0
+# issue 33: synthetic densities far above real models' (12.5 and 50 % of the dims planted) may
+# cost up to 1.15; real densities (0-1 %, SmolLM2) keep 1.05 and an engine share of 5 % at most
+DENSE_TIME_RATIO = {"density-12.5pct": 1.15, "density-50pct": 1.15}
+ENGINE_SHARE = 0.05
 SCALING_SEQS = (4, 8, 16, 32)
 
 
@@ -103,8 +108,13 @@ def test_time_harness_vs_bare(name, perf, benchmark):
     perf.results["time"].append(row)
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "timings"})
     benchmark.extra_info["medians"] = {k: v.median for k, v in t.items()}
-    assert row["harness_over_bare"] <= TIME_RATIO, (
-        f"harness/bare = {row['harness_over_bare']:.3f} > {TIME_RATIO} (medians "
+    limit = DENSE_TIME_RATIO.get(name, TIME_RATIO)
+    if name not in DENSE_TIME_RATIO:
+        assert row["engine_share"] <= ENGINE_SHARE, (
+            f"the engine took {100 * row['engine_share']:.1f}% of the bare pass (> 5%)"
+        )
+    assert row["harness_over_bare"] <= limit, (
+        f"harness/bare = {row['harness_over_bare']:.3f} > {limit} (medians "
         f"{t['harness'].median:.2f}s / {t['bare'].median:.2f}s; paired "
         f"{row['harness_over_bare_paired']:.3f}; time inside the engine "
         f"{100 * row['engine_share']:.1f}% of bare; other processes used up to "

@@ -8,7 +8,7 @@ The notebook API (imported lazily: ``import harness`` loads neither torch nor tr
     windows = harness.load_windows(loaded.tokenizer, harness.DataSpec("builtin", num_seqs=4,
                                                                       seq_len=128))
     result = harness.analyze(loaded.model, windows)          # one forward pass per batch
-    result.seed_compatible.num_outliers, result.pooled.num_dims   # typed records (engine.schema)
+    result.seed_compatible.num_outliers, result.pooled.num_dims   # typed records (engine.result)
     harness.evaluate(result.stats, harness.Criteria(4.0, 0.25, 0.06))   # re-threshold offline
     harness.read_result("results/<model>/<run>")            # the same AnalysisResult, read back
 
@@ -26,13 +26,13 @@ from pathlib import Path
 # public name -> module that defines it
 _API = {
     "analyze": "pipeline",
-    "AnalysisResult": "engine.schema",
+    "AnalysisResult": "engine.result",
     "load": "loading.load",
     "load_windows": "data.windows",
     "DataSpec": "data.windows",
     "Windows": "data.windows",
-    "read_result": "engine.result",
-    "read_stats": "engine.result",
+    "read_result": "engine.result_files",
+    "read_stats": "engine.result_files",
     "evaluate": "engine.criteria",
     "Criteria": "engine.criteria",
     "find_sites": "engine.sites",

@@ -72,7 +72,7 @@ def replace_dir(tmp: Path, final: Path, attempts: int = 5) -> None:
     """Move the finished directory ``tmp`` to ``final``, replacing a previous one; another writer
     finishing the same directory in between (ENOTEMPTY / EEXIST on the rename) makes us try
     again. The previous directory is moved aside as ``.old-*`` and removed once ours is in place
-    (``harness.engine.result.clean_stale`` removes what a killed writer left)."""
+    (``harness.engine.result_files.clean_stale`` removes what a killed writer left)."""
     olds: list[Path] = []  # previous results moved aside, removed once ours is in place
     for _ in range(attempts):
         try:

@@ -26,7 +26,7 @@ from harness.engine.criteria import (
 from harness.engine.criteria import view as criteria_view
 from harness.engine.forward import base_forward, input_device, is_oom
 from harness.engine.observer import Batch, Observer
-from harness.engine.schema import AnalysisResult
+from harness.engine.result import AnalysisResult
 from harness.engine.selfcheck import CHECK_POSITIONS, SiteProbe, SitesChanged
 from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid

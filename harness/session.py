@@ -23,7 +23,7 @@ class OutlierSession:
         self.options: AnalysisOptions = from_pytest(config)
         self.reports_dir = Path(config.getoption("outliers_reports_dir") or "reports")
         if not getattr(config.option, "collectonly", False):
-            from harness.engine.result import ensure_writable
+            from harness.engine.result_files import ensure_writable
 
             # before any model is loaded: a whole GPU run must not be lost to a bad folder
             ensure_writable(self.options.results_dir, "--results-dir")
@@ -99,7 +99,7 @@ class OutlierSession:
         if self.rerun:
             return None
         if entry.id not in self.reused:
-            from harness.engine.result import read_result
+            from harness.engine.result_files import read_result
             from harness.runners.resume import expected_run, find_existing
 
             found = find_existing(
@@ -199,7 +199,7 @@ class OutlierSession:
     def check(self, entry, outcome: RunOutcome, benchmark) -> list[str]:
         """Honest-run invariants, plus the published figure beside ours when comparable."""
         from harness.engine.invariants import honest_run_failures, published_deviation
-        from harness.engine.result import read_stats
+        from harness.engine.result_files import read_stats
 
         stats = outcome.extra.get("stats") or read_stats(outcome.result_dir)
         r = outcome.result

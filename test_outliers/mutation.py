@@ -68,7 +68,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("bootstrap_ci", "spearman_rho", "permutation_pvalue", "change_point"),
         ("test_outliers/test_scaling.py",),
     ),
-    "harness/engine/result.py": (
+    "harness/engine/result_files.py": (
         ("write_result", "clean_stale"),
         ("test_outliers/test_result_files.py", "test_outliers/test_bad_input.py"),
     ),
@@ -86,7 +86,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "harness/engine/invariants.py": (
         ("independent_outliers", "honest_run_failures"),
-        ("test_outliers/test_checks.py",),
+        ("test_outliers/test_invariants.py",),
     ),
 }
 

@@ -9,7 +9,7 @@ from factories import random_ids, random_model
 from paths import PATHS, TUNINGS
 from torch import nn
 
-from harness.engine.result import find_run_dirs
+from harness.engine.result_files import find_run_dirs
 from harness.errors import HarnessError, NonFiniteActivations, UnsupportedArchitecture
 from harness.pipeline import analyze
 
@@ -151,7 +151,7 @@ def test_windows_from_another_tokenizer():
 
 
 def test_interrupted_write_leaves_no_complete_looking_directory(tmp_path, monkeypatch):
-    from harness.engine import result as result_mod
+    from harness.engine import result_files as result_mod
 
     model = random_model("qwen3", seed=6)
     r = analyze(model, random_ids(2, 8))

@@ -100,7 +100,7 @@ def test_a_run_records_both_units_and_rethresholds_either_from_its_files(tmp_pat
     """result.json holds the headline in the chosen unit and every definition side by side;
     stats.npz round-trips the first position, so a report at the other unit equals a fresh run
     at it."""
-    from harness.engine.result import read_stats, write_result
+    from harness.engine.result_files import read_stats, write_result
     from harness.reports.collect import collect
 
     model = random_model("qwen3", seed=3)

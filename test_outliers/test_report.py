@@ -20,7 +20,7 @@ from factories import random_ids, random_model
 from matplotlib.image import imread
 
 from harness.engine.criteria import Criteria
-from harness.engine.result import find_run_dirs, write_result
+from harness.engine.result_files import find_run_dirs, write_result
 from harness.errors import HarnessError
 from harness.pipeline import analyze
 from harness.reports.collect import collect
@@ -183,7 +183,7 @@ def test_published_figure_is_shown_only_for_matching_settings(sweep):
 
 
 def test_published_deviation_when_settings_match(sweep, tmp_path):
-    from harness.engine.result import read_result, read_stats
+    from harness.engine.result_files import read_result, read_stats
 
     run = next(p for p in find_run_dirs(sweep["root"]) if "qwen3_0.6b" in str(p))
     res = read_result(run)

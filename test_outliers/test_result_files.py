@@ -10,8 +10,8 @@ import pytest
 import torch
 from factories import random_ids, random_model
 
-import harness.engine.result as result_mod
-from harness.engine.result import clean_stale, find_run_dirs, read_result, write_result
+import harness.engine.result_files as result_mod
+from harness.engine.result_files import clean_stale, find_run_dirs, read_result, write_result
 from harness.errors import HarnessError
 from harness.pipeline import analyze
 
@@ -141,7 +141,7 @@ def test_stale_means_older_than_a_day_and_only_our_own_folders(result, tmp_path)
 # -- schema versions ------------------------------------------------------------------------
 def _as_schema_1(d: dict) -> dict:
     """A schema 2 result.json written back the way schema 1 spelled it (the renames typed
-    here by hand, not read from schema.py)."""
+    here by hand, not read from result.py)."""
     import copy
 
     old = copy.deepcopy(d)
@@ -156,7 +156,7 @@ def _as_schema_1(d: dict) -> dict:
 def test_a_schema_1_result_is_read_with_todays_names_and_reported(result, tmp_path):
     import json
 
-    from harness.engine.schema import SCHEMA_VERSION
+    from harness.engine.result import SCHEMA_VERSION
     from harness.reports.collect import collect
 
     final = write_result(result, tmp_path)
@@ -200,7 +200,7 @@ def test_every_key_analyze_always_writes_is_a_field(result):
     loader or a data source adds is model / data detail, kept in ``extra``), and ``evaluate``
     returns the same records."""
     from harness.engine.criteria import evaluate
-    from harness.engine.schema import Pooled, SeedCompatible
+    from harness.engine.result import Pooled, SeedCompatible
 
     for name in ("criteria", "seed_compatible", "pooled", "timing"):
         record = getattr(result, name)
@@ -215,7 +215,7 @@ def test_every_key_analyze_always_writes_is_a_field(result):
 
 def test_a_field_a_file_did_not_hold_is_not_written_back(result):
     """A result read from a file older than a field keeps its keys as they were."""
-    from harness.engine.schema import AnalysisResult
+    from harness.engine.result import AnalysisResult
 
     d = result.to_dict()
     del d["criteria"]["site_self_check"], d["timing"]["oom_retries"]

@@ -152,7 +152,7 @@ def test_same_run_compares_revision_data_and_criteria(path, value, same):
     ],
 )
 def test_a_kept_result_holds_every_section_the_run_asks_for(tmp_path, wants, has, reused):
-    from harness.engine.schema import SCHEMA_VERSION
+    from harness.engine.result import SCHEMA_VERSION
     from harness.runners.resume import covers, find_existing
 
     result = json.loads(json.dumps(RESULT)) | {k: {"x": 1} for k in has}

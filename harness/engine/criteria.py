@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from harness.engine.schema import Figures
+from harness.engine.result import Figures
 from harness.engine.statistics import CapturedStats
 from harness.errors import HarnessError
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from harness.engine.criteria import Criteria
-from harness.engine.schema import AnalysisResult, as_result
+from harness.engine.result import AnalysisResult, as_result
 from harness.engine.statistics import CapturedStats
 
 

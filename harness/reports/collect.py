@@ -23,8 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.engine.criteria import Criteria, evaluate
-from harness.engine.result import find_run_dirs, read_result, read_stats, run_dir_name
-from harness.engine.schema import AnalysisResult, Pooled, SeedCompatible
+from harness.engine.result import AnalysisResult, Pooled, SeedCompatible
+from harness.engine.result_files import find_run_dirs, read_result, read_stats, run_dir_name
 from harness.reports.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap
 from harness.reports.comparability import label_runs, mark_comparability
 from harness.reports.rows import NOT_COMPARABLE_SETTINGS, Row, definition_figures

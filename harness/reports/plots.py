@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from harness.engine.criteria import Criteria, pooled_dims, seed_compatible
-from harness.engine.result import slug
+from harness.engine.result_files import slug
 from harness.fileio import atomic_write
 
 FIGSIZE = (8.0, 6.0)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from harness.engine.criteria import Criteria
-from harness.engine.result import slug
+from harness.engine.result_files import slug
 from harness.errors import HarnessError
 from harness.fileio import atomic_write_bytes
 from harness.reports.bootstrap import DEFAULT_RESAMPLES

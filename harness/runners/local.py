@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.engine.result import write_result
-from harness.engine.schema import AnalysisResult
+from harness.engine.result import AnalysisResult
+from harness.engine.result_files import write_result
 from harness.environment import environment
 from harness.errors import HarnessError
 from harness.loading.load import LoadedModel, load
@@ -125,7 +125,7 @@ def run_model(
     its sentence before any download; ``allow_fallback`` lets a dequantized or reference path
     run, labelled in the provenance."""
     opts = options.validated().with_defaults_for(is_offline(spec))
-    from harness.engine.result import ensure_writable
+    from harness.engine.result_files import ensure_writable
 
     ensure_writable(opts.results_dir, "--results-dir")  # before any download or forward pass
     if loaded is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.engine.schema import AnalysisResult
+from harness.engine.result import AnalysisResult
 from harness.errors import HarnessError
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.engine.result import RESULT_FILE, STATS_FILE, read_result
-from harness.engine.schema import AnalysisResult, upgrade
+from harness.engine.result import AnalysisResult, upgrade
+from harness.engine.result_files import RESULT_FILE, STATS_FILE, read_result
 from harness.errors import HarnessError
 
 _CORE_DATA = ("dataset", "num_seqs", "seq_len", "stride")

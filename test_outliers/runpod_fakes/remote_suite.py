@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def write_result(results_dir: str, model: str) -> Path:
-    from harness.engine.result import run_dir_name
+    from harness.engine.result_files import run_dir_name
 
     result = {
         "schema_version": 1,

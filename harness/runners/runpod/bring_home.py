@@ -12,8 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from harness.engine.result import read_result
-from harness.engine.schema import AnalysisResult
+from harness.engine.result import AnalysisResult
+from harness.engine.result_files import read_result
 from harness.errors import HarnessError
 from harness.fileio import replace_dir
 from harness.runners.resume import RESULT_FILE, result_dirs

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from harness import gitinfo
-from harness.engine.result import read_result
+from harness.engine.result_files import read_result
 from harness.errors import HarnessError
 from harness.runners import resume
 from harness.runners.outcome import RunFailed, RunOutcome, RunSkipped
