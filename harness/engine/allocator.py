@@ -7,7 +7,9 @@ so it cannot shrink. Measured on the 8-layer Qwen3 benchmark shape (16 x 256, fr
 docs/performance.md): the peak RSS over a bare forward pass was +0 to +520 MiB with the default
 behaviour, from one run to the next, and +8 to +12 MiB with a fixed threshold. Setting one (any
 value disables the adjustment) is what ``MALLOC_MMAP_THRESHOLD_`` does; the harness does it for
-its own CPU runs. ``OUTLIERS_MALLOC=default`` leaves the allocator as it is.
+its own CPU runs. ``OUTLIERS_MALLOC=default`` leaves the allocator as it is. The price is time:
+every tensor of 1 MiB or more is a fresh mapping, paged in on first touch, so the CPU forward
+pass itself runs slower (docs/performance.md, "What the fixed mmap threshold costs in time").
 """
 
 from __future__ import annotations
