@@ -19,6 +19,7 @@ import os
 import sys
 
 from harness.errors import HarnessError
+from harness.models.registry import GROUPS
 
 
 def _cmd_analyze(args) -> int:
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model registry")
     p.add_argument(
         "--group",
-        choices=("moe", "dense", "reference", "tiny"),
+        choices=GROUPS,
         default=None,
         help="one study group",
     )

@@ -46,7 +46,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     from harness.errors import HarnessError
+    from harness.models.registry import GROUP_MARKERS
     from harness.session import OutlierSession
+
+    for group, what in GROUP_MARKERS.items():  # one marker per study group (-m moe, ...)
+        config.addinivalue_line("markers", f"{group}: {what}")
 
     try:
         config._outliers = OutlierSession(config)

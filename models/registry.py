@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# the study group of an entry: the 7 MoE and 5 dense models of the study, the 2022 reference
-# families (OPT, GPT-2, Pythia, ...), the offline replicas
-GROUPS = ("moe", "dense", "reference", "tiny")
+# the study group of an entry, and its pytest marker's description (harness.plugin registers
+# them; the CLI's --group takes its choices from here)
+GROUP_MARKERS = {
+    "moe": "the 7 Mixture-of-Experts models of the study (GPU)",
+    "dense": "the 5 dense Qwen3 models of the study (GPU)",
+    "reference": "the 2022 reference families OPT, GPT-2, Pythia (GPU)",
+    "tiny": "small offline replicas of every studied architecture (the offline default, CPU)",
+}
+GROUPS = tuple(GROUP_MARKERS)
 
 # RunPod GPU type ids, in order of preference (fallbacks when one has no capacity).
 A100_80 = ("NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
