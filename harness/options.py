@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from harness.engine.site_sets import SITE_SETS
 from harness.errors import HarnessError
 
 STUDY_DATASET = "HuggingFaceFW/fineweb-edu"  # the original study's corpus, the real-model default
@@ -58,7 +59,7 @@ OPTIONS: tuple[Option, ...] = (
         "attention output projection's input: Dettmers' list), residual (layer outputs), all; "
         "auto = dettmers for Dettmers' table-4 families (gpt2_*, fairseq_*, gpt_j_*, opt_*), "
         "ln otherwise",
-        ("auto", "ln", "dettmers", "residual", "all"),
+        ("auto", *SITE_SETS),
     ),
     Option("magnitude", float, 6.0, "outlier magnitude |x| >= M (Dettmers: 6)"),
     Option("layer_frac", float, 0.25, "minimum share of sites or layers (Dettmers: 0.25)"),

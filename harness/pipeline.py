@@ -28,6 +28,7 @@ from harness.engine.forward import base_forward, input_device, is_oom
 from harness.engine.observer import Batch, Observer
 from harness.engine.result import AnalysisResult
 from harness.engine.selfcheck import CHECK_POSITIONS, SiteProbe, SitesChanged
+from harness.engine.site_sets import ALL_PARTS
 from harness.engine.sites import SITE_SETS, find_sites, parse_site_set
 from harness.engine.statistics import DEFAULT_GRID, make_grid
 from harness.engine.tuning import CaptureTuning
@@ -159,7 +160,7 @@ def analyze(
             model, criteria, grid_values, data_info, attribution=attribution, perplexity=perplexity
         )
         # --sites all: each site kind is also captured on its own, in the same forward pass
-        kinds = ("ln", "residual") if sites == "all" else ()
+        kinds = ALL_PARTS if sites == "all" else ()
         side_maps = {k: _kind_map(sitemap, k) for k in kinds}
         with torch.inference_mode(), ExitStack() as stack:
             if probe is not None:

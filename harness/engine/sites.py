@@ -44,17 +44,8 @@ from torch import nn
 
 from harness.config_fields import config_field
 from harness.engine.architectures import ARCHITECTURES, Architecture
+from harness.engine.site_sets import SITE_KIND_ORDER, SITE_SETS
 from harness.errors import HarnessError, UnsupportedArchitecture
-
-SITE_SETS = {
-    "ln": ("attn_in", "mlp_in"),
-    # Dettmers 2022: "attention projection (key/query/value/output) and the expansion layer"
-    "dettmers": ("attn_in", "attn_out_in", "mlp_in"),
-    "residual": ("resid_out",),
-    "all": ("attn_in", "mlp_in", "resid_out"),
-}
-SITE_KIND_ORDER = ("attn_in", "attn_out_in", "mlp_in", "resid_out")
-
 
 # Attribute names and class-name patterns of blocks (structure, not architectures).
 _ATTN_NAMES = {"self_attn", "attn", "attention", "self_attention", "linear_attn", "self_att"}
