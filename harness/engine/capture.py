@@ -53,7 +53,7 @@ class Capture:
         self.H = sitemap.hidden_size
         self.N, self.T = num_seqs, seq_len
         self.observers = list(observers)
-        self._hit_observers: dict[int, list[Observer]] = {}  # per site index, set on entering
+        self._on_hits: dict[int, Callable | None] = {}  # per site index, set on entering
         self.tuning = CaptureTuning() if tuning is None else tuning
         self.thresholds = Thresholds(self.grid)
         self._handles: list = []
@@ -99,9 +99,7 @@ class Capture:
                 obs.tuning = self.tuning
                 obs.attach(self.sitemap, self.register)
             # hit lists are built only for the sites where an observer reads them
-            self._hit_observers = {
-                site.index: [o for o in self.observers if o.wants_hits(site)] for site in self.sites
-            }
+            self._on_hits = {site.index: self._hits_to_observers(site) for site in self.sites}
         except BaseException:
             self.close()
             raise
@@ -124,20 +122,25 @@ class Capture:
             self.activation_dtypes.add(str(x.dtype).replace("torch.", ""))
             x = self._as_bth(x, site)
             part = self._part(x.device)
-            hit_observers = self._hit_observers.get(site.index, ())
-            on_hits = None
-            if hit_observers:
-
-                def on_hits(pos, level):
-                    for obs in hit_observers:
-                        obs.on_hits(site, pos, level, self.grid, self._batch)
-
+            on_hits = self._on_hits.get(site.index)
             reduce_site(part, site.index, x, self.thresholds, self.tuning, on_hits)
             first_position(part, site.index, x, self.thresholds)
             for obs in self.observers:
                 obs.on_site(site, x, self._batch)
 
         return fn
+
+    def _hits_to_observers(self, site: Site):
+        """The callback that hands ``site``'s hits to the observers that read them, or None."""
+        readers = [o for o in self.observers if o.wants_hits(site)]
+        if not readers:
+            return None
+
+        def on_hits(pos, level):
+            for obs in readers:
+                obs.on_hits(site, pos, level, self.grid, self._batch)
+
+        return on_hits
 
     def _as_bth(self, x: torch.Tensor, site: Site) -> torch.Tensor:
         B, T = self._batch.size, self._batch.seq_len
