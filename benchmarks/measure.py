@@ -7,10 +7,9 @@
   only grows: ``benchmarks/memprobe.py`` builds the model, warms the kernels up, subtracts the
   RSS it has then, and reports the high-water mark of the variant's run above it. The probes run
   with the C library's default allocator settings, as a user's process has them: no
-  ``MALLOC_*`` variable, no ``mallopt`` in the measuring process. The harness fixes glibc's mmap
-  threshold for its own CPU runs (``harness/engine/allocator.py``); the bare forward pass keeps
-  the adaptive threshold, whose freed tensors may stay in the heap (identical bare runs differ by
-  up to ~60 MiB).
+  ``MALLOC_*`` variable, no ``mallopt`` anywhere (the harness leaves the allocator alone).
+  glibc's adaptive mmap threshold keeps freed activations in the heap, so identical bare runs
+  differ by up to ~70 MiB: the bare peak is the median of 3 runs.
 - Engine time: the harness runs are timed as a whole, and the time spent inside the engine's
   own code (per-site reductions, per-batch merge, statistics, criteria) is clocked as well
   (``EngineClock``), a direct measure of the overhead that the noise of the forward pass on a
@@ -32,7 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # every MALLOC_* setting of this process removed: the probes see the default allocator
-NO_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+NO_MALLOC_ENV = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_TOP_PAD_",
+)
 
 
 def load_average() -> float:
@@ -226,7 +230,7 @@ def probe_memory(
         "--layers-factor",
         str(layers_factor),
     ]
-    env = {k: v for k, v in os.environ.items() if k not in NO_MALLOC_ENV and k != "OUTLIERS_MALLOC"}
+    env = {k: v for k, v in os.environ.items() if k not in NO_MALLOC_ENV}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:

@@ -14,7 +14,6 @@ from dataclasses import replace
 import torch
 
 from harness.config_fields import config_field
-from harness.engine.allocator import fix_mmap_threshold
 from harness.engine.capture import Capture, run_together
 from harness.engine.criteria import (
     Criteria,
@@ -143,7 +142,6 @@ def analyze(
             grid = (grid if grid is not None else DEFAULT_GRID) + (as_original,)
     grid_values = make_grid(criteria.magnitude, grid)
     device = input_device(model)
-    heap = fix_mmap_threshold() if device.type == "cpu" else None  # engine/allocator.py
     batch_size = _batch_size(model, device, batch_size, N, T)
     user_observers = list(observers)
     timing = {
@@ -151,7 +149,6 @@ def analyze(
         "batches": 0,
         "batch_size": batch_size,
         "oom_retries": 0,
-        "malloc_mmap_threshold": heap,
     }
     t_start = time.perf_counter()
 

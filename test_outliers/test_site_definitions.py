@@ -174,6 +174,35 @@ def test_a_site_whose_block_runs_no_projection_is_refused(monkeypatch):
     assert str(err.value).startswith(want) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_checks_copies_are_in_slots_reserved_before_the_pass(arch):
+    """No copy the check keeps is allocated during the pass (on the CPU each one would sit in
+    the heap between the activations the pass frees: docs/performance.md, "The CPU heap"): the
+    slots reserved before it hold every copy alive at its end, counted call by call, and each
+    copy equals the tensor it was taken from (oracle: the site activations kept by an
+    observer of our own)."""
+    from harness.engine.selfcheck import SiteProbe
+    from harness.engine.sites import find_sites
+
+    model = random_model(arch, seed=5)
+    ids = random_ids(2, 24, seed=6)
+    sitemap = find_sites(model, "ln")
+    probe = SiteProbe(model, sitemap)
+    probe.reset(2, 24)
+    reserved = probe._heads._size.copy()
+    with probe, torch.inference_mode():
+        model.base_model(ids)
+    kept = [i for i in range(len(probe.calls)) if probe.head(i) is not None]
+    assert kept and probe._heads._size == reserved
+    assert len(kept) <= sum(reserved.values())
+    rec = Recorder()
+    analyze(model, ids, sites="ln", observers=[rec], batch_size=2)
+    for site in sitemap.sites:
+        (call,) = probe.seen[site.index]
+        want = rec.seen[site.name][0, :16]
+        assert torch.equal(probe.head(call), want), site.name
+
+
 @pytest.mark.parametrize("where", [(0, 15, -1), (0, 0, 0)], ids=["last-compared", "first"])
 def test_the_check_compares_the_first_positions_of_the_first_window(where):
     """The self-check keeps, per hooked tensor, the first 16 positions of the first window over
@@ -192,7 +221,7 @@ def test_the_check_compares_the_first_positions_of_the_first_window(where):
     probe.reset(3, 32)
     with probe, torch.inference_mode():
         model.model(ids)
-    heads = [c.head for c in probe.calls if c.head is not None]
+    heads = [probe.head(i) for i in range(len(probe.calls)) if probe.head(i) is not None]
     assert heads and all(tuple(h.shape) == (16, H) for h in heads)
     # values are kept for the sites, the layers' inputs, each block's first projection, the
     # projections returning H features (possible output projections) and layer 0's projections

@@ -54,6 +54,7 @@ class Capture:
         self.N, self.T = num_seqs, seq_len
         self.observers = list(observers)
         self._on_hits: dict[int, Callable | None] = {}  # per site index, set on entering
+        self._homes = _tensor_homes(m for m in (s.module for s in self.sites))
         self.tuning = CaptureTuning() if tuning is None else tuning
         self.thresholds = Thresholds(self.grid)
         self._handles: list = []
@@ -172,6 +173,12 @@ class Capture:
     def _begin(self, batch: Batch) -> None:
         self._batch = batch
         self._parts = {}
+        # what the batch keeps is made before its pass, not by the first hook: on the CPU it
+        # would sit in the heap between the activations the pass frees, which then no longer
+        # merge into space the next ones fit (docs/performance.md, "The CPU heap")
+        for device, dtype in self._homes:
+            self._part(device)
+            self.thresholds.get(device, dtype)
         self._calls[:] = 0
         self.forward_calls += 1
         for obs in self.observers:
@@ -299,6 +306,18 @@ class Capture:
         for obs in self.observers:
             obs.finalize(stats)
         return stats
+
+
+def _tensor_homes(modules: Iterable[torch.nn.Module]) -> list[tuple[torch.device, torch.dtype]]:
+    """(device, dtype) of the first floating-point parameter or buffer of each module, once
+    each: where its sites' activations will be (a module without one: found by its hook)."""
+    homes: dict = {}
+    for module in modules:
+        tensors = (t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
+        t = next(tensors, None)
+        if t is not None:
+            homes.setdefault((t.device, t.dtype), None)
+    return list(homes)
 
 
 def run_together(

@@ -181,7 +181,6 @@ class Timing(Record):
     batch_size: int | None = None
     oom_retries: int = 0
     forward_calls: int | None = None  # forward passes merged (== batches)
-    malloc_mmap_threshold: int | None = None  # engine/allocator.py: None where not fixed
 
 
 @dataclass(eq=False)

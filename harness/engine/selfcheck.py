@@ -25,11 +25,58 @@ from harness.errors import HarnessError
 CHECK_POSITIONS = 16
 
 
+class _HeadPool:
+    """Slots for the probe's copies of first positions, in slabs allocated before the pass.
+
+    The copies live until the check and are made between the forward pass's activation-sized
+    temporaries. On the CPU, glibc serves both from one heap (after the first large block is
+    freed it keeps blocks up to 32 MiB there): a small block that outlives a hook sits between
+    the activations the pass frees, which then cannot merge back into space the next ones fit,
+    and the heap grows layer by layer. Cloned copies made the probe's first batch peak up to
+    +700 MiB over a bare pass (docs/performance.md, "The CPU heap"). So the copies go into
+    slabs made before the pass and a copy is known by its slot: no tensor the probe keeps is
+    allocated during the pass."""
+
+    def __init__(self, rows: int, hidden: int):
+        self.rows, self.hidden = rows, hidden
+        self._slabs: list[torch.Tensor] = []
+        self._free: dict[tuple, list[tuple[int, int]]] = {}  # kind -> free (slab, slot)
+        self._size: dict[tuple, int] = {}
+
+    def reserve(self, dtype: torch.dtype, device, slots: int) -> None:
+        """Make ``slots`` free slots for copies of ``dtype`` on ``device`` (one slab)."""
+        key = (dtype, torch.device(device))
+        self._slabs.append(torch.empty((slots, self.rows, self.hidden), dtype=dtype, device=key[1]))
+        slab = len(self._slabs) - 1
+        self._free.setdefault(key, []).extend((slab, i) for i in reversed(range(slots)))
+        self._size[key] = self._size.get(key, 0) + slots
+
+    def copy(self, rows: torch.Tensor) -> tuple[int, int, int]:
+        """Copy ``rows`` ([n <= self.rows, hidden]) into a free slot: (slab, slot, n). With none
+        left, a slab as large as all of that kind so far (a kind not reserved: 8 slots)."""
+        key = (rows.dtype, rows.device)
+        if not self._free.get(key):
+            self.reserve(rows.dtype, rows.device, max(8, self._size.get(key, 0)))
+        slab, i = self._free[key].pop()
+        n = rows.shape[0]
+        self._slabs[slab][i, :n].copy_(rows)
+        return slab, i, n
+
+    def get(self, head: tuple[int, int, int]) -> torch.Tensor:
+        slab, i, n = head
+        return self._slabs[slab][i, :n]
+
+    def release(self, head: tuple[int, int, int] | None) -> None:
+        if head is not None:
+            t = self._slabs[head[0]]
+            self._free[(t.dtype, t.device)].append(head[:2])
+
+
 @dataclass
 class _Seen:
     """One tensor a probe hook received: its first positions and how to tell it apart."""
 
-    head: torch.Tensor | None  # [P, H] copy: the first P positions of the first window
+    head: tuple | None  # slot (``_HeadPool``) of a copy of the first window's first P positions
     shape: tuple
     numel: int
     layer: int
@@ -59,6 +106,24 @@ class SiteProbe:
         self.readers: dict[str, list[tuple[str, int, int | None]]] = {}
         self.same_as_first: dict[int, bool] = {}  # a reader's call -> equals the block's first
         self.layer_in: dict[int, int] = {}
+        self._heads = _HeadPool(self.P, self.H)
+        if num_seqs:
+            param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+            if param is not None:
+                self._heads.reserve(param.dtype, param.device, self._slots())
+
+    def _slots(self) -> int:
+        """Copies alive at once, as ``_record`` keeps them: one per site and per layer input,
+        the first reader and the output projection of every block, every reader of layer 0."""
+        blocks = self.sitemap.blocks
+        first = sum(len(p) for _b, p in blocks[0].values()) if blocks else 0
+        return (
+            len(self.sitemap.sites)
+            + len(self.sitemap.layers)
+            + 2 * sum(map(len, blocks))
+            + first
+            + 8
+        )
 
     # -- hooks -----------------------------------------------------------------------------
     def _record(self, x, layer: int, keep: bool = True) -> int | None:
@@ -71,8 +136,13 @@ class SiteProbe:
             rows = x
             while rows.dim() > 2:  # [B, T, H] -> the first window; [B * T, H] stays
                 rows = rows[0]
-            head = rows[: self.P].detach().clone()
+            head = self._heads.copy(rows[: self.P].detach())
         ident = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+        if layer not in self._live:
+            # aliases are sought within a layer only, so the weak references of the layers
+            # before go now: each keeps a freed tensor's storage object, a small block of the
+            # CPU heap that would stay between the activations the pass frees (``_HeadPool``)
+            self._live = {i: refs for i, refs in self._live.items() if i > layer}
         live = self._live.setdefault(layer, [])
         # the same tensor as an earlier call only while that one's storage is alive: a freed
         # block's address may be reused by the next allocation
@@ -107,6 +177,7 @@ class SiteProbe:
                 index = self._record(x, layer, True)
                 if calls and not keep:
                     self.same_as_first[index] = self._equal(index, calls[0][1])
+                    self._heads.release(self.calls[index].head)
                     self.calls[index].head = None
                 calls.append((name, index, out_dim))
 
@@ -352,13 +423,18 @@ class SiteProbe:
         checked.self_check["pass"] = "own"
         return checked
 
+    def head(self, index: int) -> torch.Tensor | None:
+        """The kept copy of call ``index``'s first positions (a view of its slot), or None."""
+        head = self.calls[index].head
+        return None if head is None else self._heads.get(head)
+
     def _equal(self, i: int, j: int) -> bool:
         """Same values over the compared positions, exactly (NaN equals NaN: a broken model is
         reported by the capture's NaN check, not here), up to [B, T, H] vs [B * T, H]."""
         a, b = self.calls[i], self.calls[j]
         if a.head is None or b.head is None or a.numel != b.numel:
             return False
-        x, y = a.head, b.head
+        x, y = self.head(i), self.head(j)
         if x.shape != y.shape:
             return False
         y = y.to(x.device)  # a model split over GPUs: a few KB
