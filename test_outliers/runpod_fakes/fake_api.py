@@ -77,8 +77,9 @@ class Faults:
     account_keys: bool = False  # RunPod puts the account's SSH keys in PUBLIC_KEY
     account_keys_merged: bool = False  # ... after ours, one key per line
     pod_key_refused: bool = False  # the API refuses pod-scoped keys (401)
-    user_terminate_refused: bool = False  # podTerminate with the user's key fails for good
-    # a pod's own podTerminate fails while this event is unset (None: never held)
+    user_terminate_refused: bool = False  # a terminate with the user's key fails for good
+    # a pod's own terminate or stop fails while this event is unset (None: never held), over
+    # GraphQL and REST alike
     pod_terminate_held: threading.Event | None = None
     terminate_delay_s: float = 0.0  # a user's podTerminate answers only after this long
     pod_terminate_refused: bool = False  # a pod's own key may stop its pod, not terminate it
@@ -417,6 +418,17 @@ class FakeRunpod:
             self.record(op=op, auth=who, status=200, pod=pod_id, via="rest")
             pod.gets += 1
             return 200, _rest_pod(self._pod_json(pod))
+        # the same locks as over GraphQL: the pod's own end falls back to REST
+        held = self.faults.pod_terminate_held
+        locked = (op == "rest:delete" and who == "user" and self.faults.user_terminate_refused) or (
+            op in ("rest:delete", "rest:stop")
+            and who.startswith("pod:")
+            and held is not None
+            and not held.is_set()
+        )
+        if locked:
+            self.record(op=op, auth=who, status=409, pod=pod_id, via="rest")
+            return 409, {"error": "pod is locked by a pending operation"}
         if op == "rest:delete":
             if who.startswith("pod:") and self.faults.pod_terminate_refused:
                 self.record(op=op, auth=who, status=403, pod=pod_id, via="rest")
