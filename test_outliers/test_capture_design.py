@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.modules.module as nn_module
-from factories import random_ids, random_model
+from factories import ARCHITECTURES, random_ids, random_model
 from paths import PATHS, TUNINGS, tuning
 from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -385,3 +385,43 @@ def test_a_site_that_runs_twice_in_a_batch_stops_the_capture_in_one_sentence():
         "please report it with the model id."
     )
     assert not cap.done.any() and cap.site_max.max() == 0
+
+
+def _scratch(part) -> dict:
+    """What a batch's scratch is made of: each buffer's memory and size, the cached offsets."""
+    bufs = {k: (t.data_ptr(), t.numel(), t.dtype) for k, t in vars(part).items() if k in SCRATCH}
+    return {**bufs, "offsets": set(part._offsets)}
+
+
+SCRATCH = ("ints", "lev", "cols", "_one")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("path", PATHS)
+def test_the_reductions_scratch_is_made_before_the_pass(arch, path, monkeypatch):
+    """No scratch of the reductions is allocated or grown by a hook (on the CPU it would sit in
+    the heap between the activations the pass frees: docs/performance.md, "The CPU heap"): what
+    each batch's device part holds when its pass begins is what it holds after the merge, on
+    every architecture of the zoo and every strategy, with a last chunk shorter than the others
+    (5 sequences, batches of 3, chunks of 2)."""
+    model = random_model(arch, seed=7)
+    H = model.config.hidden_size
+    ids = random_ids(5, 16, seed=8)
+    seen = []
+    begin, merged = Capture._begin, Capture._merged_parts
+
+    def at_begin(self, batch):
+        begin(self, batch)
+        seen.append({d: _scratch(p) for d, p in self._parts.items()})
+
+    def at_merge(self, batch):
+        commit = merged(self, batch)
+        seen.append({d: _scratch(p) for d, p in self._parts.items()})
+        return commit
+
+    monkeypatch.setattr(Capture, "_begin", at_begin)
+    monkeypatch.setattr(Capture, "_merged_parts", at_merge)
+    chunks = {"cpu": 2 * 16 * H}
+    analyze(model, ids, batch_size=3, tuning=tuning(path, chunk_elements=chunks))
+    assert len(seen) == 4 and all(seen), seen  # two batches, each begun and merged
+    assert seen[0] == seen[1] and seen[2] == seen[3]

@@ -176,11 +176,12 @@ def test_a_site_whose_block_runs_no_projection_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_the_checks_copies_are_in_slots_reserved_before_the_pass(arch):
-    """No copy the check keeps is allocated during the pass (on the CPU each one would sit in
-    the heap between the activations the pass frees: docs/performance.md, "The CPU heap"): the
-    slots reserved before it hold every copy alive at its end, counted call by call, and each
-    copy equals the tensor it was taken from (oracle: the site activations kept by an
-    observer of our own)."""
+    """No copy the check keeps is allocated during the pass, and none of its records' containers
+    grows (on the CPU each would sit in the heap between the activations the pass frees:
+    docs/performance.md, "The CPU heap"): the slots reserved before it hold every copy alive at
+    its end, counted call by call; the calls it made room for are the calls our own hooks count
+    (every site, layer input and block reader once); each copy equals the tensor it was taken
+    from (oracle: the site activations kept by an observer of our own)."""
     from harness.engine.selfcheck import SiteProbe
     from harness.engine.sites import find_sites
 
@@ -190,8 +191,19 @@ def test_the_checks_copies_are_in_slots_reserved_before_the_pass(arch):
     probe = SiteProbe(model, sitemap)
     probe.reset(2, 24)
     reserved = probe._heads._size.copy()
+    containers = {k: set(getattr(probe, k)) for k in ("seen", "readers", "layer_in")}
+    counted = []
+    modules = dict(model.named_modules())
+    readers = [n for blocks in sitemap.blocks for _b, ps in blocks.values() for n in ps]
+    watched = [s.module for s in sitemap.sites] + list(sitemap.layers)
+    watched += [modules[n] for n in readers]
+    handles = [m.register_forward_hook(lambda *a: counted.append(1)) for m in watched]
     with probe, torch.inference_mode():
         model.base_model(ids)
+    for h in handles:
+        h.remove()
+    assert probe.calls.reserved == len(probe.calls) == len(counted)
+    assert containers == {k: set(getattr(probe, k)) for k in containers}
     kept = [i for i in range(len(probe.calls)) if probe.head(i) is not None]
     assert kept and probe._heads._size == reserved
     assert len(kept) <= sum(reserved.values())

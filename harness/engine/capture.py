@@ -157,11 +157,11 @@ class Capture:
         return x
 
     # -- the reductions' home on each device ----------------------------------------------
-    def _part(self, device) -> DeviceBatch:
+    def _part(self, device, dtype: torch.dtype = torch.float32) -> DeviceBatch:
         part = self._parts.get(device)
         if part is None:
             B, T = self._batch.size, self._batch.seq_len
-            part = DeviceBatch(device, B, T, self.H, self.G, len(self.sites))
+            part = DeviceBatch(device, B, T, self.H, self.G, len(self.sites), self.tuning, dtype)
             self._parts[device] = part
         return part
 
@@ -177,8 +177,10 @@ class Capture:
         # would sit in the heap between the activations the pass frees, which then no longer
         # merge into space the next ones fit (docs/performance.md, "The CPU heap")
         for device, dtype in self._homes:
-            self._part(device)
+            self._part(device, dtype)
             self.thresholds.get(device, dtype)
+            if self.thresholds.table(device, dtype) is None:
+                self.thresholds.floats(device, dtype)
         self._calls[:] = 0
         self.forward_calls += 1
         for obs in self.observers:

@@ -123,8 +123,19 @@ class Thresholds:
 class DeviceBatch:
     """Partial reductions of one batch on one device (rows of sites that ran elsewhere stay 0)."""
 
-    def __init__(self, device, B: int, T: int, hidden: int, num_grid: int, num_sites: int):
+    def __init__(
+        self,
+        device,
+        B: int,
+        T: int,
+        hidden: int,
+        num_grid: int,
+        num_sites: int,
+        tuning: CaptureTuning | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         H, G, S = hidden, num_grid, num_sites
+        tuning = tuning or CaptureTuning()
         self.device = device
         self.union = torch.zeros((B, T, H), dtype=torch.uint8, device=device)
         self.smax = torch.zeros((S, B, H), dtype=torch.float32, device=device)  # max |x| over T
@@ -135,12 +146,22 @@ class DeviceBatch:
         self.level_first = torch.zeros((S, B, H), dtype=torch.uint8, device=device)
         self.hist = torch.zeros((S, G + 1), dtype=torch.int64, device=device)
         self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
-        self._ones = torch.ones(0, dtype=torch.int64, device=device)
-        self.ints: torch.Tensor | None = None
-        self.lev: torch.Tensor | None = None
-        self.cols: torch.Tensor | None = None
+        self._one = torch.ones(1, dtype=torch.int64, device=device)
         self._offsets: dict = {}
         self._hidden, self._levels = H, G + 1
+        # every scratch the hooks use, at its largest, made here, before the pass: grown by a
+        # hook it would sit in the CPU heap between the activations the pass frees
+        # (docs/performance.md, "The CPU heap")
+        per_chunk = tuning.sequences_per_chunk(torch.device(device).type, B, T * H)
+        numel = per_chunk * T * H
+        self.ints = torch.empty(numel, dtype=torch.int32, device=device)
+        self.lev = torch.empty(numel, dtype=torch.uint8, device=device)
+        # gathered dense columns: at most ``dense_columns`` of them, else the whole chunk is
+        cols = per_chunk * T * (H if tuning.dense_columns >= 1 else int(tuning.dense_columns * H))
+        self.cols = torch.empty(cols, dtype=dtype, device=device)
+        for b in {per_chunk, B % per_chunk or per_chunk}:
+            self.level_offsets(b, H, G)
+        self.offsets(block(T), H)
 
     def buffers(self, shape):
         """Chunk-sized scratch: an int32 map and a uint8 map."""
@@ -176,12 +197,8 @@ class DeviceBatch:
         return torch.bincount(ints.view(-1), minlength=b * H * G1)
 
     def ones(self, n: int) -> torch.Tensor:
-        """n int64 ones (a view of one buffer that grows when needed)."""
-        if self._ones.numel() < n:
-            self._ones = torch.ones(
-                max(n, 2 * self._ones.numel()), dtype=torch.int64, device=self.device
-            )
-        return self._ones[:n]
+        """n int64 ones (one value, expanded: nothing allocated)."""
+        return self._one.expand(n)
 
     def offsets(self, K: int, H: int) -> torch.Tensor:
         """[0, H, ..., (K-1) H]: flat offsets of the K positions of a block."""

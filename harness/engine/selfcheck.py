@@ -81,6 +81,39 @@ class _Seen:
     numel: int
     layer: int
     aliases: frozenset  # indices of earlier calls of the same layer that are this very tensor
+    same_as_first: bool | None = None  # a reader compared at once with its block's first one
+
+
+class _Calls(list):
+    """The probe's records, in a list of the pass's expected length made before it (``reset``):
+    ``add`` fills the next place, ``len`` and iteration see the places filled."""
+
+    def __init__(self, expected: int):
+        super().__init__([None] * expected)
+        self.reserved, self.n = expected, 0
+
+    def add(self, seen: _Seen) -> int:
+        if self.n < list.__len__(self):
+            list.__setitem__(self, self.n, seen)
+        else:  # more calls than expected (a model that runs a block twice): the check says so
+            list.append(self, seen)
+        self.n += 1
+        return self.n - 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not isinstance(i, int):
+            return list(self)[i]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError("no such call")
+        return list.__getitem__(self, i)
+
+    def __iter__(self):
+        return (list.__getitem__(self, i) for i in range(self.n))
 
 
 class SiteProbe:
@@ -99,18 +132,28 @@ class SiteProbe:
         """Forget what was recorded; the next pass runs ``num_seqs`` windows of ``seq_len``."""
         self.tokens = int(num_seqs * seq_len)
         self.P = min(CHECK_POSITIONS, int(seq_len))
-        self.calls: list[_Seen] = []
+        # Every container the hooks fill exists at its full size before the pass (the lists in
+        # them stay small): one grown by a hook past Python's small-object size would be a
+        # block of the CPU heap between the activations the pass frees (``_HeadPool``).
+        self.calls = _Calls(self._calls_expected())
         self._live: dict[int, list] = {}  # layer -> [(call index, StorageWeakRef, identity)]
-        self.seen: dict[int, list[int]] = {}  # site index -> its calls
+        sitemap = self.sitemap
+        self.seen: dict[int, list[int]] = {s.index: [] for s in sitemap.sites}  # its calls
         # block key -> (projection, call, output features), in the order they ran
-        self.readers: dict[str, list[tuple[str, int, int | None]]] = {}
-        self.same_as_first: dict[int, bool] = {}  # a reader's call -> equals the block's first
-        self.layer_in: dict[int, int] = {}
+        self.readers: dict[str, list[tuple[str, int, int | None]]] = {
+            f"{i}.{kind}": [] for i, blocks in enumerate(sitemap.blocks) for kind in blocks
+        }
+        self.layer_in: dict[int, int | None] = dict.fromkeys(range(len(sitemap.layers)))
         self._heads = _HeadPool(self.P, self.H)
         if num_seqs:
             param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
             if param is not None:
                 self._heads.reserve(param.dtype, param.device, self._slots())
+
+    def _calls_expected(self) -> int:
+        """Hook calls in one pass: every site, layer input and block reader once."""
+        readers = sum(len(p) for blocks in self.sitemap.blocks for _b, p in blocks.values())
+        return len(self.sitemap.sites) + len(self.sitemap.layers) + readers
 
     def _slots(self) -> int:
         """Copies alive at once, as ``_record`` keeps them: one per site and per layer input,
@@ -147,8 +190,7 @@ class SiteProbe:
         # the same tensor as an earlier call only while that one's storage is alive: a freed
         # block's address may be reused by the next allocation
         aliases = frozenset(i for i, ref, other in live if other == ident and not ref.expired())
-        index = len(self.calls)
-        self.calls.append(_Seen(head, tuple(x.shape), x.numel(), layer, aliases))
+        index = self.calls.add(_Seen(head, tuple(x.shape), x.numel(), layer, aliases))
         live.append((index, StorageWeakRef(x.untyped_storage()), ident))
         self.seconds += time.perf_counter() - t0
         return index
@@ -157,9 +199,7 @@ class SiteProbe:
         modules = dict(self.model.named_modules())
 
         def site_fn(site):
-            return lambda x: self.seen.setdefault(site.index, []).append(
-                self._record(x, site.layer)
-            )
+            return lambda x: self.seen[site.index].append(self._record(x, site.layer))
 
         def projection_fn(layer, key, name):
             # a forward hook: the input as the projection multiplied it, after every pre-hook
@@ -176,7 +216,7 @@ class SiteProbe:
                 keep = layer == 0 or not calls or out_dim == self.H
                 index = self._record(x, layer, True)
                 if calls and not keep:
-                    self.same_as_first[index] = self._equal(index, calls[0][1])
+                    self.calls[index].same_as_first = self._equal(index, calls[0][1])
                     self._heads.release(self.calls[index].head)
                     self.calls[index].head = None
                 calls.append((name, index, out_dim))
@@ -185,7 +225,7 @@ class SiteProbe:
 
         def layer_fn(i):
             def fn(x):
-                if i not in self.layer_in:
+                if self.layer_in[i] is None:
                     self.layer_in[i] = self._record(x, i)
 
             return fn
@@ -243,6 +283,8 @@ class SiteProbe:
         compared = 0
         kinds = {"attn": "attention", "mlp": "MLP"}
         for key, calls in self.readers.items():
+            if not calls:  # a block whose projections did not run: the site checks say so
+                continue
             layer, kind = key.split(".")
             i = int(layer)
             block = kinds.get(kind, kind)
@@ -260,7 +302,7 @@ class SiteProbe:
                 if name in outputs or self.calls[c].shape[-1] != self.H:
                     continue
                 compared += 1
-                same = self.same_as_first.get(c)
+                same = self.calls[c].same_as_first
                 if same is None:
                     same = self._equal(c, first_call)
                 if not same:
