@@ -206,7 +206,9 @@ def test_reduction_paths_and_threads_agree(dtype):
         ("sparse", {}),  # always the gather of candidate blocks
         ("dense", {"chunk_elements": one_seq}),
         ("sparse", {"chunk_elements": one_seq}),
-        ("default", {"hook_threads": None}),  # the forward pass's thread count
+        ("default", {"hook_threads": 1}),  # one thread per hook (torch.set_num_threads)
+        ("default", {"heap_slack": 0}),  # the heap trimmed at every site
+        ("default", {"heap_slack": None}),  # never trimmed
         ("default", {"hook_threads": 2, "chunk_elements": one_seq}),
     ]:
         got = stats_arrays(analyze(model, ids, batch_size=3, tuning=tuning(path, **changes)))

@@ -1,5 +1,6 @@
 """Peak memory of a CPU run in a fresh process with the C library's default allocator settings,
-as a user's process has them (no MALLOC_* variable, no mallopt anywhere).
+as a user's process has them (no MALLOC_* variable, no mallopt anywhere; the capture itself
+gives the heap's free pages back past ``CaptureTuning.heap_slack``).
 
 The oracle is the bare forward pass of the same model on the same tokens, also in fresh
 processes with the default allocator (the median of 3: glibc's heap makes single runs vary by

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from harness.engine import host_memory
 from harness.engine.observer import Batch, Observer
 from harness.engine.reductions import (
     DeviceBatch,
@@ -60,6 +61,7 @@ class Capture:
         self._handles: list = []
         self._batch: Batch | None = None
         self._parts: dict[torch.device, DeviceBatch] = {}
+        self._heap = host_memory.HeapWatch()
         self._calls = np.zeros(len(self.sites), dtype=np.int64)
         S, G, N, H = len(self.sites), self.G, num_seqs, self.H
         self.site_max = np.zeros((S, H), dtype=np.float32)
@@ -128,6 +130,9 @@ class Capture:
             first_position(part, site.index, x, self.thresholds)
             for obs in self.observers:
                 obs.on_site(site, x, self._batch)
+            slack = self.tuning.heap_slack
+            if slack is not None and x.device.type == "cpu":
+                self._heap.check(int(slack * x.numel() * x.element_size()) + (64 << 20))
 
         return fn
 
@@ -183,6 +188,7 @@ class Capture:
                 self.thresholds.floats(device, dtype)
         self._calls[:] = 0
         self.forward_calls += 1
+        self._heap.start()
         for obs in self.observers:
             obs.begin_batch(batch)
 

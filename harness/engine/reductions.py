@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from harness.engine import host_memory
 from harness.engine.tuning import CaptureTuning
 
 
@@ -137,15 +138,16 @@ class DeviceBatch:
         H, G, S = hidden, num_grid, num_sites
         tuning = tuning or CaptureTuning()
         self.device = device
-        self.union = torch.zeros((B, T, H), dtype=torch.uint8, device=device)
-        self.smax = torch.zeros((S, B, H), dtype=torch.float32, device=device)  # max |x| over T
-        self.level = torch.zeros((S, B, H), dtype=torch.uint8, device=device)  # its grid level
+        # kept for the whole batch: outside the CPU heap (harness.engine.host_memory)
+        self.union = host_memory.zeros((B, T, H), torch.uint8, device)
+        self.smax = host_memory.zeros((S, B, H), torch.float32, device)  # max |x| over T
+        self.level = host_memory.zeros((S, B, H), torch.uint8, device)  # its grid level
         # the same without the window's first position, and that position's own level
-        self.smax_rest = torch.zeros((S, B, H), dtype=torch.float32, device=device)
-        self.level_rest = torch.zeros((S, B, H), dtype=torch.uint8, device=device)
-        self.level_first = torch.zeros((S, B, H), dtype=torch.uint8, device=device)
-        self.hist = torch.zeros((S, G + 1), dtype=torch.int64, device=device)
-        self.occ = torch.zeros(B * H * (G + 1), dtype=torch.int64, device=device)
+        self.smax_rest = host_memory.zeros((S, B, H), torch.float32, device)
+        self.level_rest = host_memory.zeros((S, B, H), torch.uint8, device)
+        self.level_first = host_memory.zeros((S, B, H), torch.uint8, device)
+        self.hist = host_memory.zeros((S, G + 1), torch.int64, device)
+        self.occ = host_memory.zeros(B * H * (G + 1), torch.int64, device)
         self._one = torch.ones(1, dtype=torch.int64, device=device)
         self._offsets: dict = {}
         self._hidden, self._levels = H, G + 1
@@ -154,11 +156,11 @@ class DeviceBatch:
         # (docs/performance.md, "The CPU heap")
         per_chunk = tuning.sequences_per_chunk(torch.device(device).type, B, T * H)
         numel = per_chunk * T * H
-        self.ints = torch.empty(numel, dtype=torch.int32, device=device)
-        self.lev = torch.empty(numel, dtype=torch.uint8, device=device)
+        self.ints = host_memory.empty(numel, torch.int32, device)
+        self.lev = host_memory.empty(numel, torch.uint8, device)
         # gathered dense columns: at most ``dense_columns`` of them, else the whole chunk is
         cols = per_chunk * T * (H if tuning.dense_columns >= 1 else int(tuning.dense_columns * H))
-        self.cols = torch.empty(cols, dtype=dtype, device=device)
+        self.cols = host_memory.empty(cols, dtype, device)
         for b in {per_chunk, B % per_chunk or per_chunk}:
             self.level_offsets(b, H, G)
         self.offsets(block(T), H)
@@ -167,8 +169,8 @@ class DeviceBatch:
         """Chunk-sized scratch: an int32 map and a uint8 map."""
         numel = math.prod(shape)
         if self.ints is None or self.ints.numel() < numel:
-            self.ints = torch.empty(numel, dtype=torch.int32, device=self.device)
-            self.lev = torch.empty(numel, dtype=torch.uint8, device=self.device)
+            self.ints = host_memory.empty(numel, torch.int32, self.device)
+            self.lev = host_memory.empty(numel, torch.uint8, self.device)
         return self.ints[:numel].view(shape), self.lev[:numel].view(shape)
 
     def gathered(self, rows: int, h: int, like: torch.Tensor) -> torch.Tensor:
@@ -176,7 +178,7 @@ class DeviceBatch:
         numel = rows * h
         buf = self.cols
         if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
-            buf = self.cols = torch.empty(numel, dtype=like.dtype, device=self.device)
+            buf = self.cols = host_memory.empty(numel, like.dtype, self.device)
         return buf[:numel].view(rows, h)
 
     def level_offsets(self, b: int, H: int, G: int) -> torch.Tensor:

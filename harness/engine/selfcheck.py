@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from harness.engine import host_memory
 from harness.engine.forward import base_forward  # the same forward the capture runs
 from harness.engine.sites import Site, SiteMap, _output_of, hook_tensor, input_of
 from harness.errors import HarnessError
@@ -46,7 +47,7 @@ class _HeadPool:
     def reserve(self, dtype: torch.dtype, device, slots: int) -> None:
         """Make ``slots`` free slots for copies of ``dtype`` on ``device`` (one slab)."""
         key = (dtype, torch.device(device))
-        self._slabs.append(torch.empty((slots, self.rows, self.hidden), dtype=dtype, device=key[1]))
+        self._slabs.append(host_memory.empty((slots, self.rows, self.hidden), dtype, key[1]))
         slab = len(self._slabs) - 1
         self._free.setdefault(key, []).extend((slab, i) for i in reversed(range(slots)))
         self._size[key] = self._size.get(key, 0) + slots

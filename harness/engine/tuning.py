@@ -30,22 +30,33 @@ class CaptureTuning:
       this fraction of its blocks do: a gathered block costs ~10x a value of the dense pass.
     - ``dense_columns``: when more than this fraction of a chunk's columns are dense, the
       whole chunk is, without gathering those columns first.
-    - ``hook_threads``: CPU threads for every hook's reductions (None: the forward pass's
-      count). Hooks are many small operations; when other processes share the cores, each
-      multi-threaded one can wait a scheduler time slice for its second thread (up to 10x
-      slower hooks measured).
+    - ``hook_threads``: CPU threads for every hook's reductions (None, the default: the
+      forward pass's count, and the process's thread settings left alone). Hooks are many
+      small operations; when other processes share the cores, each multi-threaded one can
+      wait a scheduler time slice for its second thread (up to 10x slower hooks measured), and
+      1 avoids that. But a count is set with ``torch.set_num_threads``, which also turns off
+      MKL's dynamic threading for the whole process: the model's own matrix products inside
+      parallel regions (CPU flash attention) then start nested thread teams (SmolLM2, one
+      16 x 512 pass: 138,240 more allocations, and MKL buffers kept in the heap).
+    - ``heap_slack``: on the CPU, how far the resident memory may grow during a batch's pass,
+      in site activations plus 64 MiB, before a hook gives the C heap's free pages back
+      (``host_memory.HeapWatch``, glibc only; None: never). Without it the same pass's peak
+      varies by up to ~150 MiB with where glibc placed its blocks.
     """
 
     chunk_elements: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_CHUNK_ELEMENTS))
     dense_fraction: float = 0.25
     dense_columns: float = 0.25
-    hook_threads: int | None = 1
+    hook_threads: int | None = None
+    heap_slack: float | None = 4.0
 
     def __post_init__(self):
         if not self.chunk_elements or min(self.chunk_elements.values()) < 1:
             raise ValueError("CaptureTuning.chunk_elements: a positive count per device type")
         if self.hook_threads is not None and self.hook_threads < 1:
             raise ValueError("CaptureTuning.hook_threads: None or at least 1")
+        if self.heap_slack is not None and not self.heap_slack >= 0:
+            raise ValueError("CaptureTuning.heap_slack: None or at least 0")
 
     def chunk(self, device_type: str) -> int:
         """Elements per chunk on a device of this type."""
