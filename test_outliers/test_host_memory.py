@@ -15,9 +15,20 @@ from harness.engine import host_memory
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc")
 
 
+# the kernel's account of the process, read apart from the code under test
+PRELUDE = """
+import gc, torch
+from harness.engine import host_memory
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+"""
+
+
 def _run(code: str) -> str:
+    script = PRELUDE + textwrap.dedent(code)
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -37,11 +48,6 @@ def test_cpu_buffers_are_zeroed_writable_tensors_of_the_asked_shape(shape, dtype
 def test_a_cpu_buffer_is_a_mapping_of_its_own_and_is_unmapped_with_its_tensor():
     out = _run(
         """
-        import gc, torch
-        from harness.engine import host_memory
-        def rss():
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
         def region(addr):
             with open("/proc/self/maps") as f:
                 for line in f:
@@ -67,11 +73,6 @@ def test_a_cpu_buffer_is_a_mapping_of_its_own_and_is_unmapped_with_its_tensor():
 def test_trim_heap_gives_back_free_pages_below_a_live_block():
     out = _run(
         """
-        import gc
-        from harness.engine import host_memory
-        def rss():
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
         # 64 KiB blocks stay below glibc's mmap threshold: the heap, then one block above them
         blocks = [bytearray(b"x" * 65536) for _ in range(1000)]
         pin = bytearray(b"y" * 65536)
@@ -93,10 +94,6 @@ def test_trim_heap_gives_back_free_pages_below_a_live_block():
 def test_the_heap_watch_trims_only_past_its_slack():
     out = _run(
         """
-        import gc
-        from harness.engine import host_memory
-        def rss():
-            return host_memory.resident_bytes() / 2**20
         watch = host_memory.HeapWatch()
         watch.start()
         blocks = [bytearray(b"x" * 65536) for _ in range(1000)]
