@@ -14,7 +14,6 @@ JSON says which method was used. benchmarks/measure.py runs it with the default 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import resource
@@ -45,11 +44,10 @@ def reset_peak() -> bool:
 
 
 def release_free_memory() -> None:
+    from harness.engine.host_memory import trim_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def main(argv=None) -> None:

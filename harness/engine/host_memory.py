@@ -1,4 +1,4 @@
-"""Tensors the capture keeps for a whole batch, on the CPU in memory of their own.
+"""The capture's batch buffers kept out of the CPU heap, and the heap's free pages given back.
 
 A CPU tensor's bytes come from glibc's malloc. Blocks above its mmap threshold get a mapping
 of their own, returned to the system when freed; the threshold rises to the largest such
@@ -9,7 +9,8 @@ pass then has to go higher for the next ones, and the memory is not given back b
 pass ends (docs/performance.md, "The CPU heap"). So every buffer the capture holds for a
 batch is made here: on the CPU as an anonymous mapping of its own (zero-filled, pages given
 to the process only where written, unmapped when the tensor is freed); on other devices by
-the device's own allocator, which has none of this.
+the device's own allocator, which has none of this. What the heap still keeps resident after
+the pass's own frees, ``HeapWatch`` gives back past a slack.
 """
 
 from __future__ import annotations
